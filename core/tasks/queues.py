@@ -1,0 +1,255 @@
+"""Queue configuration in App Engine's ``queue.yaml`` format, parsed into typed values.
+
+One file describes the queues for both backends: the local queue reads rates, limits and retry
+parameters from it directly, and the Cloud Tasks adapter maps the same fields onto a queue's
+``RateLimits`` and ``RetryConfig``. Parsing is pure (no I/O beyond reading the file) and every
+bad value raises :class:`ValueError` naming the queue and the field.
+
+Field mapping to Cloud Tasks:
+
+=======================================  ==========================================================
+queue.yaml                               Cloud Tasks
+=======================================  ==========================================================
+``rate``                                 ``rate_limits.max_dispatches_per_second``
+``bucket_size``                          ``rate_limits.max_burst_size`` (output only there)
+``max_concurrent_requests``              ``rate_limits.max_concurrent_dispatches``
+``retry_parameters.task_retry_limit``    ``retry_config.max_attempts`` = limit + 1 (see below)
+``retry_parameters.task_age_limit``      ``retry_config.max_retry_duration``
+``retry_parameters.min_backoff_seconds`` ``retry_config.min_backoff``
+``retry_parameters.max_backoff_seconds`` ``retry_config.max_backoff``
+``retry_parameters.max_doublings``       ``retry_config.max_doublings``
+``target``                               ``app_engine_routing_override.service``
+``dispatch_deadline`` (our extension)    ``Task.dispatch_deadline``
+=======================================  ==========================================================
+
+``task_retry_limit`` counts *retries*, as in App Engine: a limit of 0 allows one attempt and no
+retry, so a task ends after ``limit + 1`` attempts (:attr:`RetryConfig.max_attempts`). When both a
+retry limit and an age limit are set, a task is retried until *both* are reached, as App Engine
+and Cloud Tasks do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_QUEUE = "default"
+_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*([smhd])\s*$")
+_AGE_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+_QUEUE_FIELDS = {
+    "name", "rate", "bucket_size", "max_concurrent_requests", "retry_parameters", "target",
+    "dispatch_deadline", "mode",
+}
+_RETRY_FIELDS = {
+    "task_retry_limit", "task_age_limit", "min_backoff_seconds", "max_backoff_seconds", "max_doublings",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryConfig:
+    """How a queue retries a task whose push did not answer 2xx.
+
+    ``None`` limits mean "no limit". Defaults are App Engine's.
+    """
+
+    task_retry_limit: int | None = None
+    task_age_limit: timedelta | None = None
+    min_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 3600.0
+    max_doublings: int = 16
+
+    @property
+    def max_attempts(self) -> int | None:
+        """Attempts in all (first one included): the value Cloud Tasks calls ``max_attempts``."""
+        return None if self.task_retry_limit is None else self.task_retry_limit + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueConfig:
+    """One push queue. Defaults are App Engine's; ``rate_per_second == 0`` pauses the queue."""
+
+    name: str
+    rate_per_second: float = 5.0
+    bucket_size: int = 5
+    max_concurrent_requests: int | None = None
+    retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
+    target: str | None = None
+    dispatch_deadline: timedelta = timedelta(minutes=10)
+
+    @property
+    def paused(self) -> bool:
+        return self.rate_per_second == 0
+
+
+def backoff_delay(retry: RetryConfig, attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th failed attempt (1-based) before the next one.
+
+    Cloud Tasks semantics: the first retry waits ``min_backoff``, the wait doubles
+    ``max_doublings`` times, then grows linearly by the last doubled step, and never exceeds
+    ``max_backoff``. With min 10 s, max 300 s and 3 doublings: 10, 20, 40, 80, 160, 240, 300, 300...
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    doublings = min(attempt - 1, retry.max_doublings)
+    try:
+        step = math.ldexp(retry.min_backoff_seconds, doublings)
+    except OverflowError:
+        return float(retry.max_backoff_seconds)
+    delay = step if attempt - 1 <= retry.max_doublings else step * (attempt - retry.max_doublings)
+    return float(min(delay, retry.max_backoff_seconds))
+
+
+def parse_rate(text: str) -> float:
+    """``"500/s"``, ``"10/m"``, ``"1/h"``, ``"1/d"`` → tasks per second."""
+    match = _RATE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"expected a rate like '5/s', '10/m', '1/h' or '1/d', got {text!r}")
+    return float(match.group(1)) / _UNIT_SECONDS[match.group(2)]
+
+
+def parse_age(text: str) -> timedelta:
+    """``"2d"``, ``"1h"``, ``"30m"``, ``"10s"`` (or a sum like ``"1h30m"``) → a timedelta."""
+    raw = str(text).strip()
+    parts = _AGE_PART_RE.findall(raw)
+    if not raw or "".join(number + unit for number, unit in parts) != raw:
+        raise ValueError(f"expected a duration like '2d', '1h', '30m' or '10s', got {text!r}")
+    return timedelta(seconds=sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts))
+
+
+def parse_queue_config(text: str) -> dict[str, QueueConfig]:
+    """Parse the text of a ``queue.yaml``; the result always has a ``default`` queue."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"queue.yaml is not valid YAML: {exc}") from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise ValueError("queue.yaml must be a mapping with a 'queue' list")
+    entries = document.get("queue") or []
+    if not isinstance(entries, list):
+        raise ValueError("queue.yaml: 'queue' must be a list of queues")
+    queues: dict[str, QueueConfig] = {}
+    for index, entry in enumerate(entries):
+        config = _parse_queue(entry, index)
+        if config is None:
+            continue
+        if config.name in queues:
+            raise ValueError(f"queue {config.name!r}: defined twice")
+        queues[config.name] = config
+    queues.setdefault(DEFAULT_QUEUE, QueueConfig(name=DEFAULT_QUEUE))
+    return queues
+
+
+def load_queue_config(path: Path) -> dict[str, QueueConfig]:
+    """Read and parse a ``queue.yaml``; a missing file means "only the default queue"."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    return parse_queue_config(text)
+
+
+def _parse_queue(entry: Any, index: int) -> QueueConfig | None:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"queue #{index + 1}: expected a mapping, got {type(entry).__name__}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _QUEUE_NAME_RE.match(name):
+        raise ValueError(f"queue #{index + 1}: field 'name' must match [A-Za-z0-9-]{{1,100}}, got {name!r}")
+    unknown = set(entry) - _QUEUE_FIELDS
+    if unknown:
+        raise ValueError(f"queue {name!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    mode = entry.get("mode", "push")
+    if mode == "pull":
+        return None  # pull queues are not dispatched by anyone; they need no configuration here
+    if mode != "push":
+        raise ValueError(f"queue {name!r}: field 'mode' must be 'push' or 'pull', got {mode!r}")
+
+    fields: dict[str, Any] = {"name": name}
+    if "rate" in entry:
+        fields["rate_per_second"] = _field(name, "rate", entry["rate"], parse_rate)
+        if fields["rate_per_second"] < 0:
+            raise ValueError(f"queue {name!r}: field 'rate' must not be negative")
+    if "bucket_size" in entry:
+        fields["bucket_size"] = _int_field(name, "bucket_size", entry["bucket_size"], minimum=1)
+    if entry.get("max_concurrent_requests") is not None:
+        fields["max_concurrent_requests"] = _int_field(
+            name, "max_concurrent_requests", entry["max_concurrent_requests"], minimum=1
+        )
+    if entry.get("target") is not None:
+        fields["target"] = str(entry["target"])
+    if "dispatch_deadline" in entry:
+        deadline = _field(name, "dispatch_deadline", entry["dispatch_deadline"], _duration)
+        if deadline <= timedelta(0):
+            raise ValueError(f"queue {name!r}: field 'dispatch_deadline' must be positive")
+        fields["dispatch_deadline"] = deadline
+    if entry.get("retry_parameters") is not None:
+        fields["retry"] = _parse_retry(name, entry["retry_parameters"])
+    return QueueConfig(**fields)
+
+
+def _parse_retry(queue: str, params: Any) -> RetryConfig:
+    if not isinstance(params, Mapping):
+        raise ValueError(f"queue {queue!r}: field 'retry_parameters' must be a mapping")
+    unknown = set(params) - _RETRY_FIELDS
+    if unknown:
+        raise ValueError(
+            f"queue {queue!r}: unknown field(s) in retry_parameters: {', '.join(sorted(map(str, unknown)))}"
+        )
+    fields: dict[str, Any] = {}
+    if params.get("task_retry_limit") is not None:
+        fields["task_retry_limit"] = _int_field(queue, "task_retry_limit", params["task_retry_limit"], minimum=0)
+    if params.get("task_age_limit") is not None:
+        age = _field(queue, "task_age_limit", params["task_age_limit"], parse_age)
+        if age <= timedelta(0):
+            raise ValueError(f"queue {queue!r}: field 'task_age_limit' must be positive")
+        fields["task_age_limit"] = age
+    for key in ("min_backoff_seconds", "max_backoff_seconds"):
+        if params.get(key) is not None:
+            fields[key] = _float_field(queue, key, params[key])
+    if params.get("max_doublings") is not None:
+        fields["max_doublings"] = _int_field(queue, "max_doublings", params["max_doublings"], minimum=0)
+    retry = RetryConfig(**fields)
+    if retry.max_backoff_seconds < retry.min_backoff_seconds:
+        raise ValueError(
+            f"queue {queue!r}: field 'max_backoff_seconds' ({retry.max_backoff_seconds}) is below "
+            f"'min_backoff_seconds' ({retry.min_backoff_seconds})"
+        )
+    return retry
+
+
+def _duration(value: Any) -> timedelta:
+    """A duration string, or a bare number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return parse_age(value)
+
+
+def _field(queue: str, key: str, value: Any, parse: Any) -> Any:
+    try:
+        return parse(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"queue {queue!r}: field {key!r}: {exc}") from None
+
+
+def _int_field(queue: str, key: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"queue {queue!r}: field {key!r} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"queue {queue!r}: field {key!r} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float_field(queue: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"queue {queue!r}: field {key!r} must be a non-negative number, got {value!r}")
+    return float(value)
