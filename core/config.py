@@ -1,0 +1,138 @@
+"""Settings read from the environment, once, lazily.
+
+Every environment variable the project reads is declared here, in one place, and documented in
+the README's configuration table. Nothing reads ``os.environ`` elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _flag(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _runtime(environ: Mapping[str, str]) -> str:
+    """Where the app runs: ``appengine``, ``cloudrun`` or ``local``."""
+    if environ.get("GAE_ENV", "").startswith("standard") or environ.get("GAE_APPLICATION"):
+        return "appengine"
+    if environ.get("K_SERVICE"):
+        return "cloudrun"
+    return "local"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The project's configuration. Build with :meth:`from_env`; override with :meth:`replace`."""
+
+    project: str = "local-project"
+    namespace: str | None = None
+    runtime: str = "local"
+    app_version: str = "local"
+    datastore_emulator_host: str | None = None
+    #: ``local`` (durable local queue), ``cloudtasks`` or ``inline`` (tests).
+    tasks_backend: str = "local"
+    tasks_region: str = "europe-west1"
+    tasks_emulator_host: str | None = None
+    #: ``appengine`` (App Engine target) or ``http`` (HTTP target with an OIDC token).
+    tasks_target: str = "appengine"
+    tasks_target_url: str | None = None
+    tasks_service_account: str | None = None
+    tasks_oidc_audience: str | None = None
+    #: Where the OIDC verifier takes its public certificates from (URL or PEM/JSON file).
+    tasks_oidc_certs: str = "https://www.googleapis.com/oauth2/v1/certs"
+    tasks_secret: str = ""
+    tasks_default_queue: str = "default"
+    tasks_payload_limit: int = 100_000
+    tasks_timezone: str = "UTC"
+    tasks_admin_mail: str | None = None
+    queue_yaml: Path = PROJECT_ROOT / "deploy" / "queue.yaml"
+    cron_yaml: Path = PROJECT_ROOT / "cron.yaml"
+    local_data_dir: Path = PROJECT_ROOT / ".local-data"
+    #: Base URL the local queue pushes to (the app itself).
+    local_app_url: str = "http://127.0.0.1:8080"
+    port: int = 8080
+    secret_key: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        runtime = _runtime(env)
+        port = int(env.get("PORT", "8080"))
+        default_backend = "local" if runtime == "local" else "cloudtasks"
+        default_target = "http" if runtime == "cloudrun" else "appengine"
+        data_dir = Path(env.get("LOCAL_DATA_DIR", str(PROJECT_ROOT / ".local-data")))
+        return cls(
+            project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("DATASTORE_PROJECT_ID") or "local-project",
+            namespace=env.get("DATASTORE_NAMESPACE") or None,
+            runtime=runtime,
+            app_version=env.get("APP_VERSION") or env.get("GAE_VERSION") or env.get("K_REVISION") or "local",
+            datastore_emulator_host=env.get("DATASTORE_EMULATOR_HOST") or None,
+            tasks_backend=env.get("TASKS_BACKEND", default_backend),
+            tasks_region=env.get("TASKS_REGION", "europe-west1"),
+            tasks_emulator_host=env.get("TASKS_EMULATOR") or None,
+            tasks_target=env.get("TASKS_TARGET", default_target),
+            tasks_target_url=env.get("TASKS_TARGET_URL") or None,
+            tasks_service_account=env.get("TASKS_SERVICE_ACCOUNT") or None,
+            tasks_oidc_audience=env.get("TASKS_OIDC_AUDIENCE") or None,
+            tasks_oidc_certs=env.get("TASKS_OIDC_CERTS", cls.tasks_oidc_certs),
+            tasks_secret=env.get("TASKS_SECRET", ""),
+            tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
+            tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
+            tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
+            tasks_admin_mail=env.get("TASKS_ADMIN_MAIL") or None,
+            queue_yaml=Path(env.get("QUEUE_YAML", str(PROJECT_ROOT / "deploy" / "queue.yaml"))),
+            cron_yaml=Path(env.get("CRON_YAML", str(PROJECT_ROOT / "cron.yaml"))),
+            local_data_dir=data_dir,
+            local_app_url=env.get("LOCAL_APP_URL", f"http://127.0.0.1:{port}"),
+            port=port,
+            secret_key=env.get("SECRET_KEY", ""),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_local_secrets(self) -> Settings:
+        """Fill missing secrets for local use from a file in the local data folder.
+
+        In production both secrets must be set; a local run keeps generated ones across restarts
+        so that queued tasks stay verifiable.
+        """
+        if self.tasks_secret and self.secret_key:
+            return self
+        if self.runtime != "local":
+            raise RuntimeError("TASKS_SECRET and SECRET_KEY must be set outside local development")
+        self.local_data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.local_data_dir / "secrets"
+        if not path.exists():
+            # Several processes may start at once: the first link wins, the others read it.
+            tmp = path.with_name(f"secrets.{os.getpid()}.tmp")
+            tmp.write_text(f"{secrets.token_hex(32)}\n{secrets.token_hex(32)}\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        task_secret, key = path.read_text().split()[:2]
+        return self.replace(tasks_secret=self.tasks_secret or task_secret, secret_key=self.secret_key or key)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment, read on first use."""
+    return Settings.from_env()
+
+
+def flag(name: str, default: bool = False) -> bool:
+    """A boolean environment switch (used by scripts, not by the core)."""
+    return _flag(os.environ.get(name), default)

@@ -1,0 +1,503 @@
+"""A thin, typed layer over google-cloud-datastore, in the way ViUR's ``db`` wraps it.
+
+- :class:`Key` and :class:`Entity` are the library's classes with a URL-safe string form.
+- ``get``/``put``/``delete`` take one value or a list; multi-writes are chunked to 500 mutations
+  per commit (the emulator accepts more, production refuses).
+- :class:`Query` pages by cursor: the emulator answers at most 300 entities per call, so a short
+  page never means the end.
+- :func:`run_in_transaction` retries on contention and runs ``on_commit`` callbacks only after a
+  successful commit (the transactional outbox of deferred calls builds on this).
+
+The client is built on first use from :class:`core.config.Settings`, never at import.
+"""
+from __future__ import annotations
+
+import base64
+import contextvars
+import dataclasses
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from google.api_core import exceptions as gexc
+from google.cloud import datastore
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Production refuses commits with more mutations than this.
+MAX_MUTATIONS_PER_COMMIT = 500
+#: Entities asked for per query call when paging (the emulator caps a call at 300).
+DEFAULT_PAGE_SIZE = 500
+
+__all__ = [
+    "Key", "Entity", "Query", "QueryPage", "Datastore", "get", "put", "delete", "allocate_ids",
+    "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore",
+    "KeyError_", "TransactionFailedError", "MAX_MUTATIONS_PER_COMMIT",
+]
+
+
+class KeyError_(ValueError):
+    """A key string that cannot be parsed."""
+
+
+class TransactionFailedError(RuntimeError):
+    """A transaction kept colliding with others and gave up after its retries."""
+
+
+class Key(datastore.Key):
+    """A Datastore key with a URL-safe string form (``str(key)``) that round-trips."""
+
+    def to_urlsafe(self) -> str:
+        if self.is_partial:
+            raise ValueError(f"a partial key has no string form: {self!r}")
+        return self.to_legacy_urlsafe().decode("ascii")
+
+    @classmethod
+    def from_urlsafe(cls, value: str | bytes) -> Key:
+        """Parse :meth:`to_urlsafe`'s output; anything else raises :class:`KeyError_`."""
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if not isinstance(value, str) or not value:
+            raise KeyError_(f"not a key string: {value!r}")
+        try:
+            key = cls.from_legacy_urlsafe(value)
+        except Exception as exc:  # the library raises DecodeError, ValueError, TypeError, ...
+            raise KeyError_(f"malformed key string {value!r}: {exc}") from None
+        if not key.flat_path or key.is_partial:
+            raise KeyError_(f"malformed key string {value!r}: incomplete path")
+        return key
+
+    @classmethod
+    def from_library(cls, key: datastore.Key) -> Key:
+        if type(key) is cls:
+            return key
+        return cls(*key.flat_path, project=key.project, namespace=key.namespace, database=key.database)
+
+    def _clone(self) -> Key:
+        return Key.from_library(super()._clone())
+
+    def completed_key(self, id_or_name: int | str) -> Key:
+        return Key.from_library(super().completed_key(id_or_name))
+
+    @property
+    def parent(self) -> Key | None:  # type: ignore[override]
+        parent = super().parent
+        return None if parent is None else Key.from_library(parent)
+
+    def __str__(self) -> str:
+        return self.to_urlsafe() if not self.is_partial else repr(self)
+
+
+class Entity(datastore.Entity):
+    """A Datastore entity: a dict of properties plus its :class:`Key`."""
+
+    def __init__(self, key: datastore.Key | None = None, exclude_from_indexes: Iterable[str] = ()) -> None:
+        super().__init__(key=None if key is None else Key.from_library(key),
+                         exclude_from_indexes=tuple(exclude_from_indexes))
+
+
+def _wrap_value(value: Any) -> Any:
+    if isinstance(value, datastore.Key):
+        return Key.from_library(value)
+    if isinstance(value, datastore.Entity):
+        return _wrap_entity(value)
+    if isinstance(value, list):
+        return [_wrap_value(v) for v in value]
+    return value
+
+
+def _wrap_entity(entity: datastore.Entity) -> Entity:
+    if type(entity) is Entity:
+        return entity
+    wrapped = Entity(entity.key, exclude_from_indexes=entity.exclude_from_indexes)
+    for name, value in entity.items():
+        dict.__setitem__(wrapped, name, _wrap_value(value))
+    return wrapped
+
+
+@dataclasses.dataclass
+class _TransactionState:
+    transaction: datastore.Transaction
+    callbacks: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    mutations: int = 0
+
+
+_transaction_state: contextvars.ContextVar[_TransactionState | None] = contextvars.ContextVar(
+    "core_db_transaction", default=None)
+
+
+class Datastore:
+    """One project + namespace and a lazily built client. Swap it with :func:`configure`."""
+
+    def __init__(self, project: str, namespace: str | None = None, emulator_host: str | None = None) -> None:
+        self.project = project
+        self.namespace = namespace
+        self.emulator_host = emulator_host
+        self._client: datastore.Client | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Datastore:
+        return cls(settings.project, settings.namespace, settings.datastore_emulator_host)
+
+    @property
+    def client(self) -> datastore.Client:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> datastore.Client:
+        if self.emulator_host and not os.environ.get("DATASTORE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            return datastore.Client(project=self.project, namespace=self.namespace,
+                                    credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": f"http://{self.emulator_host}"})
+        return datastore.Client(project=self.project, namespace=self.namespace)
+
+    def key(self, *path: Any, namespace: str | None = None, parent: Key | None = None) -> Key:
+        if parent is not None:
+            return Key(*path, parent=parent)
+        return Key(*path, project=self.project, namespace=namespace if namespace is not None else self.namespace)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+_active: Datastore | None = None
+_active_lock = threading.Lock()
+
+
+def configure(settings_or_store: Settings | Datastore) -> Datastore:
+    """Make a store the process's active one (the app factory calls this)."""
+    global _active
+    store = settings_or_store if isinstance(settings_or_store, Datastore) else Datastore.from_settings(settings_or_store)
+    with _active_lock:
+        previous, _active = _active, store
+    if previous is not None and previous is not store:
+        previous.close()
+    return store
+
+
+def get_datastore() -> Datastore:
+    global _active
+    if _active is None:
+        from core.config import get_settings
+
+        with _active_lock:
+            if _active is None:
+                _active = Datastore.from_settings(get_settings())
+    return _active
+
+
+def key(*path: Any, namespace: str | None = None, parent: Key | None = None) -> Key:
+    """A key in the active project: ``db.key("invoice", 12)``."""
+    return get_datastore().key(*path, namespace=namespace, parent=parent)
+
+
+# --- reads and writes -------------------------------------------------------------------------
+
+@overload
+def get(keys: datastore.Key) -> Entity | None: ...
+@overload
+def get(keys: Sequence[datastore.Key]) -> list[Entity | None]: ...
+
+
+def get(keys: datastore.Key | Sequence[datastore.Key]) -> Entity | None | list[Entity | None]:
+    """Fetch one entity (``None`` if missing) or a list in the order of ``keys``."""
+    client = get_datastore().client
+    if isinstance(keys, datastore.Key):
+        found = client.get(keys)
+        return None if found is None else _wrap_entity(found)
+    key_list = list(keys)
+    if not key_list:
+        return []
+    by_key = {e.key: _wrap_entity(e) for e in client.get_multi(key_list)}
+    return [by_key.get(k) for k in key_list]
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _count_mutations(count: int) -> None:
+    state = _transaction_state.get()
+    if state is None:
+        return
+    state.mutations += count
+    if state.mutations > MAX_MUTATIONS_PER_COMMIT:
+        raise ValueError(f"a transaction may write at most {MAX_MUTATIONS_PER_COMMIT} entities "
+                         f"(production refuses larger commits); this one tried {state.mutations}")
+
+
+def put(entities: datastore.Entity | Sequence[datastore.Entity]) -> None:
+    """Write one entity or many; keys of new entities are completed in place.
+
+    Outside a transaction large lists are written in commits of at most 500 entities.
+    """
+    client = get_datastore().client
+    items = [entities] if isinstance(entities, datastore.Entity) else list(entities)
+    for item in items:
+        if not isinstance(item, datastore.Entity):
+            raise TypeError(f"db.put takes entities, got {type(item).__name__}")
+    _count_mutations(len(items))
+    if _transaction_state.get() is not None:
+        client.put_multi(items)
+    else:
+        for chunk in _chunks(items, MAX_MUTATIONS_PER_COMMIT):
+            client.put_multi(chunk)
+    for item in items:
+        if item.key is not None and type(item.key) is not Key:
+            item.key = Key.from_library(item.key)
+
+
+def delete(keys: datastore.Key | Sequence[datastore.Key]) -> None:
+    """Delete one key or many (chunked like :func:`put`)."""
+    client = get_datastore().client
+    items = [keys] if isinstance(keys, datastore.Key) else list(keys)
+    _count_mutations(len(items))
+    if _transaction_state.get() is not None:
+        client.delete_multi(items)
+    else:
+        for chunk in _chunks(items, MAX_MUTATIONS_PER_COMMIT):
+            client.delete_multi(chunk)
+
+
+def allocate_ids(incomplete_key: datastore.Key, count: int) -> list[Key]:
+    return [Key.from_library(k) for k in get_datastore().client.allocate_ids(incomplete_key, count)]
+
+
+# --- transactions -----------------------------------------------------------------------------
+
+def is_in_transaction() -> bool:
+    return _transaction_state.get() is not None
+
+
+def on_commit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the current transaction commits (at once outside a transaction).
+
+    Callbacks of a transaction that rolls back never run. A failing callback is logged and does
+    not undo the commit.
+    """
+    state = _transaction_state.get()
+    if state is None:
+        callback()
+    else:
+        state.callbacks.append(callback)
+
+
+def run_in_transaction(func: Callable[..., T], *args: Any, retries: int = 4, **kwargs: Any) -> T:
+    """Run ``func`` in a transaction, retrying it when the commit collides with another.
+
+    Called inside a transaction, ``func`` joins the outer one. Exceptions from ``func`` roll back
+    and propagate; ``on_commit`` callbacks run only after a successful commit.
+    """
+    if _transaction_state.get() is not None:
+        return func(*args, **kwargs)
+    client = get_datastore().client
+    for attempt in range(retries + 1):
+        transaction = client.transaction()
+        state = _TransactionState(transaction)
+        token = _transaction_state.set(state)
+        try:
+            with transaction:
+                result = func(*args, **kwargs)
+        except (gexc.Aborted, gexc.Conflict) as exc:
+            if attempt >= retries:
+                raise TransactionFailedError(f"transaction gave up after {retries + 1} attempts: {exc}") from exc
+            time.sleep(min(1.0, 0.02 * 2 ** attempt) * (0.5 + random.random()))
+            continue
+        finally:
+            _transaction_state.reset(token)
+        for callback in state.callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_commit callback %r failed", callback)
+        return result
+    raise AssertionError("unreachable")
+
+
+# --- queries ----------------------------------------------------------------------------------
+
+_OPERATORS = {"=": "=", "==": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">=",
+              "!=": "!=", "in": "IN", "not in": "NOT_IN", "not_in": "NOT_IN"}
+#: Operators the server expands into several scans: a cursor can't resume such a query.
+_MULTI_QUERY_OPERATORS = {"!=", "IN", "NOT_IN"}
+
+
+def _encode_cursor(cursor: bytes | None) -> str | None:
+    return None if cursor is None else base64.urlsafe_b64encode(cursor).decode("ascii")
+
+
+def _decode_cursor(cursor: str | bytes | None) -> bytes | None:
+    if cursor is None or isinstance(cursor, bytes):
+        return cursor
+    try:
+        return base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"malformed cursor {cursor!r}") from exc
+
+
+@dataclasses.dataclass
+class QueryPage:
+    """One page of results and the cursor after it (``None`` when the query is exhausted)."""
+
+    entities: list[Entity]
+    cursor: str | None
+
+    @property
+    def more(self) -> bool:
+        return self.cursor is not None
+
+
+class Query:
+    """A Datastore query: ``Query("invoice").filter("year =", 2026).order("-total")``."""
+
+    def __init__(self, kind: str | None, *, namespace: str | None = None) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.filters: list[tuple[str, str, Any]] = []
+        self.orders: list[str] = []
+        self.ancestor_key: Key | None = None
+        self.limit_count: int | None = None
+        self.start_cursor: str | None = None
+        self.end_cursor: str | None = None
+        self.only_keys = False
+
+    def filter(self, prop_op: str, *rest: Any) -> Query:
+        """``filter("year =", 2026)`` (ViUR style) or ``filter("year", "=", 2026)``."""
+        if len(rest) == 1:
+            name, _, op = prop_op.strip().partition(" ")
+            value = rest[0]
+            op = op.strip() or "="
+        elif len(rest) == 2:
+            name, op, value = prop_op, rest[0], rest[1]
+        else:
+            raise TypeError("filter takes ('prop op', value) or ('prop', 'op', value)")
+        normal = _OPERATORS.get(str(op).strip().lower())
+        if normal is None:
+            raise ValueError(f"unknown filter operator {op!r} in filter on {name!r}; "
+                             f"use one of {sorted(set(_OPERATORS))}")
+        if normal in {"IN", "NOT_IN"} and not isinstance(value, (list, tuple)):
+            raise ValueError(f"filter {name!r} {normal} needs a list of values, got {value!r}")
+        self.filters.append((name.strip(), normal, value))
+        return self
+
+    def order(self, *props: str) -> Query:
+        self.orders.extend(props)
+        return self
+
+    def ancestor(self, key: Key) -> Query:
+        self.ancestor_key = key
+        return self
+
+    def limit(self, count: int | None) -> Query:
+        self.limit_count = count
+        return self
+
+    def keys_only(self) -> Query:
+        self.only_keys = True
+        return self
+
+    def set_cursor(self, start: str | None = None, end: str | None = None) -> Query:
+        self.start_cursor, self.end_cursor = start, end
+        return self
+
+    @property
+    def is_cursor_resumable(self) -> bool:
+        """False for queries the server runs as several scans (IN, NOT_IN, !=)."""
+        return not any(op in _MULTI_QUERY_OPERATORS for _, op, _ in self.filters)
+
+    def _library_query(self) -> datastore.Query:
+        store = get_datastore()
+        query = store.client.query(kind=self.kind,
+                                   namespace=self.namespace if self.namespace is not None else store.namespace)
+        for name, op, value in self.filters:
+            query.add_filter(filter=datastore.query.PropertyFilter(name, op, value))
+        if self.orders:
+            query.order = list(self.orders)
+        if self.ancestor_key is not None:
+            query.ancestor = self.ancestor_key
+        if self.only_keys:
+            query.keys_only()
+        return query
+
+    def fetch_page(self, page_size: int = DEFAULT_PAGE_SIZE, cursor: str | None = None) -> QueryPage:
+        """Up to ``page_size`` entities from ``cursor`` (or the query's start cursor).
+
+        The library keeps asking while the server says there are more, so a page is short only at
+        the end of the results.
+        """
+        iterator = self._library_query().fetch(
+            limit=page_size, start_cursor=_decode_cursor(cursor if cursor is not None else self.start_cursor),
+            end_cursor=_decode_cursor(self.end_cursor))
+        entities = [_wrap_entity(e) for e in iterator]
+        next_cursor = iterator.next_page_token
+        if len(entities) < page_size or next_cursor is None:
+            return QueryPage(entities, None)
+        return QueryPage(entities, _encode_cursor(next_cursor))
+
+    def iter(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[Entity]:
+        """Every result (up to the query's limit), fetched page by page by cursor."""
+        remaining = self.limit_count
+        cursor = self.start_cursor
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            page = self.fetch_page(size, cursor)
+            yield from page.entities
+            if remaining is not None:
+                remaining -= len(page.entities)
+            if not page.more:
+                return
+            cursor = page.cursor
+
+    __iter__ = iter
+
+    def run(self, limit: int | None = None) -> list[Entity]:
+        """All results as a list (at most ``limit``, else the query's limit)."""
+        if limit is not None:
+            self.limit_count = limit
+        return list(self.iter())
+
+    def get_entry(self) -> Entity | None:
+        """The first result, or ``None``."""
+        page = self.fetch_page(1)
+        return page.entities[0] if page.entities else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain description (values encoded by ``core.json``) to rebuild the query elsewhere."""
+        return {"kind": self.kind, "namespace": self.namespace,
+                "filters": [[n, o, v] for n, o, v in self.filters], "orders": list(self.orders),
+                "ancestor": self.ancestor_key, "limit": self.limit_count,
+                "start_cursor": self.start_cursor, "end_cursor": self.end_cursor, "keys_only": self.only_keys}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Query:
+        query = cls(data["kind"], namespace=data.get("namespace"))
+        for name, op, value in data.get("filters", []):
+            query.filter(name, op, value)
+        query.orders = list(data.get("orders", []))
+        query.ancestor_key = data.get("ancestor")
+        query.limit_count = data.get("limit")
+        query.start_cursor = data.get("start_cursor")
+        query.end_cursor = data.get("end_cursor")
+        query.only_keys = bool(data.get("keys_only"))
+        return query
+
+    def __repr__(self) -> str:
+        return f"<Query {self.kind} filters={self.filters} orders={self.orders}>"

@@ -1,0 +1,113 @@
+"""One error tree for the task module, and one mapping from outcome to HTTP status.
+
+Cloud Tasks retries every non-2xx answer, so the mapping decides what is retried:
+
+=============================  ======  ==========================================================
+outcome                        status  meaning
+=============================  ======  ==========================================================
+success                        200     done; the queue forgets the task
+:class:`PermanentTaskFailure`  200     recorded as a dead letter, never retried
+:class:`PayloadError`          200     undecodable payload: dead letter, never retried
+:class:`TaskNotFound`          200     unknown task name: dead letter, never retried
+:class:`RetryTask` / other     500     the queue retries with its backoff
+:class:`BadTaskRequest`        400     malformed request: runs nothing, is not a task of ours
+:class:`NotAuthenticated`      401     a page needs a signed-in user
+:class:`Forbidden`             403     unsigned, forged or unverifiable request: runs nothing
+:class:`NotFound`              404     unknown cron group, callable task, ...
+=============================  ======  ==========================================================
+
+Requests we cannot verify are answered 4xx and never 5xx, so a forged request is not retried.
+"""
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Base of every error the task module raises on purpose."""
+
+    #: The HTTP status the task handler answers when this error ends a request.
+    http_status: int = 500
+
+
+# --- outcomes of running a task ---------------------------------------------------------------
+
+class PermanentTaskFailure(TaskError):
+    """The task failed and will never succeed: record it, do not retry."""
+
+    http_status = 200
+
+
+class PayloadError(PermanentTaskFailure):
+    """The payload cannot be decoded (corrupt, wrong version, unknown reference)."""
+
+
+class TaskNotFound(PermanentTaskFailure):
+    """The payload names a task that is not registered in this app."""
+
+
+class RetryTask(TaskError):
+    """Ask the queue to run the task again later, without it counting as a crash."""
+
+    http_status = 500
+
+
+# --- requests that are not (valid) tasks ------------------------------------------------------
+
+class RequestError(TaskError):
+    """A request to ``/_tasks/*`` that runs nothing."""
+
+    http_status = 400
+
+
+class BadTaskRequest(RequestError):
+    """Malformed: missing body, wrong content, bad parameters."""
+
+    http_status = 400
+
+
+class NotAuthenticated(RequestError):
+    """A page that needs a signed-in user was asked for anonymously."""
+
+    http_status = 401
+
+
+class Forbidden(RequestError):
+    """Unsigned, forged, tampered or otherwise unverifiable; or the user may not do this."""
+
+    http_status = 403
+
+
+class NotFound(RequestError):
+    """Unknown cron group, callable task or route."""
+
+    http_status = 404
+
+
+# --- programming errors, raised where the code is written or called --------------------------
+
+class ConfigurationError(TaskError):
+    """Settings or registrations that cannot work (raised at import or start-up)."""
+
+
+class DuplicateTask(ConfigurationError):
+    """Two task targets claim one registered name."""
+
+
+class InvalidScheduleSpecification(ConfigurationError, ValueError):
+    """A periodic task's schedule is contradictory or out of range."""
+
+
+class DeferredArgumentError(TaskError, TypeError):
+    """An argument of a deferred call cannot travel in a task; raised at the call site."""
+
+
+class EnqueueError(TaskError):
+    """A task could neither be created nor kept for retry."""
+
+
+def http_status_for(error: BaseException | None) -> int:
+    """The HTTP status the task handler answers for an outcome (``None`` is success)."""
+    if error is None:
+        return 200
+    if isinstance(error, TaskError):
+        return error.http_status
+    return 500

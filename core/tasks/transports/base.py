@@ -1,0 +1,86 @@
+"""The transport interface: how a finished task request reaches a queue.
+
+A transport only moves bytes. It never decodes a payload, never imports Flask and never builds a
+network client before its first use. Three implementations exist: Cloud Tasks (production), the
+durable local queue (one machine) and the in-process queue (tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+#: Cloud Tasks task IDs: letters, digits, hyphens and underscores, at most 500 characters.
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
+#: Cloud Tasks queue IDs.
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+#: Cloud Tasks refuses schedule times further ahead than this.
+MAX_SCHEDULE_AHEAD = datetime.timedelta(days=30)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRequest:
+    """One HTTP request a queue must deliver to the app.
+
+    ``path`` is relative to the app (``/_tasks/deferred``); ``eta`` is timezone-aware UTC or
+    ``None`` for "now"; ``name`` asks the queue to refuse a second task with the same name.
+    """
+
+    queue: str
+    path: str
+    body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    name: str | None = None
+    eta: datetime.datetime | None = None
+    target_version: str | None = None
+    method: str = "POST"
+
+    def __post_init__(self) -> None:
+        if not QUEUE_NAME_RE.match(self.queue):
+            raise ValueError(f"invalid queue name {self.queue!r}: use letters, digits and hyphens")
+        if self.name is not None and not TASK_NAME_RE.match(self.name):
+            raise ValueError(f"invalid task name {self.name!r}: use [A-Za-z0-9_-], at most 500 characters")
+        if self.eta is not None and self.eta.tzinfo is None:
+            raise ValueError("TaskRequest.eta must be timezone-aware")
+        if not self.path.startswith("/"):
+            raise ValueError(f"task path must start with '/': {self.path!r}")
+
+
+class EnqueueStatus(enum.Enum):
+    CREATED = "created"
+    #: A task of that name exists or existed recently: the request is already queued.
+    DUPLICATE = "duplicate"
+    #: The queue could not be reached or refused the request; the caller must keep it for retry.
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnqueueResult:
+    status: EnqueueStatus
+    #: The queue's name for the task (Cloud Tasks: the full resource path), if known.
+    queue_task_name: str | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not EnqueueStatus.FAILED
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Delivers task requests to a queue."""
+
+    def enqueue_many(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
+        """Create every request, concurrently where the queue allows it.
+
+        Returns one result per request, in order. Never raises for a single failed request: that
+        request's result is ``FAILED`` with the error, so the caller can keep it for retry.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release clients, threads and connections."""
+        ...

@@ -1,0 +1,179 @@
+"""core.db against the real Datastore emulator."""
+from __future__ import annotations
+
+import datetime
+import threading
+
+import pytest
+
+from core import db
+
+
+def make(kind: str, name: str | int, **props) -> db.Entity:
+    entity = db.Entity(db.key(kind, name))
+    entity.update(props)
+    return entity
+
+
+def test_put_get_delete_round_trip(datastore):
+    entity = make("invoice", "a", total=12, created=datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc))
+    db.put(entity)
+    loaded = db.get(entity.key)
+    assert isinstance(loaded, db.Entity) and isinstance(loaded.key, db.Key)
+    assert loaded == {"total": 12, "created": datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)}
+    db.delete(entity.key)
+    assert db.get(entity.key) is None
+
+
+def test_get_multi_keeps_order_and_gaps(datastore):
+    db.put([make("k", "a", n=1), make("k", "c", n=3)])
+    got = db.get([db.key("k", "c"), db.key("k", "b"), db.key("k", "a")])
+    assert [g and g["n"] for g in got] == [3, None, 1]
+
+
+def test_incomplete_key_is_completed_on_put(datastore):
+    entity = db.Entity(db.key("auto"))
+    entity["x"] = 1
+    db.put(entity)
+    assert isinstance(entity.key, db.Key) and entity.key.id is not None
+    assert db.get(entity.key)["x"] == 1
+
+
+def test_keys_inside_properties_come_back_as_core_keys(datastore):
+    ref = db.key("user", "u1")
+    db.put(make("k", "x", owner=ref, owners=[ref]))
+    loaded = db.get(db.key("k", "x"))
+    assert type(loaded["owner"]) is db.Key and loaded["owner"] == ref
+    assert type(loaded["owners"][0]) is db.Key
+
+
+def test_key_urlsafe_round_trip(datastore):
+    for key in (db.key("a", 1), db.key("a", "name with spaces/ä"), db.key("child", 7, parent=db.key("p", "x")),
+                db.Key("a", 5, project="other", namespace="ns")):
+        text = key.to_urlsafe()
+        assert text == str(key)
+        assert db.Key.from_urlsafe(text) == key
+        assert db.Key.from_urlsafe(text).namespace == key.namespace
+
+
+@pytest.mark.parametrize("bad", ["", "not-a-key", "!!!", "aGVsbG8", b"\xff\xfe"])
+def test_malformed_key_string_raises(bad):
+    with pytest.raises(db.KeyError_):
+        db.Key.from_urlsafe(bad)
+
+
+def test_multi_write_over_500_entities_is_chunked(datastore):
+    entities = [make("bulk", i + 1, n=i) for i in range(1234)]
+    db.put(entities)
+    assert len(db.Query("bulk").keys_only().run()) == 1234
+    db.delete([e.key for e in entities])
+    assert db.Query("bulk").keys_only().run() == []
+
+
+def test_filters_and_orders(datastore):
+    db.put([make("inv", i, year=2025 + i % 2, total=i) for i in range(1, 21)])
+    result = db.Query("inv").filter("year =", 2026).filter("total >=", 10).order("-total").run()
+    assert [e["total"] for e in result] == [19, 17, 15, 13, 11]
+    result = db.Query("inv").filter("total", "<", 4).order("total").run()
+    assert [e["total"] for e in result] == [1, 2, 3]
+    assert db.Query("inv").order("total").limit(3).run() == db.Query("inv").order("total").run(limit=3)
+
+
+def test_unknown_operator_raises_before_any_call():
+    with pytest.raises(ValueError, match="unknown filter operator '~='"):
+        db.Query("inv").filter("year ~=", 1)
+
+
+def test_cursor_paging_across_more_than_300_results(datastore):
+    db.put([make("page", i, n=i) for i in range(1, 1001)])
+    query = db.Query("page").order("n")
+    first = query.fetch_page(700)
+    assert len(first.entities) == 700 and first.more
+    second = query.fetch_page(700, first.cursor)
+    assert [e["n"] for e in second.entities] == list(range(701, 1001))
+    assert not second.more
+    seen = [e["n"] for e in db.Query("page").order("n").iter(page_size=450)]
+    assert seen == list(range(1, 1001))
+
+
+def test_query_round_trips_through_its_dict(datastore):
+    db.put([make("qd", i, n=i) for i in range(1, 11)])
+    query = db.Query("qd").filter("n >", 3).order("-n").limit(4)
+    rebuilt = db.Query.from_dict(query.to_dict())
+    assert [e["n"] for e in rebuilt.run()] == [10, 9, 8, 7]
+    assert query.is_cursor_resumable
+    assert not db.Query("qd").filter("n in", [1, 2]).is_cursor_resumable
+
+
+def test_transaction_commits_and_runs_on_commit(datastore):
+    ran = []
+
+    def work():
+        db.put(make("tx", "a", n=1))
+        db.on_commit(lambda: ran.append("committed"))
+        assert db.is_in_transaction()
+        return "result"
+
+    assert db.run_in_transaction(work) == "result"
+    assert db.get(db.key("tx", "a"))["n"] == 1
+    assert ran == ["committed"] and not db.is_in_transaction()
+
+
+def test_transaction_rolls_back_on_error(datastore):
+    ran = []
+
+    def work():
+        db.put(make("tx", "b", n=1))
+        db.on_commit(lambda: ran.append("committed"))
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        db.run_in_transaction(work)
+    assert db.get(db.key("tx", "b")) is None
+    assert ran == []
+
+
+def test_transaction_retries_on_contention(datastore):
+    db.put(make("counter", "c", n=0))
+    attempts = []
+    barrier = threading.Barrier(2)
+
+    def increment(wait: bool) -> None:
+        attempts.append(1)
+        entity = db.get(db.key("counter", "c"))
+        if wait and len(attempts) <= 2:
+            barrier.wait(timeout=10)
+        entity["n"] += 1
+        db.put(entity)
+
+    errors = []
+
+    def worker():
+        try:
+            db.run_in_transaction(increment, True)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert db.get(db.key("counter", "c"))["n"] == 2
+    assert len(attempts) >= 3, "one of the two colliding transactions must have been retried"
+
+
+def test_transaction_refuses_more_than_500_writes(datastore):
+    def work():
+        db.put([make("big", i + 1) for i in range(501)])
+
+    with pytest.raises(ValueError, match="at most 500"):
+        db.run_in_transaction(work)
+    assert db.Query("big").keys_only().run() == []
+
+
+def test_put_rejects_non_entities_without_partial_write(datastore):
+    with pytest.raises(TypeError, match="dict"):
+        db.put([make("pw", 1), {"not": "an entity"}])
+    assert db.get(db.key("pw", 1)) is None
