@@ -42,3 +42,51 @@ def datastore(datastore_emulator: DatastoreEmulator, settings: Settings) -> Iter
     datastore_emulator.reset()
     store = db.configure(settings)
     yield store
+
+
+class TaskQueue:
+    """The in-process queue of one test app: ``run_pending()`` drains it through the real handler."""
+
+    def __init__(self, app) -> None:
+        from core.app import runtime_of
+        from core.tasks.transports.inline import InlineTransport
+
+        self.app = app
+        transport = runtime_of(app).transport
+        assert isinstance(transport, InlineTransport), "the test app must use the inline transport"
+        self.transport = transport
+
+    @property
+    def pending(self):
+        return self.transport.pending
+
+    def run_pending(self, **kwargs):
+        return self.transport.run_pending(self.app, **kwargs)
+
+
+@pytest.fixture
+def make_app(settings, datastore):
+    """Build a test app from a module mapping (inline queue, emulator, fixed secrets)."""
+    from core import create_app
+
+    def build(modules=None, **kwargs):
+        app = create_app(modules or {}, settings=kwargs.pop("settings", settings), **kwargs)
+        app.testing = True
+        return app
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def task_queue(app) -> TaskQueue:
+    return TaskQueue(app)

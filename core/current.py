@@ -1,0 +1,18 @@
+"""Context variables readable from anywhere during a request or a task: request, user, language.
+
+ViUR code reads ``current.user.get()``; the same works here, in request handlers and in tasks
+(the task handler restores the enqueuing user and language before it runs the task).
+"""
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+#: The Flask request being handled (``None`` in a task started outside HTTP, e.g. in tests).
+request: contextvars.ContextVar[Any] = contextvars.ContextVar("core_request", default=None)
+#: The signed-in user object as the app's user provider returns it, or ``None``.
+user: contextvars.ContextVar[Any] = contextvars.ContextVar("core_user", default=None)
+#: The language of the request or of the task's caller (e.g. ``"de"``).
+language: contextvars.ContextVar[str | None] = contextvars.ContextVar("core_language", default=None)
+#: Information about the task being executed (:class:`core.tasks.security.TaskInfo`), or ``None``.
+task: contextvars.ContextVar[Any] = contextvars.ContextVar("core_task", default=None)

@@ -1,0 +1,208 @@
+"""``@callDeferred``: calling the function queues a task that runs it later, elsewhere, once.
+
+Works on module-level functions, static and class methods, and methods of modules mounted in the
+module tree; a method runs on the live instance mounted at the same path, never on a copy of
+``self``. Keyword options at the call::
+
+    recompute_totals(month="2026-10", _queue="background", _countdown=60)
+
+``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
+``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process).
+Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
+here, at the call, naming the value. The call returns a :class:`TaskHandle`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from core import current
+from core.tasks import dispatch, message
+from core.tasks.errors import ConfigurationError, DeferredArgumentError
+from core.tasks.registry import active_registry, qualified_name
+from core.tasks.runtime import TaskRuntime, get_runtime
+from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, TaskRequest
+
+DEFERRED_PATH = "/_tasks/deferred"
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHandle:
+    """What a deferred call returns: the task's id (and dedupe name), queue and schedule."""
+
+    id: str
+    queue: str
+    name: str | None = None
+    eta: datetime.datetime | None = None
+
+    @property
+    def task_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclasses.dataclass
+class DeferredTarget:
+    """A registered deferred function. ``kind`` is function, method, classmethod or staticmethod."""
+
+    name: str
+    func: Callable[..., Any]
+    kind: str
+    queue: str | None = None
+    owner: type | None = None
+    #: ``retry_n_times`` / ``noRetry``: executions allowed before the task is given up.
+    max_executions: int | None = None
+
+
+class DeferredFunction:
+    """The object ``@callDeferred`` returns; a descriptor so that methods bind like methods."""
+
+    def __init__(self, func: Any, *, queue: str | None = None) -> None:
+        kind = "function"
+        if isinstance(func, classmethod):
+            kind, func = "classmethod", func.__func__
+        elif isinstance(func, staticmethod):
+            kind, func = "staticmethod", func.__func__
+        elif "." in func.__qualname__:
+            kind = "method"
+        if not callable(func):
+            raise TypeError(f"@callDeferred needs a function, got {func!r}")
+        self.target = DeferredTarget(qualified_name(func), func, kind, queue,
+                                     max_executions=getattr(func, "_max_executions", None))
+        active_registry().deferred.add(self.target.name, self.target)
+        functools.update_wrapper(self, func)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.target.owner = owner
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if self.target.kind == "classmethod":
+            return functools.partial(self._call, owner, None)
+        if self.target.kind == "staticmethod" or instance is None:
+            return self
+        return functools.partial(self._call, instance, instance)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.target.kind == "method":
+            raise TypeError(f"{self.target.name} is a deferred method: call it on a module instance")
+        return self._call(None, None, *args, **kwargs)
+
+    def _call(self, bound: Any, instance: Any, *args: Any, **kwargs: Any) -> Any:
+        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        if options.get("_call_deferred", True) is False:
+            if bound is None:
+                return self.target.func(*args, **kwargs)
+            return self.target.func(bound, *args, **kwargs)
+        return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
+
+    def __repr__(self) -> str:
+        return f"<deferred {self.target.name}>"
+
+
+def callDeferred(func: Any = None, *, queue: str | None = None) -> Any:  # noqa: N802 - ViUR's name
+    """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``)."""
+    if func is None:
+        return lambda f: DeferredFunction(f, queue=queue)
+    return DeferredFunction(func, queue=queue)
+
+
+CallDeferred = callDeferred
+call_deferred = callDeferred
+
+
+def _max_executions(func: Any, count: int) -> Any:
+    target = getattr(func, "target", None)
+    if isinstance(target, DeferredTarget):
+        target.max_executions = count
+    else:
+        raw = getattr(func, "__func__", func)
+        raw._max_executions = count
+    return func
+
+
+def retry_n_times(retries: int) -> Callable[[Any], Any]:
+    """Run a deferred function at most ``retries + 1`` times; after that the task is given up."""
+    if retries < 0:
+        raise ValueError("retry_n_times needs a count >= 0")
+    return lambda func: _max_executions(func, retries + 1)
+
+
+def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
+    """Never run a deferred function a second time (a failed first run is recorded, not retried)."""
+    return _max_executions(func, 1)
+
+
+no_retry = noRetry
+
+
+def capture_environment(runtime: TaskRuntime) -> dict[str, Any]:
+    """The caller's user id, language and custom environment, to be restored in the task."""
+    user = current.user.get()
+    env: dict[str, Any] = {"user": runtime.users.id_of(user) if user is not None else None,
+                           "language": current.language.get()}
+    if runtime.environment is not None:
+        env["custom"] = runtime.environment.serialize()
+    return env
+
+
+def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
+    if countdown is not None and eta is not None:
+        raise ValueError("pass either _countdown or _eta, not both")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if countdown is not None:
+        if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) or countdown < 0:
+            raise ValueError(f"_countdown must be a number of seconds >= 0, got {countdown!r}")
+        eta = now + datetime.timedelta(seconds=countdown)
+    elif eta is not None:
+        if not isinstance(eta, datetime.datetime):
+            raise ValueError(f"_eta must be a datetime, got {eta!r}")
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=datetime.timezone.utc)
+    if eta is not None and eta - now > MAX_SCHEDULE_AHEAD:
+        raise ValueError(f"cannot schedule a task more than 30 days ahead (eta {eta.isoformat()})")
+    return eta
+
+
+def build_request(runtime: TaskRuntime, envelope: message.Envelope, path: str, *,
+                  name: str | None = None, eta: datetime.datetime | None = None,
+                  target_version: str | None = None) -> TaskRequest:
+    """Encode, sign and address an envelope: the request a queue will push back to ``path``."""
+    from core.tasks.security import SIGNATURE_HEADER, sign_request
+
+    settings = runtime.settings
+    body = message.encode(envelope, limit=settings.tasks_payload_limit)
+    headers = {"Content-Type": "application/json",
+               SIGNATURE_HEADER: sign_request(settings.tasks_secret, "POST", path, body)}
+    return TaskRequest(queue=envelope.queue, path=path, body=body, headers=headers, name=name, eta=eta,
+                       target_version=target_version)
+
+
+def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+          instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
+          _eta: datetime.datetime | None = None, _name: str | None = None,
+          _target_version: str | None = None, _call_deferred: bool = True) -> TaskHandle:
+    """Queue one call of ``target``; validates everything before anything is sent."""
+    if not runtime.settings.tasks_secret:
+        raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
+    instance_path = None
+    if target.kind == "method":
+        locator = runtime.modules
+        instance_path = locator.path_of(instance) if locator is not None else None
+        if instance_path is None:
+            raise DeferredArgumentError(
+                f"{target.name} is a deferred method and runs on the live module instance, but "
+                f"{instance!r} is not mounted in the app's module tree")
+    queue = _queue or target.queue or runtime.settings.tasks_default_queue
+    eta = _schedule(_countdown, _eta)
+    call = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
+    envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
+    try:
+        request = build_request(runtime, envelope, DEFERRED_PATH, name=_name, eta=eta,
+                                target_version=_target_version or None)
+    except TypeError as exc:
+        raise DeferredArgumentError(f"cannot defer {target.name}: {exc}") from None
+    dispatch.send(runtime, request)
+    return TaskHandle(envelope.id, queue, _name, eta)
