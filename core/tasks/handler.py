@@ -40,3 +40,35 @@ class TaskHandler(Module):
     def deferred(self, *args: Any, **kwargs: Any) -> Response:
         """Run one deferred call."""
         return run_task_request("deferred")
+
+    @exposed(methods=("POST",))
+    def queryIter(self, *args: Any, **kwargs: Any) -> Response:  # noqa: N802 - ViUR's name
+        """Run one chunk of a query iterator."""
+        return run_task_request("queryIter")
+
+    @exposed(methods=("GET", "POST"))
+    def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803
+        """Enqueue every periodic task of the cron group that is due (cron / Cloud Scheduler ping)."""
+        from core.tasks.periodic import handle_cron
+
+        return handle_cron(cronName)
+
+    @exposed(methods=("GET",))
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        """The callable tasks the current user may run (HTML, or JSON when asked for)."""
+        from core.admin.views import list_callable_tasks
+
+        return list_callable_tasks(*args)
+
+    @exposed(methods=("GET", "POST"))
+    def execute(self, taskID: str | None = None, *args: Any, **kwargs: Any) -> Any:  # noqa: N803
+        """Show a callable task's form (GET) or queue a run of it (POST)."""
+        from core.admin.views import execute_callable_task
+
+        return execute_callable_task(taskID)
+
+    def findBoundTask(self, task: Any, obj: Any = None, depth: int = 0) -> Any:  # noqa: N802
+        """ViUR's lookup of the live instance a periodic method belongs to: ``(bound method, instance)``."""
+        from core.tasks.periodic import find_bound_task
+
+        return find_bound_task(task, obj, depth)

@@ -1,0 +1,13 @@
+"""The example application served by ``main.py``: one module tree, one user provider."""
+from __future__ import annotations
+
+from example.invoices import Index, Invoices
+from example.users import SessionUsers, UserModule
+
+MODULES = {
+    "index": Index,
+    "invoices": Invoices,
+    "user": UserModule,
+}
+
+__all__ = ["MODULES", "SessionUsers"]

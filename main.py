@@ -1,0 +1,16 @@
+"""The WSGI entry point (``gunicorn main:app``) and, run directly, the local development server.
+
+``python main.py`` starts the Datastore emulator, the durable local queue and gunicorn on
+``$PORT`` (default 8080), and stops them all on Ctrl-C.
+"""
+from __future__ import annotations
+
+from core import create_app
+from example import MODULES, SessionUsers
+
+app = create_app(MODULES, users=SessionUsers(), languages=("en", "de"))
+
+if __name__ == "__main__":
+    from deploy.devserver import main
+
+    main()
