@@ -1,0 +1,66 @@
+"""The WSGI app of the end-to-end failure tests: the example app plus probes that record runs.
+
+Every probe writes a ``probe_run`` entity per execution, so a test can count runs from outside.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from core import create_app, db
+from core.module import Module, exposed
+from core.tasks import PermanentTaskFailure, callDeferred
+from example import MODULES, SessionUsers
+
+
+def _record(probe: str, token: str, **extra: Any) -> int:
+    entity = db.Entity(db.key("probe_run", uuid.uuid4().hex))
+    entity.update({"probe": probe, "token": token, "pid": os.getpid(), **extra})
+    db.put(entity)
+    return len(db.Query("probe_run").filter("token =", token).keys_only().run())
+
+
+@callDeferred
+def slow(token: str, seconds: float) -> None:
+    time.sleep(seconds)
+    _record("slow", token)
+
+
+@callDeferred
+def flaky(token: str, failures: int) -> None:
+    runs = _record("flaky", token)
+    if runs <= failures:
+        raise RuntimeError(f"failing on purpose, run {runs}")
+
+
+@callDeferred
+def permanent(token: str) -> None:
+    _record("permanent", token)
+    raise PermanentTaskFailure("never works")
+
+
+class Probes(Module):
+    @exposed(methods=("POST",))
+    def slow(self, token: str, count: str = "1", seconds: str = "0.1") -> str:
+        for _ in range(int(count)):
+            slow(token, float(seconds))
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def flaky(self, token: str, failures: str = "2") -> str:
+        flaky(token, int(failures))
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def permanent(self, token: str) -> str:
+        permanent(token)
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def noop(self) -> str:
+        return "ok"
+
+
+app = create_app({**MODULES, "probes": Probes}, users=SessionUsers(), languages=("en", "de"))
