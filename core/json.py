@@ -1,0 +1,459 @@
+"""Lossless tagged JSON: the wire format of deferred-call arguments.
+
+Plain JSON loses types (a tuple comes back as a list, a datetime cannot be written at all), so every
+value JSON cannot carry exactly is written as a single-key object whose key is a tag:
+
+========  ===========================  ==========================================================
+tag       type                         payload
+========  ===========================  ==========================================================
+``~k``    ``core.db.Key``              URL-safe string; ``[project, namespace, database, flat_path]``
+                                       for keys it cannot express (partial, named database, ...)
+``~e``    ``core.db.Entity``           ``[key or null, {properties}]`` + sorted excluded names
+``~dt``   ``datetime.datetime``        ISO 8601 string; ``[iso, zone or null, fold]`` for a ``ZoneInfo``
+                                       zone or ``fold=1``
+``~d``    ``datetime.date``            ISO 8601 string
+``~t``    ``datetime.time``            like ``~dt``
+``~td``   ``datetime.timedelta``       whole microseconds
+``~b``    ``bytes``                    base64
+``~s``    ``set``                      members, sorted by their encoded form
+``~fs``   ``frozenset``                members, sorted by their encoded form
+``~tu``   ``tuple``                    items
+``~dec``  ``decimal.Decimal``          ``str()`` of it: exact digits and exponent
+``~u``    ``uuid.UUID``                32 hex digits
+``~m``    ``dict``                     ``[[key, value], ...]``: non-str keys, or a look-alike
+``~f``    ``float``                    ``"nan"``, ``"inf"`` or ``"-inf"`` (JSON has no such numbers)
+``~i``    ``int``                      hex digits, for ints too long for Python's decimal limit
+========  ===========================  ==========================================================
+
+A plain dict with one key starting with ``~`` is written in the ``~m`` form, so it can never be
+mistaken for a tag; a decoder that meets an unknown tag raises ``ValueError`` instead of guessing.
+
+Only the exact types above (and ``None``, ``bool``, ``int``, ``float``, ``str``, ``list``) are
+accepted: a subclass such as an ``IntEnum`` or an ``OrderedDict`` would come back as its base type,
+so it is refused like any other object, with a ``TypeError`` that says where it sits. Keys and
+entities are the exception: any ``google.cloud.datastore`` key or entity is accepted and comes back
+as the ``core.db`` class. Output is pure ASCII, so every ``str`` (even lone surrogates) survives.
+Naive datetimes and times stay naive; aware ones come back with an equal UTC offset (as a fixed
+``datetime.timezone``) or, if their zone is a ``ZoneInfo``, in that zone with the same ``fold``.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import uuid
+import zoneinfo
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable"]
+
+#: Every tag key starts with this; plain dicts with one such key are escaped.
+TAG_PREFIX = "~"
+
+# Ints at least this large are tagged as hex: Python refuses str(int) past 4300 digits by default
+# (and may be configured down to 640), hex conversion is never limited.
+_BIG_INT = 1 << 1024
+
+_Tree = Any  # what the stdlib encoder can write: dict[str, _Tree] | list[_Tree] | str | int | float | bool | None
+_Encoder = Callable[[Any, set[int]], _Tree]
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+class _Unserializable(Exception):
+    """Raised deep in the encoder; collects the path while unwinding, becomes a TypeError at the top."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.segments: list[str] = []
+
+    def to_type_error(self, root: str) -> TypeError:
+        return TypeError(f"{self.reason} at {root}{''.join(reversed(self.segments))}")
+
+
+def _unsupported(value: Any) -> _Unserializable:
+    cls = type(value)
+    reason = f"cannot serialize object of type {cls.__qualname__}"
+    for base in _SUPPORTED_BASES:
+        if isinstance(value, base):
+            reason += f" (a subclass of {base.__qualname__}; only the exact type round-trips)"
+            break
+    return _Unserializable(reason)
+
+
+def _key_segment(key: Any) -> str:
+    try:
+        text = repr(key)
+    except Exception:  # noqa: BLE001 - e.g. an int past the decimal digit limit
+        text = f"<{type(key).__qualname__}>"
+    return f"[{text if len(text) <= 60 else text[:57] + '...'}]"
+
+
+def _encode(value: Any, active: set[int]) -> _Tree:
+    """Turn ``value`` into a tree of plain JSON types; ``active`` holds containers being encoded."""
+    cls = type(value)
+    if cls is str or cls is bool or value is None:
+        return value
+    if cls is int:
+        return value if -_BIG_INT < value < _BIG_INT else {"~i": format(value, "x")}
+    if cls is float:
+        return value if value - value == 0.0 else {"~f": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    encoder = _ENCODERS.get(cls) or _late_encoder(value)
+    return encoder(value, active)
+
+
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _enter(container: Any, active: set[int]) -> int:
+    ident = id(container)
+    if ident in active:
+        raise _Unserializable(f"cannot serialize {_article(type(container).__qualname__)} that contains itself")
+    active.add(ident)
+    return ident
+
+
+def _encode_items(items: Any, active: set[int]) -> list[_Tree]:
+    """Encode a sequence; an error inside names the item's index."""
+    out: list[_Tree] = []
+    append = out.append
+    try:
+        for item in items:
+            cls = type(item)
+            if cls is str or cls is bool or item is None or (cls is int and -_BIG_INT < item < _BIG_INT):
+                append(item)
+            else:
+                append(_encode(item, active))
+    except _Unserializable as exc:
+        exc.segments.append(f"[{len(out)}]")
+        raise
+    return out
+
+
+def _encode_list(value: list[Any], active: set[int]) -> _Tree:
+    ident = _enter(value, active)
+    try:
+        return _encode_items(value, active)
+    finally:
+        active.discard(ident)
+
+
+def _encode_tuple(value: tuple[Any, ...], active: set[int]) -> _Tree:
+    return {"~tu": _encode_items(value, active)}
+
+
+def _encode_members(members: set[Any] | frozenset[Any], active: set[int]) -> list[_Tree]:
+    """Encode set members in the order of their encoded text, so equal sets encode equally."""
+    encoded: list[tuple[str, _Tree]] = []
+    for index, member in enumerate(members):
+        if type(member) is int and -_BIG_INT < member < _BIG_INT:
+            encoded.append((str(member), member))  # the same text the JSON encoder writes, faster
+            continue
+        try:
+            tree = _encode(member, active)
+        except _Unserializable as exc:
+            exc.segments.append(f".members[{index}]")
+            raise
+        encoded.append((_COMPACT.encode(tree), tree))
+    encoded.sort(key=lambda pair: pair[0])
+    return [tree for _, tree in encoded]
+
+
+def _encode_set(value: set[Any], active: set[int]) -> _Tree:
+    return {"~s": _encode_members(value, active)}
+
+
+def _encode_frozenset(value: frozenset[Any], active: set[int]) -> _Tree:
+    return {"~fs": _encode_members(value, active)}
+
+
+def _encode_mapping(value: dict[Any, Any], active: set[int]) -> _Tree:
+    """A dict stays a JSON object when that is unambiguous, else becomes ``~m`` pairs."""
+    ident = _enter(value, active)
+    try:
+        plain = all(type(k) is str for k in value)
+        if plain and len(value) == 1:
+            plain = not next(iter(value)).startswith(TAG_PREFIX)
+        if plain:
+            out: dict[str, _Tree] = {}
+            key: Any = None
+            try:
+                for key, item in value.items():
+                    out[key] = _encode(item, active)
+            except _Unserializable as exc:
+                exc.segments.append(_key_segment(key))
+                raise
+            return out
+        pairs: list[_Tree] = []
+        for index, (key, item) in enumerate(value.items()):
+            try:
+                encoded_key = _encode(key, active)
+            except _Unserializable as exc:
+                exc.segments.append(f".keys[{index}]")
+                raise
+            try:
+                pairs.append([encoded_key, _encode(item, active)])
+            except _Unserializable as exc:
+                exc.segments.append(_key_segment(key))
+                raise
+        return {"~m": pairs}
+    finally:
+        active.discard(ident)
+
+
+def _encode_datetime(value: datetime.datetime, active: set[int]) -> _Tree:
+    zone = _zone_key(value.tzinfo)
+    if zone is None and not value.fold:
+        return {"~dt": value.isoformat()}
+    return {"~dt": [value.isoformat(), zone, value.fold]}
+
+
+def _encode_time(value: datetime.time, active: set[int]) -> _Tree:
+    # A ZoneInfo cannot give a time of day an offset, so isoformat() writes none: keep the zone.
+    zone = _zone_key(value.tzinfo)
+    if zone is None and not value.fold:
+        return {"~t": value.isoformat()}
+    return {"~t": [value.isoformat(), zone, value.fold]}
+
+
+def _zone_key(tz: datetime.tzinfo | None) -> str | None:
+    return tz.key if type(tz) is zoneinfo.ZoneInfo else None
+
+
+def _library_key_payload(key: Any) -> _Tree:
+    """The URL-safe string when it round-trips exactly, else the parts of the key."""
+    from core import db
+
+    flat_path = key.flat_path
+    if not key.is_partial and all(flat_path[1::2]) and not key.database and key.namespace != "":
+        try:
+            return db.Key.from_library(key).to_urlsafe()
+        except Exception:  # noqa: BLE001 - e.g. a name the key protobuf cannot hold; parts still work
+            pass
+    return [key.project, key.namespace, key.database, list(flat_path)]
+
+
+def _encode_key(value: Any, active: set[int]) -> _Tree:
+    return {"~k": _library_key_payload(value)}
+
+
+def _encode_entity(value: Any, active: set[int]) -> _Tree:
+    key = None if value.key is None else _library_key_payload(value.key)
+    properties = _encode_mapping(value, active)
+    excluded = sorted(value.exclude_from_indexes)
+    return {"~e": [key, properties, excluded] if excluded else [key, properties]}
+
+
+_ENCODERS: dict[type, _Encoder] = {
+    list: _encode_list,
+    dict: _encode_mapping,
+    tuple: _encode_tuple,
+    set: _encode_set,
+    frozenset: _encode_frozenset,
+    datetime.datetime: _encode_datetime,
+    datetime.date: lambda v, _: {"~d": v.isoformat()},
+    datetime.time: _encode_time,
+    datetime.timedelta: lambda v, _: {"~td": v // datetime.timedelta(microseconds=1)},
+    bytes: lambda v, _: {"~b": base64.b64encode(v).decode("ascii")},
+    decimal.Decimal: lambda v, _: {"~dec": str(v)},
+    uuid.UUID: lambda v, _: {"~u": v.hex},
+}
+
+_SUPPORTED_BASES: tuple[type, ...] = (
+    str, int, float, list, dict, tuple, set, frozenset, datetime.datetime, datetime.date, datetime.time,
+    datetime.timedelta, bytes, decimal.Decimal, uuid.UUID)
+
+
+def _late_encoder(value: Any) -> _Encoder:
+    """Datastore keys and entities of any class (imported on first need), or refuse the value."""
+    from core import db
+
+    library_entity = db.Entity.__mro__[1]  # google.cloud.datastore.Entity, which db.Entity extends
+    library_key = db.Key.__mro__[1]
+    if isinstance(value, library_entity):
+        encoder = _encode_entity
+    elif isinstance(value, library_key):
+        encoder = _encode_key
+    else:
+        raise _unsupported(value)
+    _ENCODERS[type(value)] = encoder
+    return encoder
+
+
+def _to_tree(value: Any, path: str) -> _Tree:
+    try:
+        return _encode(value, set())
+    except _Unserializable as exc:
+        raise exc.to_type_error(path) from None
+    except RecursionError:
+        raise TypeError(f"cannot serialize {path}: nested too deeply") from None
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+def _expect(payload: Any, cls: type) -> Any:
+    if type(payload) is not cls:
+        raise ValueError(f"expected {cls.__name__}, got {type(payload).__name__}")
+    return payload
+
+
+def _decode_key(payload: Any) -> Any:
+    from core import db
+
+    if type(payload) is str:
+        return db.Key.from_urlsafe(payload)
+    project, namespace, database, flat_path = _expect(payload, list)
+    return db.Key(*_expect(flat_path, list), project=project, namespace=namespace, database=database)
+
+
+def _decode_entity(payload: Any) -> Any:
+    from core import db
+
+    key, properties, *rest = _expect(payload, list)
+    if len(rest) > 1:
+        raise ValueError("too many items")
+    excluded = _expect(rest[0], list) if rest else ()
+    entity = db.Entity(None if key is None else _decode_key(key), exclude_from_indexes=excluded)
+    entity.update(_expect(properties, dict))
+    return entity
+
+
+def _zoned(parsed: Any, payload: Any) -> Any:
+    """Put back the zone and fold that ``[iso, zone or null, fold]`` carries beside the ISO text."""
+    _, zone, fold = payload
+    if zone is None:
+        return parsed.replace(fold=_expect(fold, int))
+    try:
+        tz = zoneinfo.ZoneInfo(_expect(zone, str))
+    except zoneinfo.ZoneInfoNotFoundError:
+        if parsed.utcoffset() is None:
+            raise
+        return parsed  # the offset (and for a datetime the instant) is still exact
+    zoned = parsed.replace(tzinfo=tz, fold=_expect(fold, int))
+    if isinstance(parsed, datetime.datetime) and zoned.utcoffset() != parsed.utcoffset():
+        return parsed  # the zone's rules changed since encoding: keep the exact instant
+    return zoned
+
+
+def _parse_iso(cls: Any, text: Any) -> Any:
+    parsed = cls.fromisoformat(_expect(text, str))
+    # Python 3.11 reads an offset under one second ("+00:00:00.000001") as UTC: read it ourselves.
+    if parsed.utcoffset() == _ZERO and text[-7] == "." and text[-16] in "+-" and text[-15:-7] == "00:00:00":
+        offset = datetime.timedelta(microseconds=int(text[-6:]))
+        parsed = parsed.replace(tzinfo=datetime.timezone(-offset if text[-16] == "-" else offset))
+    return parsed
+
+
+_ZERO = datetime.timedelta(0)
+
+
+def _decode_datetime(payload: Any) -> datetime.datetime:
+    if type(payload) is str:
+        return _parse_iso(datetime.datetime, payload)
+    return _zoned(_parse_iso(datetime.datetime, _expect(payload, list)[0]), payload)
+
+
+def _decode_time(payload: Any) -> datetime.time:
+    if type(payload) is str:
+        return _parse_iso(datetime.time, payload)
+    return _zoned(_parse_iso(datetime.time, _expect(payload, list)[0]), payload)
+
+
+def _decode_int(payload: Any) -> int:
+    return int(_expect(payload, str), 16)
+
+
+_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _decode_pairs(payload: Any) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for pair in _expect(payload, list):
+        key, value = _expect(pair, list)
+        out[key] = value
+    return out
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "~k": _decode_key,
+    "~e": _decode_entity,
+    "~dt": _decode_datetime,
+    "~d": lambda p: datetime.date.fromisoformat(_expect(p, str)),
+    "~t": _decode_time,
+    "~td": lambda p: datetime.timedelta(microseconds=_expect(p, int)),
+    "~b": lambda p: base64.b64decode(_expect(p, str), validate=True),
+    "~s": lambda p: set(_expect(p, list)),
+    "~fs": lambda p: frozenset(_expect(p, list)),
+    "~tu": lambda p: tuple(_expect(p, list)),
+    "~dec": lambda p: decimal.Decimal(_expect(p, str)),
+    "~u": lambda p: uuid.UUID(hex=_expect(p, str)),
+    "~m": _decode_pairs,
+    "~f": lambda p: _NON_FINITE[_expect(p, str)],
+    "~i": _decode_int,
+}
+
+
+def jsonDecodeObjectHook(obj: dict[str, Any]) -> Any:
+    """Turn a tagged object back into its value; other objects pass through unchanged.
+
+    Use as ``json.loads(text, object_hook=jsonDecodeObjectHook)``. Unknown or malformed tags raise
+    ``ValueError``.
+    """
+    if len(obj) != 1:
+        return obj
+    for tag, payload in obj.items():
+        if not tag.startswith(TAG_PREFIX):
+            return obj
+        decoder = _DECODERS.get(tag)
+        if decoder is None:
+            raise ValueError(f"unknown tag {tag!r} in tagged JSON")
+        try:
+            return decoder(payload)
+        except Exception as exc:  # noqa: BLE001 - any failure means the payload is not ours
+            raise ValueError(f"malformed {tag!r} value {payload!r:.80}: {exc}") from exc
+    return obj  # unreachable: the loop runs once
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+class JsonKeyEncoder(json.JSONEncoder):
+    """``json.dumps(value, cls=JsonKeyEncoder)`` writes the tagged form of ``value``.
+
+    The value is converted before the stdlib encoder sees it, because the stdlib would otherwise
+    turn tuples and sets into lists and non-str dict keys into strings without asking.
+    """
+
+    def encode(self, o: Any) -> str:
+        # Not super().encode(): it would call our iterencode and convert the tree a second time.
+        return "".join(super().iterencode(_to_tree(o, "$"), _one_shot=True))
+
+    def iterencode(self, o: Any, _one_shot: bool = False) -> Iterator[str]:
+        return super().iterencode(_to_tree(o, "$"), _one_shot)
+
+    def default(self, o: Any) -> Any:
+        return _to_tree(o, "$")
+
+
+def dumps(obj: Any, path: str = "$") -> str:
+    """Compact, deterministic, ASCII tagged JSON for ``obj``.
+
+    Raises ``TypeError`` naming the offending value's type and where it sits, with ``path`` as the
+    name of the root (e.g. ``"args"`` gives ``... at args[1]['user']``).
+    """
+    return _COMPACT.encode(_to_tree(obj, path))
+
+
+def loads(s: str | bytes) -> Any:
+    """Inverse of :func:`dumps`; raises ``ValueError`` for malformed JSON or tags."""
+    return json.loads(s, object_hook=jsonDecodeObjectHook)
+
+
+def check_serializable(obj: Any, path: str = "$") -> None:
+    """Raise the ``TypeError`` :func:`dumps` would raise for ``obj``, else return ``None``."""
+    _to_tree(obj, path)
