@@ -8,6 +8,7 @@ MODULES = {
     "index": Index,
     "invoices": Invoices,
     "user": UserModule,
+    "reindex": __import__("example.reindex", fromlist=["Reindex"]).Reindex,
 }
 
 __all__ = ["MODULES", "SessionUsers"]
