@@ -1,0 +1,274 @@
+"""The task dashboard: a module an app mounts at ``_tasks/admin`` (``{"_tasks/admin": TaskAdmin}``).
+
+Pages, for administrators only (``runtime.users.is_admin``; 401 anonymous, 403 everyone else),
+each also as JSON with ``?format=json`` or ``Accept: application/json``:
+
+- ``/_tasks/admin``: overview (counts and the newest entries of each page);
+- ``/_tasks/admin/periodic``: periodic tasks, their schedule, last success, next due, last error;
+- ``/_tasks/admin/queryiters``: query iterator runs with live progress (the page reloads itself
+  while a run is running); ``POST .../queryiters/<run>/stop`` and ``.../resume``;
+- ``/_tasks/admin/failed``: failed tasks (dead letters) with ``POST .../failed/<id>/retry`` and
+  ``.../discard``;
+- ``/_tasks/admin/runs``: runs of callable tasks.
+
+Every action is a POST through a CSRF-checked form. A module rather than routes added by the app
+factory: it is mounted like any other module, so an app decides whether and where it has one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from flask import Response, flash, jsonify, redirect, request
+
+from core import db
+from core import json as tagged_json
+from core.admin import forms
+from core.admin.render import error_response, guarded, require_admin, respond, wants_json
+from core.admin.views import describe_run, run_is_active
+from core.module import Module, exposed
+from core.tasks import callable as callable_tasks
+from core.tasks import dispatch
+from core.tasks.errors import BadTaskRequest, NotFound
+from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.runtime import TaskRuntime
+from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
+
+#: Seconds between reloads of a page that shows something running.
+REFRESH_SECONDS = 2
+PAGE_SIZE = 100
+_SUMMARY_LENGTH = 160
+
+
+class TaskAdmin(Module):
+    """Administrators' view of periodic tasks, query iterator runs, failed tasks and callable runs."""
+
+    @exposed(methods=("GET",))
+    @guarded
+    def index(self, *args: Any, **kwargs: Any) -> Response:
+        """Overview: a few lines of every page."""
+        runtime = require_admin()
+        letters = dead_letters(limit=5)
+        iters = query_runs(limit=5)
+        runs = [describe_run(r) for r in callable_tasks.recent_runs(limit=5)]
+        periodic = periodic_tasks(runtime)
+        data = {"failed": letters, "failed_total": count_dead_letters(), "queryiters": iters, "runs": runs, "periodic": periodic,
+                "queryiters_available": iters is not None, "periodic_available": periodic is not None}
+        active = any(r["status"] == "running" for r in iters or []) or any(run_is_active(r) for r in runs)
+        return respond("dashboard.html", data, refresh=REFRESH_SECONDS if active else None, base=self._base(),
+                       title="Task dashboard")
+
+    @exposed(methods=("GET",))
+    @guarded
+    def periodic(self, *args: Any, **kwargs: Any) -> Response:
+        """Periodic tasks and their schedule state."""
+        runtime = require_admin()
+        tasks = periodic_tasks(runtime)
+        return respond("periodic.html", {"periodic": tasks or [], "available": tasks is not None},
+                       base=self._base(), title="Periodic tasks")
+
+    @exposed(methods=("GET", "POST"))
+    @guarded
+    def queryiters(self, run_id: str | None = None, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """Query iterator runs (GET); stop or resume one (POST ``<run>/stop`` | ``<run>/resume``)."""
+        runtime = require_admin()
+        if request.method == "POST":
+            return self._queryiter_action(runtime, run_id, action)
+        if run_id is not None:
+            raise NotFound("no such page")
+        runs = query_runs(limit=PAGE_SIZE)
+        active = any(r["status"] == "running" for r in runs or [])
+        return respond("queryiters.html", {"queryiters": runs or [], "available": runs is not None},
+                       refresh=REFRESH_SECONDS if active else None, action_form=forms.ActionForm(),
+                       base=self._base(), title="Query iterator runs")
+
+    @exposed(methods=("GET", "POST"))
+    @guarded
+    def failed(self, letter_id: str | None = None, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """Failed tasks (GET); retry or discard one (POST ``<id>/retry`` | ``<id>/discard``)."""
+        runtime = require_admin()
+        if request.method == "POST":
+            return self._dead_letter_action(runtime, letter_id, action)
+        if letter_id is not None:
+            raise NotFound("no such page")
+        return respond("failed.html", {"failed": dead_letters(limit=PAGE_SIZE)}, action_form=forms.ActionForm(),
+                       base=self._base(), title="Failed tasks")
+
+    @exposed(methods=("GET",))
+    @guarded
+    def runs(self, *args: Any, **kwargs: Any) -> Response:
+        """Runs of callable tasks, newest first."""
+        require_admin()
+        runs = [describe_run(r) for r in callable_tasks.recent_runs(limit=PAGE_SIZE)]
+        active = any(run_is_active(r) for r in runs)
+        return respond("runs.html", {"runs": runs}, refresh=REFRESH_SECONDS if active else None,
+                       base=self._base(), title="Callable task runs")
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _base(self) -> str:
+        return "/" + self.module_path
+
+    def _checked_action(self) -> Response | None:
+        """A 400 response unless the POST carries a valid CSRF token."""
+        form = forms.ActionForm()
+        if not form.validate():
+            return error_response(400, "The form expired or did not come from this site (CSRF token missing "
+                                       "or wrong). Reload the page and try again.")
+        return None
+
+    def _done(self, page: str, message: str, **data: Any) -> Response:
+        if wants_json():
+            return jsonify({"ok": True, "message": message, **data})
+        flash(message)
+        return redirect(f"{self._base()}/{page}", code=303)
+
+    def _queryiter_action(self, runtime: TaskRuntime, run_id: str | None, action: str | None) -> Response:
+        if run_id is None or action not in ("stop", "resume"):
+            raise NotFound("no such action")
+        refused = self._checked_action()
+        if refused is not None:
+            return refused
+        try:
+            from core.tasks import queryiter
+        except ImportError:
+            raise NotFound("query iterators are not part of this app") from None
+        if action == "stop":
+            changed = queryiter.stop_run(run_id)
+            message = f"Run {run_id} stopped." if changed else f"Run {run_id} was not running."
+        else:
+            changed = queryiter.resume_run(run_id, runtime=runtime)
+            message = f"Run {run_id} resumed." if changed else f"Run {run_id} was neither stopped nor failed."
+        return self._done("queryiters", message, changed=changed)
+
+    def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
+        if letter_id is None or action not in ("retry", "discard"):
+            raise NotFound("no such action")
+        refused = self._checked_action()
+        if refused is not None:
+            return refused
+        key = dead_letter_key(letter_id)
+        if action == "retry":
+            found = retry_dead_letter(runtime, key)
+            message = f"Task {letter_id} queued again." if found else f"Task {letter_id} was already handled."
+        else:
+            found = discard_dead_letter(key)
+            message = f"Task {letter_id} discarded." if found else f"Task {letter_id} was already handled."
+        return self._done("failed", message, changed=found)
+
+
+# --- data of the pages (Flask-free) --------------------------------------------------------------
+
+def periodic_tasks(runtime: TaskRuntime) -> list[dict[str, Any]] | None:
+    """``core.tasks.periodic.periodic_overview``, or ``None`` where periodic tasks are not built in."""
+    try:
+        from core.tasks.periodic import periodic_overview
+    except ImportError:
+        return None
+    return [dict(entry) for entry in periodic_overview(runtime)]
+
+
+def query_runs(limit: int) -> list[dict[str, Any]] | None:
+    """The newest query iterator runs as dicts (with ``rate`` and ``elapsed``), or ``None`` if absent."""
+    try:
+        from core.tasks.queryiter import list_runs
+    except ImportError:
+        return None
+    described = []
+    for run in list_runs(limit):
+        if dataclasses.is_dataclass(run) and not isinstance(run, type):
+            entry = dataclasses.asdict(run)
+            for name in ("rate", "elapsed"):
+                if hasattr(run, name):
+                    entry[name] = getattr(run, name)
+        else:
+            entry = dict(run)
+        described.append(entry)
+    return described
+
+
+def dead_letter_key(letter_id: str) -> db.Key:
+    """The key of a dead letter from its id in a URL (ids are allocated numbers)."""
+    if not re.fullmatch(r"[0-9]{1,19}", letter_id or ""):
+        raise BadTaskRequest(f"malformed failed-task id {letter_id!r}")
+    return db.key(DEAD_LETTER_KIND, int(letter_id))
+
+
+def count_dead_letters(cap: int = 1000) -> int:
+    """How many dead letters there are, counting at most ``cap``."""
+    return len(db.Query(DEAD_LETTER_KIND).keys_only().run(limit=cap))
+
+
+def dead_letters(limit: int) -> list[dict[str, Any]]:
+    """The newest dead letters, described for the failed-tasks page."""
+    entities = db.Query(DEAD_LETTER_KIND).order("-created").run(limit=limit)
+    return [describe_dead_letter(e) for e in entities]
+
+
+def describe_dead_letter(entity: db.Entity) -> dict[str, Any]:
+    payload = entity.get("payload")
+    return {"id": str(entity.key.id_or_name), "task_id": entity.get("task_id"), "kind": entity.get("kind"),
+            "target": entity.get("target"), "queue": entity.get("queue"), "path": entity.get("path"),
+            "error": entity.get("error"), "traceback": entity.get("traceback"),
+            "attempts": entity.get("attempts"), "created": entity.get("created"),
+            "payload": payload_summary(bytes(payload) if payload is not None else b"")}
+
+
+def payload_summary(body: bytes) -> str:
+    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it."""
+    try:
+        data = tagged_json.loads(body)
+    except Exception:
+        return _shorten(body.decode("utf-8", "replace") or "(empty)")
+    if not isinstance(data, dict):
+        return _shorten(repr(data))
+    if "ref" in data:
+        return f"{data.get('kind')} task with a payload stored in Datastore ({len(body)} bytes referenced)"
+    payload = data.get("payload")
+    if isinstance(payload, dict) and "target" in payload:
+        args = [repr(a) for a in payload.get("args") or []]
+        args += [f"{k}={v!r}" for k, v in (payload.get("kwargs") or {}).items()]
+        return _shorten(f"{payload['target']}({', '.join(args)})")
+    return _shorten(repr(payload))
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _SUMMARY_LENGTH else text[:_SUMMARY_LENGTH - 1] + "…"
+
+
+def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
+    """Send a dead letter's stored request again (freshly signed) and delete it, in one transaction.
+
+    ``False`` when it is gone already (retried or discarded by someone else): never sent twice.
+    """
+    from core.tasks.security import SIGNATURE_HEADER, sign_request
+
+    def retry() -> bool:
+        letter = db.get(key)
+        if letter is None:
+            return False
+        path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
+        if not path.startswith("/"):
+            raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
+        queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
+        if not QUEUE_NAME_RE.match(queue):
+            queue = runtime.settings.tasks_default_queue
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: sign_request(runtime.settings.tasks_secret, "POST", path, body)}
+        dispatch.send(runtime, TaskRequest(queue=queue, path=path, body=body, headers=headers))
+        db.delete(key)
+        return True
+
+    return db.run_in_transaction(retry)
+
+
+def discard_dead_letter(key: db.Key) -> bool:
+    """Delete a dead letter; ``False`` when it is gone already."""
+    def discard() -> bool:
+        if db.get(key) is None:
+            return False
+        db.delete(key)
+        return True
+
+    return db.run_in_transaction(discard)

@@ -1,0 +1,178 @@
+"""What every admin page shares: who may see it, HTML or JSON, error pages, the template set.
+
+Templates live next to this file and are rendered by an overlay of the app's own Jinja
+environment (so ``url_for`` and flashed messages work) that only this package uses: the pages
+need no blueprint and no change to the app factory.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jinja2
+from flask import Response, current_app, jsonify, request
+
+from core import current
+from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
+from core.tasks.runtime import TaskRuntime, get_runtime
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_ENV_KEY = "core.admin.jinja"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def wants_json(path_args: tuple[str, ...] = ()) -> bool:
+    """JSON when asked for: a trailing ``json`` path segment, ``?format=json`` or ``Accept``."""
+    if path_args and path_args[-1] == "json":
+        return True
+    if request.args.get("format") == "json":
+        return True
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
+
+
+def user_id() -> str | None:
+    """The current user's id as the app's user provider gives it."""
+    user = current.user.get()
+    return get_runtime().users.id_of(user) if user is not None else None
+
+
+def is_admin() -> bool:
+    """The documented admin check: ``runtime.users.is_admin(current.user.get())``."""
+    user = current.user.get()
+    return user is not None and bool(get_runtime().users.is_admin(user))
+
+
+def require_user() -> Any:
+    """The signed-in user, or :class:`NotAuthenticated` (401)."""
+    user = current.user.get()
+    if user is None:
+        raise NotAuthenticated("sign in to use this page")
+    return user
+
+
+def require_admin() -> TaskRuntime:
+    """401 for anonymous visitors, 403 for users who are not admins; the runtime otherwise."""
+    require_user()
+    if not is_admin():
+        raise Forbidden("only administrators may see the task dashboard")
+    return get_runtime()
+
+
+def dashboard_path() -> str | None:
+    """Where the task dashboard is mounted in this app, if it is."""
+    from core.admin.dashboard import TaskAdmin
+
+    modules = get_runtime().modules
+    found = modules.instances_of(TaskAdmin) if modules is not None else []
+    return "/" + found[0].module_path if found else None
+
+
+def login_url() -> str | None:
+    """The sign-in page, if the app's user provider names one (``login_url`` attribute)."""
+    url = getattr(get_runtime().users, "login_url", None)
+    if not isinstance(url, str) or not url:
+        return None
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}{urllib.parse.urlencode({'next': request.full_path.rstrip('?')})}"
+
+
+def _environment() -> jinja2.Environment:
+    env = current_app.extensions.get(_ENV_KEY)
+    if env is None:
+        env = current_app.jinja_env.overlay(loader=jinja2.FileSystemLoader(str(TEMPLATES)))
+        env.filters["when"] = format_time
+        env.filters["ago"] = format_age
+        current_app.extensions[_ENV_KEY] = env
+    return env
+
+
+def render(template: str, http_status: int = 200, /, **context: Any) -> Response:
+    """An HTML page from this package's templates, with the page chrome's context filled in."""
+    base = {"user": current.user.get(), "user_id": user_id(), "is_admin": is_admin(),
+            "dashboard": dashboard_path(), "login_url": login_url(), "request": request}
+    html = _environment().get_template(template).render(**base, **context)
+    return Response(html, status=http_status, mimetype="text/html")
+
+
+def respond(template: str, data: Mapping[str, Any], http_status: int = 200, /, *,
+            path_args: tuple[str, ...] = (), **context: Any) -> Response:
+    """``data`` as JSON when the client asks for JSON, else the template rendered with it."""
+    if wants_json(path_args):
+        response = jsonify(to_json(dict(data)))
+        response.status_code = http_status
+        return response
+    return render(template, http_status, **data, **context)
+
+
+def error_response(status: int, message: str, *, path_args: tuple[str, ...] = ()) -> Response:
+    """An error as JSON ``{"error": ...}`` or as a page."""
+    titles = {400: "Bad request", 401: "Sign in required", 403: "Not allowed", 404: "Not found",
+              422: "Invalid input"}
+    return respond("error.html", {"error": message, "status": status}, status, path_args=path_args,
+                   title=titles.get(status, "Error"))
+
+
+def guarded(func: F) -> F:
+    """Turn the task module's request errors (401/403/404/...) raised by a view into error pages."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RequestError as exc:
+            return error_response(exc.http_status, str(exc))
+    return wrapper  # type: ignore[return-value]
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON for entities, keys and datetimes (ISO 8601) found in page data."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json(v) for v in value]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def format_time(value: Any) -> str:
+    """``2026-10-05 14:03:12 UTC`` for datetimes and unix seconds; ``—`` for nothing."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, (int, float)):
+        value = datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc)
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def format_age(value: Any) -> str:
+    """A short relative time (``12 s ago``, ``in 3 min``) for a datetime."""
+    if not isinstance(value, datetime.datetime):
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    seconds = (datetime.datetime.now(datetime.timezone.utc) - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172800, "h", 3600), (float("inf"), "d", 86400)):
+        if seconds < limit:
+            amount = f"{int(seconds // size)} {unit}"
+            return f"in {amount}" if future else f"{amount} ago"
+    return ""
