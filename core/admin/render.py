@@ -78,7 +78,7 @@ def login_url() -> str | None:
     if not isinstance(url, str) or not url:
         return None
     separator = "&" if "?" in url else "?"
-    return f"{url}{separator}{urllib.parse.urlencode({'next': request.full_path.rstrip('?')})}"
+    return f"{url}{separator}{urllib.parse.urlencode({'next': request.full_path.rstrip('?')}, safe='/')}"
 
 
 def _environment() -> jinja2.Environment:
