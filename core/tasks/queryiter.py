@@ -128,6 +128,12 @@ class QueryIter(metaclass=MetaQueryIter):
         may be met again later (it can move behind the cursor)."""
         log.debug("handleEntry called on %s with %r", cls.iter_id, entry.key)
 
+    #: Optional: handle many entries in one call (one batch write instead of one per entity). Used
+    #: only when the class that defines ``handleEntry`` also defines this, so a subclass that
+    #: overrides ``handleEntry`` alone keeps per-entity handling. A failing batch is handled again
+    #: entity by entity, so ``handleError`` still sees single entries.
+    handleEntries: ClassVar[Callable[[list[db.Entity], Any], None] | None] = None  # noqa: N815
+
     @classmethod
     def handleFinish(cls, totalCount: int, customData: Any) -> None:  # noqa: N802, N803
         """Called once when the query is exhausted, with the number of entities met."""
@@ -150,6 +156,10 @@ class DeleteEntitiesIter(QueryIter):
     def handleEntry(cls, entry: db.Entity, customData: Any) -> None:  # noqa: N802, N803
         db.delete(entry.key)
 
+    @classmethod
+    def handleEntries(cls, entries: list[db.Entity], customData: Any) -> None:  # noqa: N802, N803
+        db.delete([entry.key for entry in entries])
+
 
 def query_iter_class(iter_id: str, registry: TaskRegistry | None = None) -> type[QueryIter]:
     """The class registered as ``iter_id`` (raises :class:`TaskNotFound`)."""
@@ -158,6 +168,17 @@ def query_iter_class(iter_id: str, registry: TaskRegistry | None = None) -> type
     if not (isinstance(found, type) and issubclass(found, QueryIter)):
         raise TaskNotFound(f"{iter_id!r} is not a query iterator")
     return found
+
+
+def _batch_handler(cls: type[QueryIter]) -> Callable[[list[db.Entity], Any], None] | None:
+    """``cls.handleEntries`` if the class defining ``handleEntry`` defines it too, else ``None``."""
+    def owner(name: str) -> type | None:
+        return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+    batch_owner = owner("handleEntries")
+    if batch_owner is None or vars(batch_owner)["handleEntries"] is None or batch_owner is not owner("handleEntry"):
+        return None
+    return cls.handleEntries
 
 
 # --- run records ------------------------------------------------------------------------------
@@ -378,6 +399,7 @@ class _Chunk:
         self.finish_claimed = record.get("finishing_since") is not None
         self.seconds_per_entry = float(record.get("seconds_per_entry") or 0.0)
         self.budget = _chunk_seconds(runtime, cls)
+        self.batch = _batch_handler(cls)
         self.started = time.monotonic()
         self.handled = 0
         self.handling_time = 0.0
@@ -402,24 +424,60 @@ class _Chunk:
         limit = self.query.limit_count
         while True:
             page = self.query.fetch_page(self._page_size(limit), pos.cursor)
-            for entity in page.entities:
-                path = tuple(entity.key.flat_path)
-                if path in pos.done:
-                    continue
+            todo = [e for e in page.entities if tuple(e.key.flat_path) not in pos.done]
+            index = one_by_one_until = 0
+            while index < len(todo):
                 if limit is not None and pos.processed >= limit:
                     return _EXHAUSTED
                 if self._should_yield():
                     return _YIELD
+                if self.batch is not None and index >= one_by_one_until:
+                    batch = todo[index:index + self._batch_size(limit)]
+                    if self._handle_batch(batch):
+                        index += len(batch)
+                        continue
+                    one_by_one_until = index + len(batch)
+                entity = todo[index]
                 if not self._handle(entity):
                     return _STOPPED
-                pos.done.add(path)
+                pos.done.add(tuple(entity.key.flat_path))
                 pos.processed += 1
+                index += 1
             if not page.more or (limit is not None and pos.processed >= limit):
                 return _EXHAUSTED
             pos.cursor, pos.done = page.cursor, set()
             if self._should_yield():
                 return _YIELD
             self._save()
+
+    def _batch_size(self, limit: int | None) -> int:
+        size = self.cls.pageSize
+        cap = self.cls.maxEntriesPerChunk
+        if cap is not None:
+            size = min(size, cap - self.handled)
+        if limit is not None:
+            size = min(size, limit - self.position.processed)
+        if self.seconds_per_entry > 0:
+            remaining = max(0.0, self.budget - (time.monotonic() - self.started))
+            size = min(size, int(remaining / self.seconds_per_entry) + 1)
+        return max(1, size)
+
+    def _handle_batch(self, entities: list[db.Entity]) -> bool:
+        """Handle ``entities`` in one call; False when the batch failed (handle them one by one)."""
+        assert self.batch is not None
+        started = time.monotonic()
+        try:
+            self.batch(entities, self.custom)
+        except Exception as exc:  # handled again one by one, where handleError can judge each
+            log.info("%s: a batch of %d failed (%r); handling them one by one", self.cls.iter_id, len(entities), exc)
+            return False
+        self.handled += len(entities)
+        self.handling_time += time.monotonic() - started
+        self.seconds_per_entry = self.handling_time / self.handled
+        for entity in entities:
+            self.position.done.add(tuple(entity.key.flat_path))
+        self.position.processed += len(entities)
+        return True
 
     def _should_yield(self) -> bool:
         """Time to hand over to the next step? Never before this chunk handled one entity."""

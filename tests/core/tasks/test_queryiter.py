@@ -562,3 +562,63 @@ def test_deleting_in_chunks_that_end_mid_page_misses_nothing(app, task_queue):
     left = db.Query("doomed").run()
     assert len(left) == 166 and {e["year"] for e in left} == {2025}
     assert finishes() == [("finish", 167, None)] and get_run(run_id).processed == 167
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+class Batched(QueryIter):
+    """Batches of up to 40; a batch holding a FAIL_IDS entity fails and is handled one by one."""
+
+    pageSize = 40
+    maxEntriesPerChunk = 100
+
+    @classmethod
+    def handleEntry(cls, entry, customData):
+        if entry.key.id in FAIL_IDS:
+            raise RuntimeError(f"bad {entry.key.id}")
+        SEEN.append(("entry", entry.key.id))
+
+    @classmethod
+    def handleEntries(cls, entries, customData):
+        if any(e.key.id in FAIL_IDS for e in entries):
+            raise RuntimeError("batch refused")
+        SEEN.extend(("entry", e.key.id) for e in entries)
+        SEEN.append(("batch", len(entries)))
+
+    @classmethod
+    def handleError(cls, entry, customData, exception):
+        SEEN.append(("error", entry.key.id))
+        return True
+
+    @classmethod
+    def handleFinish(cls, totalCount, customData):
+        SEEN.append(("finish", totalCount, customData))
+
+
+class OneByOne(Batched):
+    """Overrides handleEntry alone: the inherited batch hook must not bypass it."""
+
+    @classmethod
+    def handleEntry(cls, entry, customData):
+        SEEN.append(("single", entry.key.id))
+
+
+def test_batches_are_used_and_a_failing_batch_is_handled_one_by_one(app, task_queue):
+    put_things(200)
+    FAIL_IDS.add(57)
+    run_id = Batched.startIterOnQuery(db.Query("thing"))
+    task_queue.run_pending()
+    assert sorted(entries()) == [i for i in range(1, 201) if i != 57]
+    assert [s for s in SEEN if s[0] == "error"] == [("error", 57)]
+    # Chunk 1: a batch, the failed batch one by one, then a page cut to what the cap of 100 leaves.
+    # Chunk 2: two whole pages and the rest.
+    assert [s[1] for s in SEEN if s[0] == "batch"] == [40, 20, 40, 40, 20]
+    assert finishes() == [("finish", 200, None)] and get_run(run_id).errors == 1
+
+
+def test_a_subclass_overriding_handle_entry_alone_is_not_batched(app, task_queue):
+    put_things(30)
+    OneByOne.startIterOnQuery(db.Query("thing"))
+    task_queue.run_pending()
+    assert sorted(s[1] for s in SEEN if s[0] == "single") == list(range(1, 31))
+    assert [s for s in SEEN if s[0] == "batch"] == []
