@@ -13,6 +13,7 @@ from wtforms.validators import DataRequired, NumberRange
 from core import current, db
 from core.admin import TaskAdmin
 from core.tasks import PermanentTaskFailure, callDeferred, isolated_registry
+from core.tasks.periodic import PeriodicTask, run_cron
 from core.tasks.callable import RUN_KIND, CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import QueryIter
@@ -85,6 +86,11 @@ def sometimes_doomed(token: str) -> None:
         raise PermanentTaskFailure(f"doomed {token}")
 
 
+def tidy() -> None:
+    """Declared periodic inside the test registry."""
+    CALLS.append(("tidy", None, None))
+
+
 class Counter(QueryIter):
     """Counts ``thing`` entities, a few per chunk so runs take several steps."""
 
@@ -108,6 +114,8 @@ def app(make_app):
         CallableTask(Purge)
     registry.deferred.add(sometimes_doomed.target.name, sometimes_doomed.target)
     registry.query_iters.add(Counter.iter_id, Counter)
+    with isolated_registry(registry):
+        PeriodicTask(interval=60)(tidy)
     return make_app({"_tasks/admin": TaskAdmin}, registry=registry, users=Users())
 
 
@@ -394,6 +402,23 @@ def test_the_overview_and_runs_pages_show_callable_runs(ann, queue):
     queue.run_pending()
     overview = ann.get("/_tasks/admin?format=json").json
     assert [r["status"] for r in overview["runs"]] == ["done"] and overview["failed_total"] == 0
+
+
+def test_periodic_tasks_show_their_schedule_and_last_success(app, ann, queue):
+    from core.app import runtime_of
+
+    before = ann.get("/_tasks/admin/periodic?format=json").json["periodic"]
+    row = next(r for r in before if r["task"].endswith(".tidy"))
+    assert row["cron"] == "default" and row["schedule"] and row["last_success"] is None
+    with app.test_request_context():
+        run_cron(runtime_of(app), "default")
+    queue.run_pending()
+    assert ("tidy", None, None) in CALLS
+    after = ann.get("/_tasks/admin/periodic?format=json").json["periodic"]
+    row = next(r for r in after if r["task"].endswith(".tidy"))
+    assert row["last_success"] is not None and row["last_error"] is None
+    html = ann.get("/_tasks/admin/periodic").get_data(as_text=True)
+    assert "test_views.tidy" in html and row["schedule"] in html
 
 
 def _thing(number: int) -> db.Entity:
