@@ -1,6 +1,8 @@
 """The example application served by ``main.py``: one module tree, one user provider."""
 from __future__ import annotations
 
+from core.admin import TaskAdmin
+from example import admin_tasks  # noqa: F401 - registers the example's callable tasks
 from example.invoices import Index, Invoices
 from example.users import SessionUsers, UserModule
 
@@ -8,6 +10,7 @@ MODULES = {
     "index": Index,
     "invoices": Invoices,
     "user": UserModule,
+    "_tasks/admin": TaskAdmin,
     "reindex": __import__("example.reindex", fromlist=["Reindex"]).Reindex,
 }
 
