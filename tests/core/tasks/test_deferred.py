@@ -12,7 +12,7 @@ from core import current, db
 from core.module import Module, exposed
 from core.tasks import (DeferredArgumentError, DuplicateTask, PermanentTaskFailure, TaskHandle, callDeferred,
                         isolated_registry, noRetry, retry_n_times, sweep_outbox)
-from core.tasks.dispatch import OUTBOX_KIND
+from core.tasks.dispatch import OUTBOX_KIND, outbox_size
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
@@ -332,7 +332,7 @@ def test_failed_enqueue_is_kept_in_the_outbox_and_swept(app, client, task_queue)
     transport.enqueue_many = lambda requests: [EnqueueResult(EnqueueStatus.FAILED, error=OSError("down"))
                                                for _ in requests]
     assert client.get("/index/defer_many?count=3").status_code == 200
-    assert len(db.Query(OUTBOX_KIND).run()) == 3 and task_queue.pending == []
+    assert outbox_size() == 3 and task_queue.pending == []
     transport.enqueue_many = original
     from core.tasks.runtime import get_runtime
 
@@ -377,7 +377,7 @@ def test_crash_between_commit_and_enqueue_loses_nothing(app, task_queue):
         record("survivor")
 
     db.run_in_transaction(work)
-    assert task_queue.pending == [] and len(db.Query(OUTBOX_KIND).run()) == 1
+    assert task_queue.pending == [] and outbox_size() == 1
     transport.enqueue_many = original
     from core.tasks.runtime import get_runtime
 
@@ -448,3 +448,65 @@ def test_retry_warning_threshold_logs_and_mails(make_app, caplog):
         queue.run_pending(raise_errors=False)
     assert any("retry 25" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert mails == ["Task keeps failing"]
+
+
+class RemoteLikeQueue:
+    """The inline queue as a remote queue looks to the dispatcher: batches cost round trips."""
+
+    cheap_batches = False
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = []
+        self.fail = False
+
+    def enqueue_many(self, requests):
+        self.calls.append(len(requests))
+        if self.fail:
+            return [EnqueueResult(EnqueueStatus.FAILED, error=OSError("down")) for _ in requests]
+        return self.inner.enqueue_many(requests)
+
+    def close(self):
+        pass
+
+
+def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
+    from core.tasks.dispatch import wait_for_background
+    from core.tasks.transports.inline import InlineTransport
+    from tests.conftest import TaskQueue
+
+    inner = InlineTransport()
+    remote = RemoteLikeQueue(inner)
+    app = make_app({"index": Index}, transport=remote)
+    remote.fail = True  # the background creation fails: everything must wait in the outbox
+    assert app.test_client().get("/index/defer_many?count=40").status_code == 200
+    wait_for_background()
+    assert outbox_size() == 40 and len(db.Query(OUTBOX_KIND).run()) == 1, "one entity holds the batch"
+    remote.fail = False
+    from core.tasks.runtime import get_runtime
+
+    assert sweep_outbox(get_runtime(), older_than=datetime.timedelta(0)) == 40
+    assert outbox_size() == 0
+    assert len(inner.pending) == 40 and all(t.request.name.startswith("ob-") for t in inner.pending)
+    # Creating the same batch again (a sweep after a crash before the delete) is refused as duplicates.
+    again = inner.enqueue_many([t.request for t in inner.pending])
+    assert {r.status for r in again} == {EnqueueStatus.DUPLICATE} and len(inner.pending) == 40
+    queue = TaskQueue.__new__(TaskQueue)
+    queue.app, queue.transport = app, inner
+    queue.run_pending()
+    assert sorted(c[1][0] for c in CALLS) == list(range(40))
+
+
+def test_large_batch_is_created_in_the_background_after_the_response(make_app):
+    from core.tasks.dispatch import wait_for_background
+    from core.tasks.transports.inline import InlineTransport
+
+    inner = InlineTransport()
+    remote = RemoteLikeQueue(inner)
+    app = make_app({"index": Index}, transport=remote)
+    assert app.test_client().get("/index/defer_many?count=40").status_code == 200
+    wait_for_background()
+    assert remote.calls == [40] and len(inner.pending) == 40
+    assert outbox_size() == 0, "the outbox entry is deleted once every task is created"
+    assert app.test_client().get("/index/defer_many?count=5").status_code == 200
+    assert remote.calls == [40, 5], "small batches are created before the response"
