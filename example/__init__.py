@@ -10,6 +10,7 @@ MODULES = {
     "index": Index,
     "invoices": Invoices,
     "user": UserModule,
+    "maintenance": __import__("example.periodic", fromlist=["Maintenance"]).Maintenance,
     "_tasks/admin": TaskAdmin,
     "reindex": __import__("example.reindex", fromlist=["Reindex"]).Reindex,
 }

@@ -26,7 +26,6 @@ import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core import db
 from core.tasks import dispatch
@@ -35,7 +34,7 @@ from core.tasks.errors import (ConfigurationError, NotFound, PermanentTaskFailur
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import (CalendarSchedule, Crontab, IntervalSchedule, Schedule, build_schedule, describe,
-                                 due_slot, next_due)
+                                 due_slot, named_zone, next_due)
 
 if TYPE_CHECKING:
     from flask import Response
@@ -255,17 +254,10 @@ def state_key(binding: PeriodicBinding) -> db.Key:
 
 def app_timezone(runtime: TaskRuntime) -> datetime.tzinfo:
     """``settings.tasks_timezone`` as a zone (calendar schedules are read in it)."""
-    return _zone(runtime.settings.tasks_timezone)
-
-
-@functools.lru_cache(maxsize=16)
-def _zone(name: str) -> datetime.tzinfo:
-    if name.upper() == "UTC":
-        return datetime.timezone.utc
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigurationError(f"TASKS_TIMEZONE {name!r} is not a known time zone") from exc
+        return named_zone(runtime.settings.tasks_timezone)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"TASKS_TIMEZONE: {exc}") from None
 
 
 def _new_state(key: db.Key, binding: PeriodicBinding, now: datetime.datetime) -> db.Entity:
@@ -521,10 +513,11 @@ _OVERVIEW_FIELDS = ("last_success", "last_run_started", "last_run_finished", "la
 def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = None) -> list[dict[str, Any]]:
     """One row per periodic task and instance, for the admin dashboard.
 
-    Keys: ``task``, ``instance``, ``cron``, ``schedule``, ``next_due``, ``pending`` and the
-    recorded ``last_success`` (slot of the last successful run), ``last_run_started``,
-    ``last_run_finished``, ``last_error``, ``last_error_at``, ``pending_since``, ``runs``,
-    ``failures``, ``last_outcome``; ``registered`` is False for states of tasks no longer declared.
+    Keys: ``name`` (the task, plus ``@instance`` for a method), ``task``, ``instance``, ``cron``,
+    ``schedule``, ``next_due``, ``pending`` and the recorded ``last_success`` (slot of the last
+    successful run), ``last_run_started``, ``last_run_finished``, ``last_error``,
+    ``last_error_at``, ``pending_since``, ``pending_task``, ``runs``, ``failures``,
+    ``last_outcome``; ``registered`` is False for states of tasks no longer declared.
     """
     install_builtins(runtime.registry)
     now = now or now_utc()
@@ -536,7 +529,8 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
             state = states.pop(binding.state_id, None) or _new_state(state_key(binding), binding, now)
             schedule = spec.schedule
             row: dict[str, Any] = {
-                "task": spec.name, "instance": binding.instance_path, "cron": spec.cron_name,
+                "name": binding.state_id, "task": spec.name, "instance": binding.instance_path,
+                "cron": spec.cron_name,
                 "schedule": describe(schedule, tz if isinstance(schedule, CalendarSchedule) else None),
                 "next_due": next_due(schedule, _baseline(schedule, state), now, tz),
                 "pending": state.get("pending_generation") is not None, "registered": True,
@@ -544,8 +538,8 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
             row.update({field: state.get(field) for field in _OVERVIEW_FIELDS})
             rows.append(row)
     for name, state in states.items():
-        row = {"task": state.get("task") or name, "instance": state.get("instance"), "cron": state.get("cron"),
-               "schedule": state.get("schedule"), "next_due": None,
+        row = {"name": name, "task": state.get("task") or name, "instance": state.get("instance"),
+               "cron": state.get("cron"), "schedule": state.get("schedule"), "next_due": None,
                "pending": state.get("pending_generation") is not None, "registered": False}
         row.update({field: state.get(field) for field in _OVERVIEW_FIELDS})
         rows.append(row)

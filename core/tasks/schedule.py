@@ -26,11 +26,13 @@ import calendar
 import dataclasses
 import datetime
 import enum
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from typing import Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.tasks.errors import InvalidScheduleSpecification
+from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification
 
 UTC = datetime.timezone.utc
 #: How early a cron ping may arrive and still find an interval task due (clock jitter): 5 % of
@@ -209,6 +211,17 @@ def build_schedule(interval: float | datetime.timedelta | None = None, at: datet
     return IntervalSchedule(datetime.timedelta(minutes=interval))
 
 
+@functools.lru_cache(maxsize=32)
+def named_zone(name: str) -> datetime.tzinfo:
+    """A time zone by IANA name (``UTC``, ``Europe/Berlin``); unknown names raise ``ConfigurationError``."""
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(f"{name!r} is not a known time zone") from exc
+
+
 # --- calendar arithmetic --------------------------------------------------------------------------
 
 def _aware(value: datetime.datetime, name: str) -> datetime.datetime:
@@ -272,15 +285,22 @@ def _times(schedule: CalendarSchedule, forward: bool) -> list[datetime.time]:
 def next_fire(schedule: CalendarSchedule, after: datetime.datetime,
               tz: datetime.tzinfo = UTC) -> datetime.datetime:
     """The first calendar instant strictly after ``after`` (UTC)."""
+    return next(iter_fires(schedule, after, tz))
+
+
+def iter_fires(schedule: CalendarSchedule, after: datetime.datetime,
+               tz: datetime.tzinfo = UTC) -> Iterator[datetime.datetime]:
+    """Every calendar instant strictly after ``after``, in order (times collapsed by a DST jump once)."""
     after = _aware(after, "after").astimezone(UTC)
     zone = schedule.zone(tz)
     times = _times(schedule, True)
+    last = after
     for date in _days(schedule.crontab, _wall(after, zone).date(), True):
         for time in times:
             instant = to_instant(datetime.datetime.combine(date, time), zone)
-            if instant > after:
-                return instant
-    raise AssertionError("unreachable")  # _days raises when it runs out
+            if instant > last:
+                last = instant
+                yield instant
 
 
 def previous_fire(schedule: CalendarSchedule, at: datetime.datetime,

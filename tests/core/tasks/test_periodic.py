@@ -367,6 +367,7 @@ def test_periodic_overview_for_the_admin_pages(app, client, settings, task_queue
     assert bad["schedule"] == "every cron ping"
     base = name_of(Reports.rebuild)
     assert (base, "reports") in rows and (base, "archive") in rows and (base, "special") not in rows
+    assert rows[(base, "archive")]["name"] == f"{base}@archive" and ok["name"] == name_of(healthy)
     assert (name_of(nightly), None) in rows and rows[(name_of(nightly), None)]["last_success"] is None
 
 
