@@ -23,10 +23,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def exposed(func: F | None = None, *, methods: tuple[str, ...] = ("GET", "POST")) -> Any:
-    """Mark a module method as reachable over HTTP (``@exposed`` or ``@exposed(methods=(...))``)."""
+def exposed(func: F | None = None, *, methods: tuple[str, ...] = ("GET", "POST"), raw: bool = False) -> Any:
+    """Mark a module method as reachable over HTTP (``@exposed`` or ``@exposed(methods=(...))``).
+
+    With ``raw=True`` the method gets only the path segments; it reads the request itself
+    (the task routes do, so a task body is never parsed as a form).
+    """
     def mark(f: F) -> F:
         f.exposed_methods = tuple(m.upper() for m in methods)  # type: ignore[attr-defined]
+        f.exposed_raw = raw  # type: ignore[attr-defined]
         return f
     return mark(func) if func is not None else mark
 
@@ -125,6 +130,12 @@ class ModuleTree:
 
 
 def _make_view(handler: Callable[..., Any]) -> Callable[..., ResponseReturnValue]:
+    if getattr(handler, "exposed_raw", False):
+        def raw_view(rest: str) -> ResponseReturnValue:
+            return handler(*[a for a in rest.split("/") if a])  # type: ignore[no-any-return]
+
+        raw_view.__name__ = getattr(handler, "__name__", "view")
+        return raw_view
     signature = inspect.signature(handler)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     accepts_args = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())

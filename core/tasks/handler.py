@@ -36,12 +36,12 @@ class TaskHandler(Module):
     #: ViUR's name: from this retry on, each failure is logged as an error and mailed once.
     retryCountWarningThreshold = executor.RETRY_WARNING_THRESHOLD  # noqa: N815 - ViUR's name
 
-    @exposed(methods=("POST",))
+    @exposed(methods=("POST",), raw=True)
     def deferred(self, *args: Any, **kwargs: Any) -> Response:
         """Run one deferred call."""
         return run_task_request("deferred")
 
-    @exposed(methods=("POST",))
+    @exposed(methods=("POST",), raw=True)
     def queryIter(self, *args: Any, **kwargs: Any) -> Response:  # noqa: N802 - ViUR's name
         """Run one chunk of a query iterator."""
         return run_task_request("queryIter")

@@ -39,13 +39,12 @@ import dataclasses
 import datetime
 import errno
 import fcntl
-import json
 import logging
 import math
 import os
 import re
-import secrets
-import selectors
+import struct
+import select
 import signal
 import socket
 import sqlite3
@@ -136,23 +135,6 @@ class StoredTask:
     execution_count: int
     last_status: int | None
     last_error: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Outcome:
-    """What one attempt ended with, waiting to be written."""
-
-    task_id: int
-    queue: str
-    name: str
-    named: bool
-    #: ``None``: done (delete). Otherwise the task's new state with its next ETA.
-    state: int | None
-    eta: float = 0.0
-    responded: bool = False
-    status: int | None = None
-    error: str | None = None
-    attempt_started: float = 0.0
 
 
 def _utc(timestamp: float) -> datetime.datetime:
@@ -261,9 +243,11 @@ class LocalQueueStore:
         now = time.time() if now is None else now
         results: list[EnqueueResult] = []
         rows: dict[int, tuple[object, ...]] = {}
+        # Unnamed tasks get random 63-bit numeric names, like Cloud Tasks' generated IDs.
+        auto_names = struct.unpack(f"{len(requests)}Q", os.urandom(8 * len(requests)))
         for index, request in enumerate(requests):
             try:
-                row = _encode_request(request, now)
+                row = _encode_request(request, now, str(auto_names[index] >> 1))
             except ValueError as exc:
                 results.append(EnqueueResult(EnqueueStatus.FAILED, error=exc))
                 continue
@@ -342,22 +326,30 @@ class LocalQueueStore:
                     chunk,
                 )
 
-    def record(self, outcomes: Sequence[_Outcome], *, now: float | None = None) -> None:
-        """Write a batch of attempt outcomes in one transaction."""
+    def record(
+        self,
+        done: Sequence[int],
+        ended: Sequence[tuple[str, str]],
+        again: Sequence[tuple[object, ...]],
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Write a batch of attempt outcomes in one transaction.
+
+        ``done``: ids of tasks that succeeded; ``ended``: their ``(queue, name)`` if named;
+        ``again``: ``(state, eta, responded, attempt_started, status, error, id)`` of tasks to
+        retry (state queued) or to keep as failed.
+        """
         now = time.time() if now is None else now
-        done = [o.task_id for o in outcomes if o.state is None]
-        ended = [(now, o.queue, o.name) for o in outcomes if o.state is None and o.named]
-        again = [
-            (o.state, o.eta, int(o.responded), o.attempt_started, o.status, o.error, o.task_id)
-            for o in outcomes
-            if o.state is not None
-        ]
         conn = self.connection()
         with self._write(conn):
-            for chunk in _chunks(done):
+            for chunk in _chunks(list(done)):
                 conn.execute(f"DELETE FROM task WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             if ended:
-                conn.executemany("UPDATE task_name SET ended = ? WHERE queue = ? AND name = ?", ended)
+                conn.executemany(
+                    "UPDATE task_name SET ended = ? WHERE queue = ? AND name = ?",
+                    [(now, queue, name) for queue, name in ended],
+                )
             if again:
                 conn.executemany(
                     "UPDATE task SET state = ?, eta = ?, retry_count = retry_count + 1, "
@@ -456,7 +448,7 @@ def _chunks(items: list[int]) -> Iterator[list[int]]:
         yield items[start : start + _SQL_CHUNK]
 
 
-def _encode_request(request: TaskRequest, now: float) -> tuple[object, ...]:
+def _encode_request(request: TaskRequest, now: float, auto_name: str) -> tuple[object, ...]:
     """A task row from a request, or ValueError for what Cloud Tasks would refuse too."""
     method = request.method.upper()
     if method not in _METHODS:
@@ -478,10 +470,12 @@ def _encode_request(request: TaskRequest, now: float) -> tuple[object, ...]:
     eta = now if request.eta is None else request.eta.timestamp()
     if eta > now + MAX_SCHEDULE_AHEAD.total_seconds():
         raise ValueError(f"schedule time more than {MAX_SCHEDULE_AHEAD.days} days ahead")
-    name = request.name if request.name is not None else str(secrets.randbits(63))
+    name = request.name if request.name is not None else auto_name
+    # Stored as the header lines the dispatcher sends, so pushing needs no decoding.
+    header_block = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
     return (
-        request.queue, name, request.name is not None, method, request.path,
-        json.dumps(headers, separators=(",", ":")), bytes(request.body), request.target_version, now, eta,
+        request.queue, name, request.name is not None, method, request.path, header_block,
+        bytes(request.body), request.target_version, now, eta,
     )
 
 
@@ -491,7 +485,8 @@ def _stored_task(row: tuple[object, ...]) -> StoredTask:
     return StoredTask(
         id=int(task_id),  # type: ignore[call-overload]
         queue=str(queue), name=str(name), named=bool(named), method=str(method), path=str(path),
-        headers=json.loads(str(headers)), body=bytes(body),  # type: ignore[call-overload]
+        headers=dict(line.split(": ", 1) for line in str(headers).split("\r\n") if line),
+        body=bytes(body),  # type: ignore[call-overload]
         target_version=None if target_version is None else str(target_version),
         created=_utc(float(created)), eta=_utc(float(eta)),  # type: ignore[arg-type]
         state=_STATE_NAMES[int(state)],  # type: ignore[call-overload]
@@ -509,6 +504,9 @@ class LocalTransport:
 
     With ``queues`` given, a request for any other queue fails like Cloud Tasks' NOT_FOUND.
     """
+
+    #: A whole batch is one local transaction: the dispatcher never routes it through the outbox.
+    cheap_batches = True
 
     def __init__(self, store: LocalQueueStore, *, queues: Collection[str] | None = None) -> None:
         self.store = store
@@ -541,20 +539,40 @@ class LocalTransport:
 # --- HTTP over non-blocking sockets ---------------------------------------------------------------
 
 _SENDING, _RECEIVING, _IDLE = range(3)
+_IN, _OUT = select.POLLIN, select.POLLOUT
 _MAX_HEAD = 64 * 1024
 _KEEP_BODY = 512
+
+
+class _Poller:
+    """Readiness of file descriptors: epoll where the OS has it, poll(2) elsewhere."""
+
+    def __init__(self) -> None:
+        self._epoll = hasattr(select, "epoll")
+        self._poller = select.epoll() if self._epoll else select.poll()
+        self.register = self._poller.register
+        self.modify = self._poller.modify
+        self.unregister = self._poller.unregister
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poller.poll(timeout if self._epoll else timeout * 1000.0)
+
+    def close(self) -> None:
+        if self._epoll:
+            self._poller.close()  # type: ignore[union-attr]
 
 
 class _Connection:
     """One TCP connection to the app and the exchange in progress on it."""
 
     __slots__ = (
-        "sock", "state", "mask", "reused", "task", "queue", "payload", "sent", "started", "deadline",
+        "sock", "fd", "state", "mask", "reused", "task", "queue", "payload", "sent", "started", "deadline",
         "buf", "status", "head_done", "remaining", "chunked", "trailers", "until_eof", "keep_alive", "body",
     )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.state = _SENDING
         self.mask = 0
         self.reused = False
@@ -715,7 +733,7 @@ class LocalDispatcher:
         max_connections: int = 64,
         rate_limits: bool = True,
         poll_interval: float = 0.005,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.05,
         batch_size: int = 256,
     ) -> None:
         parts = urlsplit(base_url)
@@ -737,10 +755,14 @@ class LocalDispatcher:
         self._warned: set[str] = set()
         self._addr: tuple[object, ...] = ()
         self._family = socket.AF_INET
-        self._sel: selectors.BaseSelector | None = None
+        self._poller: _Poller | None = None
+        self._by_fd: dict[int, _Connection] = {}
         self._active: set[_Connection] = set()
         self._idle: list[_Connection] = []
-        self._outcomes: list[_Outcome] = []
+        # Outcomes not yet written: ids done, names of those done, rows to retry or fail.
+        self._done: list[int] = []
+        self._ended: list[tuple[str, str]] = []
+        self._again: list[tuple[object, ...]] = []
         self._first_outcome = 0.0
         self._version = -1
         self._checked_version = 0.0
@@ -818,11 +840,12 @@ class LocalDispatcher:
             self._take_lock()
             family, _, _, _, addr = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0]
             self._family, self._addr = family, addr
-            self._sel = selectors.DefaultSelector()
+            self._poller = _Poller()
+            self._by_fd = {}
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
-            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._poller.register(self._wake_r.fileno(), _IN)
             reclaimed = self.store.reclaim_leases()
             if reclaimed:
                 log.info("reclaimed %d task(s) leased by a dispatcher that did not stop cleanly", reclaimed)
@@ -881,9 +904,9 @@ class LocalDispatcher:
             self._close_loop()
 
     def _close_loop(self) -> None:
-        if self._sel is not None:
-            self._sel.close()
-            self._sel = None
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         for sock in (self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
@@ -909,12 +932,15 @@ class LocalDispatcher:
             if give_up is not None and mono > give_up:
                 raise TimeoutError("the local queue did not become idle in time")
             now = time.time()
-            if not self._active or mono - self._checked_version >= self._poll_interval:
+            # New tasks matter only while a connection is free to push them.
+            if not self._active or (
+                len(self._active) < self._max_connections and mono - self._checked_version >= self._poll_interval
+            ):
                 self._check_version(mono)
             started = self._fill(now, mono)
-            if self._outcomes and (
-                not self._active or len(self._outcomes) >= self._batch
-                or mono - self._first_outcome >= self._flush_interval
+            unwritten = len(self._done) + len(self._again)
+            if unwritten and (
+                not self._active or unwritten >= self._batch or mono - self._first_outcome >= self._flush_interval
             ):
                 self._flush()
                 continue
@@ -983,7 +1009,7 @@ class LocalDispatcher:
                 return False
             if q.next_eta is not None and (wait_scheduled or q.next_eta <= now):
                 return False
-        return not self._outcomes
+        return not (self._done or self._again)
 
     def _timeout(self, now: float, mono: float) -> float:
         """How long the selector may sleep before the loop has something to do."""
@@ -991,7 +1017,7 @@ class LocalDispatcher:
             timeout = 0.05  # also the resolution of dispatch deadlines
         else:
             timeout = self._poll_interval
-        if self._outcomes:
+        if self._done or self._again:
             timeout = min(timeout, self._first_outcome + self._flush_interval - mono)
         if len(self._active) < self._max_connections:
             for q in self._queues.values():
@@ -1019,8 +1045,8 @@ class LocalDispatcher:
         ]
         if last is not None and retry_count:
             parts.append(f"X-AppEngine-TaskPreviousResponse: {last}\r\n")
-        if headers != "{}":
-            parts.extend(f"{key}: {value}\r\n" for key, value in json.loads(str(headers)).items())
+        if headers:
+            parts.append(headers)  # type: ignore[arg-type]
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             parts.append(f"Content-Length: {len(body)}\r\n")  # type: ignore[arg-type]
         parts.append("\r\n")
@@ -1059,11 +1085,12 @@ class LocalDispatcher:
 
     def _register(self, conn: _Connection, mask: int) -> None:
         if conn.mask != mask:
-            assert self._sel is not None
+            assert self._poller is not None
             if conn.mask:
-                self._sel.modify(conn.sock, mask, conn)
+                self._poller.modify(conn.fd, mask)
             else:
-                self._sel.register(conn.sock, mask, conn)
+                self._poller.register(conn.fd, mask)
+                self._by_fd[conn.fd] = conn
             conn.mask = mask
 
     def _write(self, conn: _Connection) -> None:
@@ -1073,22 +1100,23 @@ class LocalDispatcher:
             else:
                 sent = conn.sock.send(conn.payload)
         except (BlockingIOError, InterruptedError):
-            self._register(conn, selectors.EVENT_WRITE)
+            self._register(conn, _OUT)
             return
         except OSError as exc:
             self._broken(conn, f"send: {exc.strerror or exc}")
             return
         conn.sent += sent
         if conn.sent < len(conn.payload):
-            self._register(conn, selectors.EVENT_WRITE)
+            self._register(conn, _OUT)
         else:
             conn.state = _RECEIVING
-            self._register(conn, selectors.EVENT_READ)
+            self._register(conn, _IN)
 
     def _poll(self, timeout: float) -> None:
-        assert self._sel is not None
-        for key, _mask in self._sel.select(timeout):
-            conn = key.data
+        assert self._poller is not None
+        by_fd = self._by_fd
+        for fd, _events in self._poller.poll(timeout):
+            conn = by_fd.get(fd)
             if conn is None:
                 self._drain_wake()
             elif conn.state == _RECEIVING:
@@ -1136,7 +1164,11 @@ class LocalDispatcher:
         q.inflight -= 1
         if 200 <= status < 300:
             self.stats.succeeded += 1
-            self._record(_Outcome(task[0], q.name, task[1], task[2], None))  # type: ignore[arg-type]
+            if not (self._done or self._again):
+                self._first_outcome = time.monotonic()
+            self._done.append(task[0])  # type: ignore[arg-type]
+            if task[2]:
+                self._ended.append((q.name, task[1]))  # type: ignore[arg-type]
             return
         text = body.decode("utf-8", "replace").strip()
         error = f"HTTP {status}: {text[:200]}" if text else f"HTTP {status}"
@@ -1163,14 +1195,15 @@ class LocalDispatcher:
         if keep and not self._stop.is_set() and len(self._idle) < self._max_connections:
             conn.reset_response()
             conn.state = _IDLE
-            self._register(conn, selectors.EVENT_READ)
+            self._register(conn, _IN)
             self._idle.append(conn)
         else:
             self._close(conn)
 
     def _close(self, conn: _Connection) -> None:
-        if conn.mask and self._sel is not None:
-            self._sel.unregister(conn.sock)
+        if conn.mask and self._poller is not None:
+            self._poller.unregister(conn.fd)
+            del self._by_fd[conn.fd]
         conn.mask = 0
         self._active.discard(conn)
         conn.sock.close()
@@ -1213,20 +1246,15 @@ class LocalDispatcher:
             state, eta = QUEUED, now + backoff_delay(retry, attempts)
             if q.next_eta is None or eta < q.next_eta:
                 q.next_eta = eta
-        self._record(_Outcome(
-            task[0], q.name, task[1], task[2], state, eta=eta,  # type: ignore[arg-type]
-            responded=responded, status=status, error=error, attempt_started=started,
-        ))
-
-    def _record(self, outcome: _Outcome) -> None:
-        if not self._outcomes:
+        if not (self._done or self._again):
             self._first_outcome = time.monotonic()
-        self._outcomes.append(outcome)
+        self._again.append((state, eta, int(responded), started, status, error, task[0]))
 
     def _flush(self) -> None:
-        if self._outcomes:
-            outcomes, self._outcomes = self._outcomes, []
-            self.store.record(outcomes)
+        if self._done or self._again:
+            done, ended, again = self._done, self._ended, self._again
+            self._done, self._ended, self._again = [], [], []
+            self.store.record(done, ended, again)
 
 
 # --- command line -------------------------------------------------------------------------------

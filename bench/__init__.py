@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures and, on its last line, the ratios its issue names."""

@@ -1,0 +1,178 @@
+"""Deferred calls: end-to-end rate, the HTTP limit, the Cloud Tasks emulator, and enqueue cost.
+
+Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figures and, last:
+``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z>``
+
+(a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
+    pushed by the dispatcher to gunicorn (2 workers), verified, decoded and run by the handler;
+(b) the limit: ``wrk`` on a bare no-op POST route of the same gunicorn;
+(c) gcloud-tasks-emulator's own push rate to a bare route of the same gunicorn;
+(d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
+    vs. 100 sequential ``create_task`` calls against the same emulator.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from core.tasks.transports.local import LocalQueueStore
+from deploy.datastore_emulator import start_datastore_emulator
+from deploy.devserver import LocalStack
+from tests.services.tasks_emulator import start_tasks_emulator
+
+PROJECT, LOCATION = "bench-project", "europe-west1"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def e2e_rate(stack: LocalStack, count: int) -> float:
+    """Queue ``count`` no-op tasks with the dispatcher stopped, then time the drain."""
+    stack.stop_dispatcher()
+    session = requests.Session()
+    per_request = 1000
+    for _ in range(count // per_request):
+        session.get(f"{stack.url}/bench/defer", params={"count": per_request}).raise_for_status()
+    store = LocalQueueStore(stack.queue_db)
+    assert store.pending() == count, store.pending()
+    start = time.monotonic()
+    stack.start_dispatcher()
+    end = wait_until(lambda: store.pending() == 0, timeout=600)
+    failed = store.counts()
+    store.close()
+    rate = count / (end - start)
+    print(f"(a) end to end: {count} no-op tasks in {end - start:.2f} s = {rate:.0f} tasks/s  [{failed}]")
+    return rate
+
+
+def wrk_rate(url: str, seconds: int) -> float:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is missing: run deploy/setup.sh (Debian package wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.body = ""\n')
+    output = subprocess.run([wrk, "-t2", "-c32", f"-d{seconds}s", "-s", script.name, url],
+                            capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    print(f"(b) limit: wrk -t2 -c32 on a bare no-op POST route: {rate:.0f} req/s"
+          + (f" ({errors.group(1)} non-2xx!)" if errors else ""))
+    return rate
+
+
+def emulator_push_rate(stack: LocalStack, counter: Path, count: int) -> float:
+    """Create ``count`` tasks due in a few seconds, then time the emulator pushing them."""
+    from google.cloud import tasks_v2
+
+    with start_tasks_emulator(target_port=stack.port, queues=["push"], max_retries=0, project=PROJECT,
+                              location=LOCATION) as emulator:
+        client = _client(emulator.host)
+        parent = emulator.queue_path("push")
+        counter.write_bytes(b"")
+        due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
+        created = time.monotonic()
+        for _ in range(count):
+            client.create_task(parent=parent, task=tasks_v2.Task(
+                app_engine_http_request=tasks_v2.AppEngineHttpRequest(relative_uri="/bare/count"),
+                schedule_time=due))
+        if time.monotonic() - created > 7.5:
+            print("    (creating took longer than the delay: pushes overlapped creation)")
+        wait_until(lambda: counter.stat().st_size > 0, timeout=60, interval=0.005)
+        start = time.monotonic()
+        end = wait_until(lambda: counter.stat().st_size >= count, timeout=300)
+    rate = count / (end - start)
+    print(f"(c) gcloud-tasks-emulator pushing {count} tasks to a bare route: {rate:.0f} tasks/s")
+    return rate
+
+
+def _client(host: str):
+    import grpc
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(host)))
+
+
+def enqueue_cost(datastore, tmp: Path, rounds: int) -> tuple[float, float]:
+    """Median extra time of a request deferring 100 calls vs. 100 sequential create_task calls."""
+    from google.cloud import tasks_v2
+
+    stack = LocalStack(data_dir=tmp / "cloudtasks", datastore=datastore, persist=False, cron=False)
+    stack.port = stack.port or __import__("deploy.ports", fromlist=["free_port"]).free_port()
+    with start_tasks_emulator(target_port=stack.port, queues=["default"], max_retries=0, project=PROJECT,
+                              location=LOCATION) as emulator:
+        stack.extra_env = {"TASKS_BACKEND": "cloudtasks", "TASKS_EMULATOR": emulator.host,
+                           "GOOGLE_CLOUD_PROJECT": PROJECT, "TASKS_REGION": LOCATION}
+        stack.app_module = "bench.app:app"
+        with stack:
+            session = requests.Session()
+            client = _client(emulator.host)
+            parent = emulator.queue_path("default")
+            for _ in range(3):  # warm both paths up (connections, clients, imports)
+                session.get(f"{stack.url}/bench/defer", params={"count": 100}).raise_for_status()
+                session.get(f"{stack.url}/bench/defer", params={"count": 0}).raise_for_status()
+            added, sequential = [], []
+            task = tasks_v2.Task(app_engine_http_request=tasks_v2.AppEngineHttpRequest(relative_uri="/bare/noop"))
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                session.get(f"{stack.url}/bench/defer", params={"count": 0}).raise_for_status()
+                t1 = time.perf_counter()
+                session.get(f"{stack.url}/bench/defer", params={"count": 100}).raise_for_status()
+                t2 = time.perf_counter()
+                for _ in range(100):
+                    client.create_task(parent=parent, task=task)
+                t3 = time.perf_counter()
+                added.append((t2 - t1) - (t1 - t0))
+                sequential.append(t3 - t2)
+                time.sleep(0.2)
+    a, s = statistics.median(added), statistics.median(sequential)
+    print(f"(d) 100 deferred calls add {a * 1000:.1f} ms to one request (median of {rounds}); "
+          f"100 sequential create_task calls take {s * 1000:.1f} ms")
+    return a, s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--wrk-seconds", type=int, default=8)
+    parser.add_argument("--emulator-tasks", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=25)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-deferred-"))
+    datastore = start_datastore_emulator()
+    try:
+        counter = tmp / "count"
+        stack = LocalStack(data_dir=tmp / "local", datastore=datastore, persist=False, cron=False,
+                           app_module="bench.app:app", extra_env={"BENCH_COUNTER_FILE": str(counter)},
+                           dispatcher_args=("--no-rate-limits",))
+        with stack:
+            print(f"gunicorn: 2 sync workers on {stack.url}; Python {sys.version.split()[0]}")
+            limit = wrk_rate(f"{stack.url}/bare/noop", args.wrk_seconds)
+            e2e = e2e_rate(stack, args.tasks)
+            emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
+        added, sequential = enqueue_cost(datastore, tmp, args.rounds)
+    finally:
+        datastore.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
+          f"enqueue100/sequential={added / sequential:.2f}")
+
+
+if __name__ == "__main__":
+    main()
