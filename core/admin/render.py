@@ -87,6 +87,7 @@ def _environment() -> jinja2.Environment:
         env = current_app.jinja_env.overlay(loader=jinja2.FileSystemLoader(str(TEMPLATES)))
         env.filters["when"] = format_time
         env.filters["ago"] = format_age
+        env.filters["sentence"] = sentence
         current_app.extensions[_ENV_KEY] = env
     return env
 
@@ -161,6 +162,15 @@ def format_time(value: Any) -> str:
             value = value.astimezone(datetime.timezone.utc)
         return value.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
+
+
+def sentence(text: Any) -> str:
+    """A message as a sentence: capital first letter, final full stop."""
+    text = str(text or "").strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
 
 
 def format_age(value: Any) -> str:
