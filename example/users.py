@@ -43,10 +43,9 @@ def demo_users_allowed() -> bool:
 
 def seed_demo_users() -> list[str]:
     """Create the demo users that do not exist yet; returns the names created."""
-    existing = db.get([db.key(USER_KIND, name) for name, _, _ in DEMO_USERS])
     created = []
-    for (name, password, admin), found in zip(DEMO_USERS, existing):
-        if found is None:
+    for name, password, admin in DEMO_USERS:
+        if db.get(db.key(USER_KIND, name)) is None:
             create_user(name, password, admin=admin)
             created.append(name)
     return created

@@ -53,8 +53,9 @@ class TaskAdmin(Module):
         iters = query_runs(limit=5)
         runs = [describe_run(r) for r in callable_tasks.recent_runs(limit=5)]
         periodic = periodic_tasks(runtime)
-        data = {"failed": letters, "failed_total": count_dead_letters(), "queryiters": iters, "runs": runs, "periodic": periodic,
-                "queryiters_available": iters is not None, "periodic_available": periodic is not None}
+        data = {"failed": letters, "failed_total": count_dead_letters(), "queryiters": iters, "runs": runs,
+                "periodic": periodic, "queryiters_available": iters is not None,
+                "periodic_available": periodic is not None}
         active = any(r["status"] == "running" for r in iters or []) or any(run_is_active(r) for r in runs)
         return respond("dashboard.html", data, refresh=REFRESH_SECONDS if active else None, base=self._base(),
                        title="Task dashboard")
@@ -175,17 +176,7 @@ def query_runs(limit: int) -> list[dict[str, Any]] | None:
         from core.tasks.queryiter import list_runs
     except ImportError:
         return None
-    described = []
-    for run in list_runs(limit):
-        if dataclasses.is_dataclass(run) and not isinstance(run, type):
-            entry = dataclasses.asdict(run)
-            for name in ("rate", "elapsed"):
-                if hasattr(run, name):
-                    entry[name] = getattr(run, name)
-        else:
-            entry = dict(run)
-        described.append(entry)
-    return described
+    return [{**dataclasses.asdict(run), "rate": run.rate, "elapsed": run.elapsed} for run in list_runs(limit)]
 
 
 def dead_letter_key(letter_id: str) -> db.Key:

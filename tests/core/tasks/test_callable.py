@@ -7,8 +7,21 @@ import pytest
 
 from core import current, db
 from core.tasks import DeferredArgumentError, DuplicateTask, PermanentTaskFailure, isolated_registry
-from core.tasks.callable import (DONE, FAILED, QUEUED, RUN_KIND, CallableTask, CallableTaskBase, find_task,
-                                 get_run, may_call, queue_run, recent_runs, registered_tasks, run_callable_task)
+from core.tasks.callable import (
+    DONE,
+    FAILED,
+    QUEUED,
+    RUN_KIND,
+    CallableTask,
+    CallableTaskBase,
+    find_task,
+    get_run,
+    may_call,
+    queue_run,
+    recent_runs,
+    registered_tasks,
+    run_callable_task,
+)
 from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError
 from core.tasks.executor import DEAD_LETTER_KIND
