@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 from core import db
 from core.tasks import dispatch
 from core.tasks.deferred import DeferredTarget, defer
-from core.tasks.errors import (ConfigurationError, NotFound, PermanentTaskFailure, RequestError, TaskNotFound)
+from core.tasks.errors import ConfigurationError, NotFound, PermanentTaskFailure, RequestError, TaskNotFound
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import (CalendarSchedule, Crontab, IntervalSchedule, Schedule, build_schedule, describe,
                                  due_slot, named_zone, next_due)
+from core.tasks.transports.base import QUEUE_NAME_RE
 
 if TYPE_CHECKING:
     from flask import Response
@@ -118,6 +119,8 @@ def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | No
                                  "must be public functions or methods (rename it)")
     if not isinstance(cron_name, str) or not CRON_NAME_RE.match(cron_name):
         raise ConfigurationError(f"cron group name {cron_name!r} must be 1-100 letters, digits, '_' or '-'")
+    if queue is not None and not QUEUE_NAME_RE.match(str(queue)):
+        raise ConfigurationError(f"invalid queue name {queue!r}: use letters, digits and hyphens")
     schedule = build_schedule(interval, at, crontab)
     is_method = "." in func.__qualname__
     check_no_arguments(func, is_method, "periodic task")

@@ -75,7 +75,7 @@ def half_hourly() -> None:
     CALLS.append("half_hourly")
 
 
-@periodic_task(cron_name="t-slow", interval=30)
+@periodic_task(cron_name="t-slow", interval=30, queue="background")
 def slow_snake_case() -> None:
     CALLS.append("slow")
 
@@ -356,6 +356,13 @@ def test_decorated_functions_stay_callable(app):
     assert spec_of(slow_snake_case).schedule == IntervalSchedule(datetime.timedelta(minutes=30))
 
 
+def test_runs_go_to_the_queue_the_task_names(app, client, settings, task_queue):
+    ping(client, settings, "t-slow")
+    assert [t.request.queue for t in task_queue.pending] == ["background"]
+    task_queue.run_pending()
+    assert CALLS == ["slow"]
+
+
 def test_periodic_overview_for_the_admin_pages(app, client, settings, task_queue):
     ping(client, settings, "t-mixed")
     task_queue.run_pending(max_attempts=1, raise_errors=False)
@@ -452,6 +459,8 @@ def test_declaration_errors():
             PeriodicTask("hourly")(plain_function)
         with pytest.raises(ConfigurationError, match="cron group"):
             PeriodicTask(5, cronName="bad/name")(plain_function)
+        with pytest.raises(ConfigurationError, match="queue"):
+            PeriodicTask(5, queue="bad queue")(plain_function)
         needs_argument.__qualname__ = "needs_argument"
         with pytest.raises(TypeError, match="no arguments"):
             PeriodicTask(5)(needs_argument)
