@@ -8,15 +8,15 @@ Three parts share one SQLite file (WAL mode, so readers never block the single w
 * :class:`LocalDispatcher` is the one process that pushes due tasks to the app over HTTP with the
   headers App Engine's Cloud Tasks sends, retrying with the queue's backoff.
 
-The dispatcher is a single-threaded event loop over non-blocking sockets (``selectors``) speaking
-just enough HTTP/1.1, with keep-alive when the server offers it. A plain selector loop measured
-about 40 % faster per request than asyncio's transports on the two-core machines this runs on,
-and the dispatcher shares those cores with the app it pushes to.
+The dispatcher is a single-threaded event loop over non-blocking sockets (epoll, or poll where
+there is no epoll) speaking just enough HTTP/1.1, with keep-alive when the server offers it. On
+the two-core machines this runs on, where the dispatcher shares the CPU with the app it pushes
+to, such a loop cost clearly less per request than asyncio's transports or streams did.
 
 Delivery is at least once. Leased tasks are marked in the file; a dispatcher holds an exclusive
 lock on ``<db>.dispatcher.lock`` while it runs, so a new one knows every lease it finds is left
-over from a dead one and reclaims it on start. Outcomes are written in batches a few
-milliseconds apart: a crash re-delivers the tasks whose outcome was not yet written.
+over from a dead one and reclaims it on start. Outcomes are written in batches at most
+``flush_interval`` (50 ms) apart: a crash re-delivers the tasks whose outcome was not written.
 
 Headers sent with every push (App Engine target semantics):
 
@@ -869,7 +869,15 @@ class LocalDispatcher:
 
     def _serve(self, own_thread: bool) -> None:
         try:
-            self._loop(idle_exit=False, wait_scheduled=False, give_up=None)
+            while True:
+                try:
+                    self._loop(idle_exit=False, wait_scheduled=False, give_up=None)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Locked past the busy timeout, disk full, ...: keep the state, try again.
+                    log.warning("the queue store failed (%s); trying again in a second", exc)
+                    if self._stop.wait(1.0):
+                        break
         except Exception:
             log.exception("the local task dispatcher stopped on an error")
             raise
@@ -1252,9 +1260,8 @@ class LocalDispatcher:
 
     def _flush(self) -> None:
         if self._done or self._again:
-            done, ended, again = self._done, self._ended, self._again
+            self.store.record(self._done, self._ended, self._again)  # cleared only once written
             self._done, self._ended, self._again = [], [], []
-            self.store.record(done, ended, again)
 
 
 # --- command line -------------------------------------------------------------------------------
