@@ -14,12 +14,14 @@ from typing import Any
 from flask import Flask, Response, request
 
 from core import current, db
+from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
 from core.module import Module, ModuleTree
 from core.tasks import dispatch
 from core.tasks.handler import TaskHandler
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, activate
+from core.tasks.startup import runStartupTasks
 from core.tasks.transports.base import Transport
 from core.users import UserProvider
 
@@ -33,8 +35,14 @@ def create_app(modules: Mapping[str, type[Module] | Module], *, settings: Settin
                users: UserProvider | None = None, environment: EnvironmentHandler | None = None,
                registry: TaskRegistry | None = None, transport: Transport | None = None,
                languages: tuple[str, ...] = ("en",), language_selector: LanguageSelector | None = None,
-               admin_mail: Callable[[str, str], None] | None = None, import_name: str = "core") -> Flask:
-    """Build the Flask app: routes of every module plus the task handler at ``/_tasks``."""
+               admin_mail: Callable[[str, str], None] | None = None, import_name: str = "core",
+               startup_tasks: bool = True) -> Flask:
+    """Build the Flask app: routes of every module plus the task handler at ``/_tasks``.
+
+    Nothing here talks to the network: the Datastore and queue clients are built on first use,
+    and this version's startup tasks are queued on a background thread at the first request
+    (``startup_tasks=False`` turns that off, e.g. for tests that count queued tasks).
+    """
     settings = settings or get_settings()
     if settings.runtime == "local":
         settings = settings.with_local_secrets()
@@ -55,10 +63,15 @@ def create_app(modules: Mapping[str, type[Module] | Module], *, settings: Settin
     app.extensions["core.modules"] = tree
     select_language = language_selector or _accept_language(languages)
     tree.register_routes(app)
+    init_cli(app)
+    startup_pending = [startup_tasks]
 
     @app.before_request
     def _enter() -> None:
         activate(runtime)
+        if startup_pending[0]:
+            startup_pending[0] = False
+            runStartupTasks(runtime, background=True)
         current.request.set(request)
         current.user.set(runtime.users.load_from_request(request))
         current.language.set(select_language(request))

@@ -70,6 +70,7 @@ def make_app(settings, datastore):
     from core import create_app
 
     def build(modules=None, **kwargs):
+        kwargs.setdefault("startup_tasks", False)
         app = create_app(modules or {}, settings=kwargs.pop("settings", settings), **kwargs)
         app.testing = True
         return app

@@ -13,8 +13,12 @@ from core.tasks.errors import (BadTaskRequest, DeferredArgumentError, DuplicateT
                                InvalidScheduleSpecification, NotFound, PayloadError, PermanentTaskFailure,
                                RetryTask, TaskError, TaskNotFound)
 from core.tasks.handler import TaskHandler
+from core.tasks.periodic import (PeriodicTask, find_bound_task, periodic_overview, periodic_task,
+                                 remove_periodic_task, removePeriodicTask)
 from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
 from core.tasks.runtime import TaskRuntime, get_runtime
+from core.tasks.schedule import Crontab, Month, Weekday
+from core.tasks.startup import StartupTask, run_startup_tasks, runStartupTasks, startup_task
 
 __all__ = [
     "callDeferred", "CallDeferred", "call_deferred", "noRetry", "no_retry", "retry_n_times", "TaskHandle",
@@ -22,5 +26,8 @@ __all__ = [
     "TaskError", "TaskNotFound", "PayloadError", "BadTaskRequest", "Forbidden", "NotFound",
     "DeferredArgumentError", "DuplicateTask", "EnqueueError", "InvalidScheduleSpecification",
     "TaskRegistry", "active_registry", "isolated_registry", "TaskRuntime", "get_runtime", "sweep_outbox",
+    "PeriodicTask", "periodic_task", "removePeriodicTask", "remove_periodic_task", "find_bound_task",
+    "periodic_overview", "Crontab", "Weekday", "Month", "StartupTask", "startup_task", "runStartupTasks",
+    "run_startup_tasks",
 ]
 del _executor
