@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import jinja2
 from flask import Response, current_app, jsonify, request
+from markupsafe import Markup, escape
 
 from core import current
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
@@ -87,7 +88,9 @@ def _environment() -> jinja2.Environment:
         env = current_app.jinja_env.overlay(loader=jinja2.FileSystemLoader(str(TEMPLATES)))
         env.filters["when"] = format_time
         env.filters["ago"] = format_age
+        env.filters["due"] = format_due
         env.filters["sentence"] = sentence
+        env.filters["breakable"] = breakable
         current_app.extensions[_ENV_KEY] = env
     return env
 
@@ -164,6 +167,11 @@ def format_time(value: Any) -> str:
     return str(value)
 
 
+def breakable(name: Any) -> Markup:
+    """A dotted name (``module.Class.method``) that may wrap after its dots in a narrow column."""
+    return Markup(".<wbr>").join(escape(part) for part in str(name).split("."))
+
+
 def sentence(text: Any) -> str:
     """A message as a sentence: capital first letter, final full stop."""
     text = str(text or "").strip()
@@ -186,3 +194,12 @@ def format_age(value: Any) -> str:
             amount = f"{int(seconds // size)} {unit}"
             return f"in {amount}" if future else f"{amount} ago"
     return ""
+
+
+def format_due(value: Any) -> str:
+    """When something is next due: ``in 3 min``, or ``due now`` once that time has come."""
+    if not isinstance(value, datetime.datetime):
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return format_age(value) if value > datetime.datetime.now(datetime.timezone.utc) else "due now"
