@@ -42,6 +42,19 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
         click.echo(text, nl=False)
 
 
+@tasks_cli.command("sync-queues")
+@click.option("--queue-yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
+def sync_queues_command(queue_yaml: Path | None) -> None:
+    """Create or update the Cloud Tasks queues of queue.yaml through the API."""
+    from core.tasks.queues import load_queue_config
+    from core.tasks.transports.cloudtasks import sync_queues
+
+    settings = current_app.extensions["core"].settings
+    for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
+        click.echo(f"synced {path}")
+
+
 def init_app(app: Flask) -> None:
     """Add the ``tasks`` command group to ``app`` (idempotent)."""
     if "tasks" not in app.cli.commands:
