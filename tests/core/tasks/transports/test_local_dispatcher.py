@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import select
 import socket
 import threading
 import time
@@ -423,3 +424,15 @@ def test_keep_alive_connections_are_reused(store: LocalQueueStore) -> None:
         server.close()
     assert (server.requests, server.connections) == (10, 1)
     assert dispatcher.stats.succeeded == 10
+
+
+def test_poll_fallback_where_there_is_no_epoll(
+    store: LocalQueueStore, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(select, "epoll")
+    recorder.sequences["k"] = [500, 200]
+    _enqueue(store, *(_task("/ok") for _ in range(20)), _task("/sequence/k"))
+    dispatcher = LocalDispatcher(store, recorder.url, _queue(), max_connections=4)
+    dispatcher.run_until_idle(timeout=20, wait_scheduled=True)
+    assert dispatcher.stats.succeeded == 21 and dispatcher.stats.retried == 1
+    assert store.pending() == 0

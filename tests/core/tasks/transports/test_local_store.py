@@ -126,8 +126,8 @@ def test_concurrent_threads_and_another_process_share_the_file(store: LocalQueue
         "from core.tasks.transports.base import TaskRequest\n"
         "t = LocalTransport(LocalQueueStore(sys.argv[1]))\n"
         "for c in range(20):\n"
-        "    r = t.enqueue_many([TaskRequest(queue='default', path='/ok', body=b'p', name=f'p-{c}-{i}') for i in range(5)])\n"
-        "    assert all(x.ok for x in r), r\n"
+        "    batch = [TaskRequest(queue='default', path='/ok', body=b'p', name=f'p-{c}-{i}') for i in range(5)]\n"
+        "    assert all(x.ok for x in t.enqueue_many(batch))\n"
     )
     other = subprocess.Popen([sys.executable, "-c", script, str(store.path)], cwd=REPO_ROOT)
     threads = [threading.Thread(target=enqueue, args=(n,)) for n in range(4)]
