@@ -187,7 +187,7 @@ def test_base_class_defaults_follow_viur(app, as_user):
         assert task.canCall() is False
 
 
-def test_lookup_and_permission_helpers(app, as_user):
+def test_lookup_and_permission_functions(app, as_user):
     runtime = runtime_of(app)
     assert [t.key for t in registered_tasks(runtime)] == ["admin_only", "doomed", "echo", "flaky"]
     assert isinstance(find_task(runtime, "echo"), Echo)
