@@ -213,7 +213,8 @@ class LocalQueueStore:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, ...)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -223,11 +224,12 @@ class LocalQueueStore:
         if conn is not None and self._pid == os.getpid():
             self._local.conn = None
             with self._lock:
-                self._connections.remove(conn)
+                if conn in self._connections:
+                    self._connections.remove(conn)
             conn.close()
 
     def close(self) -> None:
-        """Close every connection this store opened in this process."""
+        """Close every connection this store opened in this process; a later call reopens."""
         with self._lock:
             connections, self._connections = self._connections, []
         if self._pid == os.getpid():
@@ -832,6 +834,10 @@ class LocalDispatcher:
     def failed(self, queue: str | None = None, *, limit: int = 100) -> list[StoredTask]:
         """Tasks kept after running out of retries."""
         return self.store.failed(queue, limit=limit)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per queue: tasks ``queued``, ``leased`` and ``failed`` in the store."""
+        return self.store.counts()
 
     # lifecycle
 

@@ -303,7 +303,7 @@ def test_stop_gives_back_unfinished_tasks(store: LocalQueueStore, recorder: Reco
     dispatcher.start()
     recorder.wait_calls("/slow/", 1)
     dispatcher.stop(timeout=0.2)  # the push in flight does not finish in time
-    assert store.counts()["default"] == {"queued": 4, "leased": 0, "failed": 0}
+    assert dispatcher.counts()["default"] == {"queued": 4, "leased": 0, "failed": 0}
     recorder.release.set()
     assert LocalDispatcher(store, recorder.url, _queue()).run_until_idle(timeout=20) == 4
     assert store.pending() == 0
