@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from core import create_app
 from example import MODULES, SessionUsers
+from example.users import users_cli
 
 app = create_app(MODULES, users=SessionUsers(), languages=("en", "de"))
+app.cli.add_command(users_cli)
 
 if __name__ == "__main__":
     from deploy.devserver import main

@@ -37,7 +37,8 @@ class Index(Module):
         user = current.user.get()
         who = f"signed in as {user.key.name}" if user is not None else "not signed in"
         return (f"<!doctype html><title>Example</title><h1>Deferred tasks example</h1><p>{who}</p>"
-                "<ul><li><a href=/user/login>Sign in</a></li><li><a href=/_tasks/list>Tasks</a></li></ul>")
+                "<ul><li><a href=/user/login>Sign in</a></li><li><a href=/_tasks/list>Tasks you may run</a></li>"
+                "<li><a href=/_tasks/admin>Task dashboard</a> (admins)</li></ul>")
 
 
 @callDeferred

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from core.json import JsonKeyEncoder, jsonDecodeObjectHook
 from core.tasks import executor as _executor  # registers the "deferred" task kind
+from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
 from core.tasks.deferred import (CallDeferred, TaskHandle, call_deferred, callDeferred, no_retry, noRetry,
                                  retry_n_times)
 from core.tasks.dispatch import sweep_outbox
@@ -28,6 +29,6 @@ __all__ = [
     "TaskRegistry", "active_registry", "isolated_registry", "TaskRuntime", "get_runtime", "sweep_outbox",
     "PeriodicTask", "periodic_task", "removePeriodicTask", "remove_periodic_task", "find_bound_task",
     "periodic_overview", "Crontab", "Weekday", "Month", "StartupTask", "startup_task", "runStartupTasks",
-    "run_startup_tasks",
+    "run_startup_tasks", "CallableTask", "CallableTaskBase", "callable_task",
 ]
 del _executor
