@@ -15,7 +15,8 @@ How a run behaves (and why it differs from ViUR's five entities per task):
   caller environment, status (running / finished / stopped / failed), position, processed count
   and times. A position is the cursor of the current page plus the keys already handled on it, so
   a chunk can stop after any entity, also when ``handleEntry`` deletes what it handled.
-  Progress is committed transactionally after every page; a retried chunk goes on from there.
+  Progress is committed transactionally at page ends every ``checkpointSeconds`` and when a chunk
+  ends; a retried chunk goes on from the last commit.
 - **A chain cannot fork.** Step tasks are named after a hash of (run, generation, step). A step
   that is retried after it committed sends its successor again under the same name, which the
   queue refuses; a step whose record has moved on (another execution committed it, the run was
@@ -106,6 +107,8 @@ class QueryIter(metaclass=MetaQueryIter):
     pageSize: ClassVar[int] = DEFAULT_PAGE_SIZE  # noqa: N815
     #: Entities per chunk at most (``None``: as many as the budget allows; ViUR used 5).
     maxEntriesPerChunk: ClassVar[int | None] = None  # noqa: N815
+    #: Seconds between progress commits inside a chunk (at page ends): what a crash can cost.
+    checkpointSeconds: ClassVar[float] = 2.0  # noqa: N815
     #: Extra in-place attempts of a failing ``handleEntry`` before ``handleError`` is asked.
     entryRetries: ClassVar[int] = 0  # noqa: N815
     #: Run the query keys-only (entries are entities without properties).
@@ -400,7 +403,7 @@ class _Chunk:
         self.seconds_per_entry = float(record.get("seconds_per_entry") or 0.0)
         self.budget = _chunk_seconds(runtime, cls)
         self.batch = _batch_handler(cls)
-        self.started = time.monotonic()
+        self.started = self.saved_at = time.monotonic()
         self.handled = 0
         self.handling_time = 0.0
 
@@ -448,7 +451,8 @@ class _Chunk:
             pos.cursor, pos.done = page.cursor, set()
             if self._should_yield():
                 return _YIELD
-            self._save()
+            if time.monotonic() - self.saved_at >= self.cls.checkpointSeconds:
+                self._save()
 
     def _batch_size(self, limit: int | None) -> int:
         size = self.cls.pageSize
@@ -565,6 +569,7 @@ class _Chunk:
                 record["last_error"] = error
 
         self._update(change)
+        self.saved_at = time.monotonic()
 
     def _stop(self, error: str) -> None:
         def change(record: db.Entity) -> None:

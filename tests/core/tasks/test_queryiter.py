@@ -622,3 +622,38 @@ def test_a_subclass_overriding_handle_entry_alone_is_not_batched(app, task_queue
     task_queue.run_pending()
     assert sorted(s[1] for s in SEEN if s[0] == "single") == list(range(1, 31))
     assert [s for s in SEEN if s[0] == "batch"] == []
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in the app catches it."""
+
+
+class CrashesOnce(Recorder):
+    """Commits progress at every page end; the process 'dies' at entity 55 the first time."""
+
+    maxEntriesPerChunk = None
+    pageSize = 20
+    checkpointSeconds = 0.0
+
+    @classmethod
+    def handleEntry(cls, entry, customData):
+        if entry.key.id == 55 and FAILURES["crash"] == 0:
+            FAILURES["crash"] += 1
+            raise Crash()
+        super().handleEntry(entry, customData)
+
+
+def test_a_crashed_chunk_goes_on_from_its_last_checkpoint(app, client, task_queue):
+    put_things(100)
+    created = _spy(task_queue)
+    run_id = CrashesOnce.startIterOnQuery(db.Query("thing"))
+    with pytest.raises(Crash):
+        task_queue.run_pending()
+    assert get_run(run_id).processed == 40, "the last page end before the crash"
+    assert post_again(client, created[0]).status_code == 200  # the queue's retry
+    counts = collections.Counter(entries())
+    assert sorted(counts) == list(range(1, 101))
+    assert {i for i, n in counts.items() if n == 2} == set(range(41, 55)), "only work after the checkpoint is redone"
+    assert finishes() == [("finish", 100, None)] and get_run(run_id).processed == 100

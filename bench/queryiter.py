@@ -1,0 +1,209 @@
+"""QueryIter: a cursor scan's limit, the time-boxed chain, and ViUR's five-entities-per-task chain.
+
+Run: ``python -m bench.queryiter`` (after ``deploy/setup.sh``). Prints its figures and, last:
+``queryiter: qi/raw=<x> qi/viur5=<y> rss_growth_mb=<z>``
+
+For ``--count`` (20,000) entities of a small kind on the Datastore emulator:
+
+(a) the limit: one process scanning the kind by cursor with large pages, doing nothing else;
+(b) QueryIter end to end with a no-op ``handleEntry``: started over HTTP, chunks pushed by the
+    durable local queue to gunicorn (2 sync workers), run until the run record says finished;
+(c) the same chain with ViUR's policy (5 entities per task, one task per step), same queue, same app;
+
+plus the peak RSS growth of the app's worker processes while (b) runs (``VmHWM`` after it minus
+``VmRSS`` before it, the peak reset through ``/proc/<pid>/clear_refs``). The dispatcher runs without
+queue rate limits, so (c) is bound by its per-step cost and not by the query-iter queue's 50/s.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from core import db
+from core.module import Module, exposed
+from core.tasks.queryiter import FINISHED, QueryIter, get_run
+
+KIND = "bench_qi_item"
+WARM_KIND = "bench_qi_warm"
+
+
+class NoOp(QueryIter):
+    """Handles every entity by doing nothing: what is left is the machinery."""
+
+    @classmethod
+    def handleEntry(cls, entry: db.Entity, customData: Any) -> None:  # noqa: N802, N803
+        pass
+
+
+class ViurFive(NoOp):
+    """ViUR's policy: five entities per task, a task per step."""
+
+    pageSize = 5
+    maxEntriesPerChunk = 5
+
+
+POLICIES: dict[str, type[QueryIter]] = {"qi": NoOp, "viur5": ViurFive}
+
+
+class BenchQueryIter(Module):
+    @exposed(methods=("POST",))
+    def start(self, policy: str, kind: str) -> dict[str, str]:
+        return {"run": POLICIES[policy].startIterOnQuery(db.Query(kind))}
+
+
+def bench_app() -> Any:
+    """gunicorn's app factory (``bench.queryiter:bench_app()``)."""
+    from core import create_app
+
+    return create_app({"benchqi": BenchQueryIter})
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+def fill(kind: str, count: int) -> None:
+    entities = []
+    for i in range(1, count + 1):
+        entity = db.Entity(db.key(kind, i))
+        entity["n"] = i
+        entities.append(entity)
+    db.put(entities)
+
+
+def raw_scan(kind: str) -> tuple[int, float]:
+    """Entities and seconds of one cursor scan of ``kind`` in large pages."""
+    started = time.perf_counter()
+    count = sum(1 for _ in db.Query(kind).iter(page_size=db.DEFAULT_PAGE_SIZE))
+    return count, time.perf_counter() - started
+
+
+def run_chain(url: str, policy: str, kind: str, timeout: float) -> tuple[float, Any]:
+    """Start a run over HTTP and wait until its record says finished; wall seconds and the run."""
+    session = requests.Session()
+    started = time.perf_counter()
+    response = session.post(f"{url}/benchqi/start", data={"policy": policy, "kind": kind})
+    response.raise_for_status()
+    run_id = response.json()["run"]
+    deadline = time.monotonic() + timeout
+    while True:
+        run = get_run(run_id)
+        if run is not None and run.status == FINISHED:
+            return time.perf_counter() - started, run
+        if run is not None and run.status != "running":
+            raise RuntimeError(f"run {run_id} ended {run.status}: {run.last_error}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} not finished after {timeout} s: {run}")
+        time.sleep(0.05)  # the emulator shares the cores: polling must not slow the run down
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+class PeakMemory:
+    """Peak RSS growth of some processes over a block (kernel high-water mark, sampled as a fallback)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before: dict[int, int] = {}
+        self.sampled: dict[int, int] = {}
+        self.exact = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        for pid in self.pids:
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            except OSError:
+                self.exact = False
+            self.before[pid] = _status_kb(pid, "VmRSS")
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            for pid in self.pids:
+                try:
+                    self.sampled[pid] = max(self.sampled.get(pid, 0), _status_kb(pid, "VmRSS"))
+                except (OSError, RuntimeError):
+                    pass
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = {pid: max(self.sampled.get(pid, 0), _status_kb(pid, "VmHWM") if self.exact else 0)
+                     for pid in self.pids}
+
+    @property
+    def growth_mb(self) -> float:
+        return max((self.peak[pid] - self.before[pid]) / 1024 for pid in self.pids)
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.peak.values()) / 1024
+
+
+def main() -> None:
+    from core.config import Settings
+    from deploy.datastore_emulator import start_datastore_emulator
+    from deploy.devserver import LocalStack
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=20_000, help="entities in the kind (20000)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds a chain may take (900)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-queryiter-"))
+    datastore = start_datastore_emulator()
+    try:
+        stack = LocalStack(data_dir=tmp / "local", datastore=datastore, persist=False, cron=False,
+                           app_module="bench.queryiter:bench_app()", dispatcher_args=("--no-rate-limits",))
+        with stack:
+            db.configure(Settings(project=stack.settings.project, datastore_emulator_host=datastore.host))
+            print(f"gunicorn: {stack.workers} sync workers on {stack.url}; Python {sys.version.split()[0]}; "
+                  f"Datastore emulator {datastore.host}")
+            fill(KIND, args.count)
+            fill(WARM_KIND, 2_000)
+            for _ in range(2):  # the emulator's JIT and both workers' clients warm up first
+                raw_scan(KIND)
+                run_chain(stack.url, "qi", WARM_KIND, args.timeout)
+                run_chain(stack.url, "viur5", WARM_KIND, args.timeout)
+            scans = [raw_scan(KIND) for _ in range(2)]
+            count, raw_seconds = min(scans, key=lambda scan: scan[1])
+            assert count == args.count, count
+            raw = count / raw_seconds
+            print(f"(a) raw cursor scan, pages of {db.DEFAULT_PAGE_SIZE}: {count} entities in {raw_seconds:.2f} s "
+                  f"= {raw:.0f}/s (best of 2)")
+
+            workers = stack.worker_pids()
+            with PeakMemory(workers) as memory:
+                qi_seconds, run = run_chain(stack.url, "qi", KIND, args.timeout)
+            qi = run.processed / qi_seconds
+            print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities in {qi_seconds:.2f} s = {qi:.0f}/s "
+                  f"in {run.step + 1} step(s)")
+            print(f"    app workers {workers}: peak RSS {memory.peak_mb:.1f} MB, growth during (b) "
+                  f"{memory.growth_mb:.1f} MB ({'kernel high-water mark' if memory.exact else 'sampled'})")
+
+            viur_seconds, viur_run = run_chain(stack.url, "viur5", KIND, args.timeout)
+            viur = viur_run.processed / viur_seconds
+            print(f"(c) ViUR policy, 5 entities per task: {viur_run.processed} entities in {viur_seconds:.2f} s "
+                  f"= {viur:.0f}/s in {viur_run.step + 1} steps ({viur_seconds / (viur_run.step + 1) * 1000:.1f} "
+                  "ms per step)")
+    finally:
+        datastore.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"queryiter: qi/raw={qi / raw:.2f} qi/viur5={qi / viur:.1f} rss_growth_mb={memory.growth_mb:.1f}")
+
+
+if __name__ == "__main__":
+    main()
