@@ -846,7 +846,9 @@ class LocalDispatcher:
             raise RuntimeError("this dispatcher is already running")
         try:
             self._take_lock()
-            family, _, _, _, addr = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0]
+            infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+            # "localhost" may resolve to ::1 first while dev servers listen on 127.0.0.1 only.
+            family, _, _, _, addr = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
             self._family, self._addr = family, addr
             self._poller = _Poller()
             self._by_fd = {}
@@ -1082,8 +1084,7 @@ class LocalDispatcher:
                 self._retry_or_fail(q, task, now, f"socket: {exc.strerror or exc}", status=None, responded=False)
                 return
             sock.setblocking(False)
-            if self._family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(self._addr)
             if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
                 sock.close()

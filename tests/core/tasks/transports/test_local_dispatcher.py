@@ -435,3 +435,14 @@ def test_poll_fallback_where_there_is_no_epoll(
     dispatcher.run_until_idle(timeout=20, wait_scheduled=True)
     assert dispatcher.stats.succeeded == 21 and dispatcher.stats.retried == 1
     assert store.pending() == 0
+
+
+def test_base_url_with_localhost_and_a_path_prefix(store: LocalQueueStore, recorder: Recorder) -> None:
+    port = recorder.url.rsplit(":", 1)[1]
+    _enqueue(store, _task("/201"))
+    LocalDispatcher(store, f"http://localhost:{port}/status", _queue()).run_until_idle(timeout=10)
+    [call] = recorder.calls
+    assert call.path == "/status/201" and call.headers["Host"] == f"localhost:{port}"
+    assert store.pending() == 0
+    with pytest.raises(ValueError):
+        LocalDispatcher(store, "https://example.invalid", _queue())
