@@ -43,11 +43,11 @@ import logging
 import math
 import os
 import re
-import struct
 import select
 import signal
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -56,9 +56,9 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError
-from ..queues import QueueConfig, backoff_delay, load_queue_config
-from .base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.errors import ConfigurationError
+from core.tasks.queues import QueueConfig, backoff_delay, load_queue_config
+from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,12 @@ class StoredTask:
     target_version: str | None
     created: datetime.datetime
     eta: datetime.datetime
+    #: ``queued``, ``leased`` (being pushed) or ``failed`` (out of retries, kept for inspection).
     state: str
     first_attempt: datetime.datetime | None
+    #: Attempts made so far: the ``X-AppEngine-TaskRetryCount`` of the next push.
     retry_count: int
+    #: Attempts that got a response other than 503: the next ``X-AppEngine-TaskExecutionCount``.
     execution_count: int
     last_status: int | None
     last_error: str | None
