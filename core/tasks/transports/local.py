@@ -717,6 +717,8 @@ class DispatcherStats:
     retried: int = 0
     failed: int = 0
     timeouts: int = 0
+    #: TCP connections opened; fewer than attempts when the app keeps connections alive.
+    connections: int = 0
 
 
 class LocalDispatcher:
@@ -1096,6 +1098,7 @@ class LocalDispatcher:
                 return
             conn = _Connection(sock)
             conn.reused = False
+            self.stats.connections += 1
         conn.task, conn.queue, conn.payload, conn.sent = task, q, payload, 0
         conn.started, conn.deadline = now, time.monotonic() + q.deadline
         conn.state = _SENDING
@@ -1308,7 +1311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("pushing tasks of %s to %s (queues: %s)", args.db, args.url, ", ".join(sorted(queues)))
     dispatcher.run_forever()
-    log.info("stopped after %d attempt(s)", dispatcher.stats.attempts)
+    stats = dispatcher.stats
+    log.info("stopped after %d attempt(s) over %d connection(s): %d succeeded, %d retried, %d failed",
+             stats.attempts, stats.connections, stats.succeeded, stats.retried, stats.failed)
     return 0
 
 

@@ -421,7 +421,7 @@ def test_keep_alive_connections_are_reused(store: LocalQueueStore) -> None:
         assert dispatcher.run_until_idle(timeout=20) == 10
     finally:
         server.close()
-    assert (server.requests, server.connections) == (10, 1)
+    assert (server.requests, server.connections, dispatcher.stats.connections) == (10, 1, 1)
     assert dispatcher.stats.succeeded == 10
 
 
