@@ -6,7 +6,9 @@ Three parts share one SQLite file (WAL mode, so readers never block the single w
 * :class:`LocalTransport` is the :class:`~core.tasks.transports.base.Transport` the app's workers
   use: one call, one transaction, however many tasks it carries.
 * :class:`LocalDispatcher` is the one process that pushes due tasks to the app over HTTP with the
-  headers App Engine's Cloud Tasks sends, retrying with the queue's backoff.
+  headers App Engine's Cloud Tasks sends, retrying with the queue's backoff. Run it with
+  ``python -m core.tasks.transports.local --db PATH --url URL --queue-yaml PATH`` (it stops on
+  SIGTERM or SIGINT), or in-process with ``start()``/``stop()`` or ``run_until_idle()``.
 
 The dispatcher is a single-threaded event loop over non-blocking sockets (epoll, or poll where
 there is no epoll) speaking just enough HTTP/1.1, with keep-alive when the server offers it. On
@@ -811,8 +813,7 @@ class LocalDispatcher:
             thread.join(None if timeout is None else timeout + 10.0)
 
     def run_forever(self) -> None:
-        """Run in the calling thread until :meth:`request_stop`."""
-        self._stop.clear()
+        """Run in the calling thread until :meth:`request_stop` (even one made just before)."""
         self._open()
         self._serve(False)
 
@@ -937,6 +938,7 @@ class LocalDispatcher:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+        self._stop.clear()
         self._running.release()
 
     def _wake(self) -> None:
