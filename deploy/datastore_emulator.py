@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from deploy.ports import free_port, port_is_open
+from deploy.processes import stop_process_group
 
 JAR_RELATIVE = Path("platform/cloud-datastore-emulator/CloudDatastore.jar")
 MAIN_CLASS = "com.google.cloud.datastore.emulator.CloudDatastore"
@@ -66,13 +66,7 @@ class DatastoreEmulator:
             response.read()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
         if self.data_dir is not None and self.data_dir.name.startswith("datastore-emulator-"):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -6,7 +6,6 @@ process group and stopped by PID, so nothing outlives the stack.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -21,21 +20,9 @@ from typing import Any
 from core.config import PROJECT_ROOT, Settings
 from deploy.datastore_emulator import DatastoreEmulator, start_datastore_emulator
 from deploy.ports import free_port, port_is_open
+from deploy.processes import stop_process_group
 
 log = logging.getLogger("devserver")
-
-
-def _stop_process(process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout)
 
 
 @dataclasses.dataclass
@@ -170,14 +157,14 @@ class LocalStack:
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
 
     def stop_dispatcher(self, sig: int = signal.SIGTERM) -> None:
-        _stop_process(self.dispatcher, sig)
+        stop_process_group(self.dispatcher, sig)
         self.dispatcher = None
 
     def stop(self) -> None:
         if self.cron_pinger is not None:
             self.cron_pinger.stop()
             self.cron_pinger = None
-        _stop_process(self.gunicorn)
+        stop_process_group(self.gunicorn)
         self.gunicorn = None
         self.stop_dispatcher()
         if self._own_datastore and self.datastore is not None:

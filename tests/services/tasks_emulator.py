@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+
+from deploy.processes import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the project's scripts install the emulator (``deploy/requirements-tasks-emulator.txt``).
@@ -155,15 +156,7 @@ class TasksEmulator:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill the emulator's process group and wait for it; safe to call twice."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=timeout)
+        stop_process_group(self.process, timeout=timeout)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 
