@@ -4,7 +4,7 @@ Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figure
 ``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z>``
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
-    pushed by the dispatcher to gunicorn (2 workers), verified, decoded and run by the handler;
+    pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified, decoded and run by the handler;
 (b) the limit: ``wrk`` on a bare no-op POST route of the same gunicorn;
 (c) gcloud-tasks-emulator's own push rate to a bare route of the same gunicorn;
 (d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
@@ -162,7 +162,8 @@ def main() -> None:
                            app_module="bench.app:app", extra_env={"BENCH_COUNTER_FILE": str(counter)},
                            dispatcher_args=("--no-rate-limits",))
         with stack:
-            print(f"gunicorn: 2 sync workers on {stack.url}; Python {sys.version.split()[0]}")
+            print(f"gunicorn: {stack.workers} {stack.worker_class} workers x {stack.threads} threads on {stack.url}; "
+                  f"Python {sys.version.split()[0]}")
             limit = wrk_rate(f"{stack.url}/bare/noop", args.wrk_seconds)
             e2e = e2e_rate(stack, args.tasks)
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)

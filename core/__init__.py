@@ -2,10 +2,24 @@
 
 ``core.create_app`` builds the app; ``core.tasks`` holds the task API; ``core.db`` wraps
 Datastore; ``core.json`` is the tagged JSON codec; ``core.current`` the request/task context.
+Names load on first use, so importing one room (e.g. the local queue) does not import Flask.
 """
 from __future__ import annotations
 
-from core.app import create_app
-from core.module import Module, exposed
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["create_app", "Module", "exposed"]
+_EXPORTS = {"create_app": "core.app", "Module": "core.module", "exposed": "core.module"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from core.app import create_app
+    from core.module import Module, exposed

@@ -17,7 +17,12 @@ from core import current, db
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
 from core.module import Module, ModuleTree
+# Every room whose tasks the handler runs registers its runners on import: load them all here.
+from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch
+from core.tasks import executor as _executor  # noqa: F401
+from core.tasks import periodic as _periodic  # noqa: F401
+from core.tasks import queryiter as _queryiter  # noqa: F401
 from core.tasks.handler import TaskHandler
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, activate

@@ -33,8 +33,10 @@ class LocalStack:
     port: int | None = None
     persist: bool = True
     workers: int = 2
-    worker_class: str = "sync"
-    threads: int = 1
+    #: Threaded workers, as app.yaml's entrypoint runs them: keep-alive lets the local queue reuse
+    #: its connections (a sync worker closes every one).
+    worker_class: str = "gthread"
+    threads: int = 4
     app_module: str = "main:app"
     #: An already running emulator to use instead of starting one (tests share one per session).
     datastore: DatastoreEmulator | None = None

@@ -1,34 +1,76 @@
 """Deferred, periodic, startup and callable tasks and query iterators (ViUR's ``core.tasks``).
 
-The ViUR names are the public contract; snake_case aliases sit beside them.
+The ViUR names are the public contract; snake_case aliases sit beside them. Names are imported on
+first use, so processes that need one room only (the local queue's dispatcher) stay light; the app
+factory imports every room whose tasks the handler must be able to run.
 """
 from __future__ import annotations
 
-from core.json import JsonKeyEncoder, jsonDecodeObjectHook
-from core.tasks import executor as _executor  # registers the "deferred" task kind
-from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
-from core.tasks.deferred import (CallDeferred, TaskHandle, call_deferred, callDeferred, no_retry, noRetry,
-                                 retry_n_times)
-from core.tasks.dispatch import sweep_outbox
-from core.tasks.errors import (BadTaskRequest, DeferredArgumentError, DuplicateTask, EnqueueError, Forbidden,
-                               InvalidScheduleSpecification, NotFound, PayloadError, PermanentTaskFailure,
-                               RetryTask, TaskError, TaskNotFound)
-from core.tasks.handler import TaskHandler
-from core.tasks.periodic import (PeriodicTask, find_bound_task, periodic_overview, periodic_task,
-                                 remove_periodic_task, removePeriodicTask)
-from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
-from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.schedule import Crontab, Month, Weekday
-from core.tasks.startup import StartupTask, run_startup_tasks, runStartupTasks, startup_task
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "callDeferred", "CallDeferred", "call_deferred", "noRetry", "no_retry", "retry_n_times", "TaskHandle",
-    "TaskHandler", "JsonKeyEncoder", "jsonDecodeObjectHook", "PermanentTaskFailure", "RetryTask",
-    "TaskError", "TaskNotFound", "PayloadError", "BadTaskRequest", "Forbidden", "NotFound",
-    "DeferredArgumentError", "DuplicateTask", "EnqueueError", "InvalidScheduleSpecification",
-    "TaskRegistry", "active_registry", "isolated_registry", "TaskRuntime", "get_runtime", "sweep_outbox",
-    "PeriodicTask", "periodic_task", "removePeriodicTask", "remove_periodic_task", "find_bound_task",
-    "periodic_overview", "Crontab", "Weekday", "Month", "StartupTask", "startup_task", "runStartupTasks",
-    "run_startup_tasks", "CallableTask", "CallableTaskBase", "callable_task",
-]
-del _executor
+_EXPORTS: dict[str, str] = {
+    # deferred calls
+    "callDeferred": "core.tasks.deferred", "CallDeferred": "core.tasks.deferred",
+    "call_deferred": "core.tasks.deferred", "noRetry": "core.tasks.deferred", "no_retry": "core.tasks.deferred",
+    "retry_n_times": "core.tasks.deferred", "TaskHandle": "core.tasks.deferred",
+    "sweep_outbox": "core.tasks.dispatch",
+    # the codec, under its ViUR names
+    "JsonKeyEncoder": "core.json", "jsonDecodeObjectHook": "core.json",
+    # periodic and startup tasks
+    "PeriodicTask": "core.tasks.periodic", "periodic_task": "core.tasks.periodic",
+    "removePeriodicTask": "core.tasks.periodic", "remove_periodic_task": "core.tasks.periodic",
+    "find_bound_task": "core.tasks.periodic", "periodic_overview": "core.tasks.periodic",
+    "Crontab": "core.tasks.schedule", "Weekday": "core.tasks.schedule", "Month": "core.tasks.schedule",
+    "StartupTask": "core.tasks.startup", "startup_task": "core.tasks.startup",
+    "runStartupTasks": "core.tasks.startup", "run_startup_tasks": "core.tasks.startup",
+    # query iterators
+    "QueryIter": "core.tasks.queryiter", "MetaQueryIter": "core.tasks.queryiter",
+    "DeleteEntitiesIter": "core.tasks.queryiter",
+    # callable tasks
+    "CallableTask": "core.tasks.callable", "CallableTaskBase": "core.tasks.callable",
+    "callable_task": "core.tasks.callable",
+    # the handler module, registry and runtime
+    "TaskHandler": "core.tasks.handler", "TaskRegistry": "core.tasks.registry",
+    "active_registry": "core.tasks.registry", "isolated_registry": "core.tasks.registry",
+    "TaskRuntime": "core.tasks.runtime", "get_runtime": "core.tasks.runtime",
+    # errors
+    **{name: "core.tasks.errors" for name in (
+        "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
+        "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
+        "InvalidScheduleSpecification")},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core.tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from core.json import JsonKeyEncoder, jsonDecodeObjectHook
+    from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
+    from core.tasks.deferred import (CallDeferred, TaskHandle, call_deferred, callDeferred, no_retry, noRetry,
+                                     retry_n_times)
+    from core.tasks.dispatch import sweep_outbox
+    from core.tasks.errors import (BadTaskRequest, DeferredArgumentError, DuplicateTask, EnqueueError, Forbidden,
+                                   InvalidScheduleSpecification, NotFound, PayloadError, PermanentTaskFailure,
+                                   RetryTask, TaskError, TaskNotFound)
+    from core.tasks.handler import TaskHandler
+    from core.tasks.periodic import (PeriodicTask, find_bound_task, periodic_overview, periodic_task,
+                                     remove_periodic_task, removePeriodicTask)
+    from core.tasks.queryiter import DeleteEntitiesIter, MetaQueryIter, QueryIter
+    from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
+    from core.tasks.runtime import TaskRuntime, get_runtime
+    from core.tasks.schedule import Crontab, Month, Weekday
+    from core.tasks.startup import StartupTask, run_startup_tasks, runStartupTasks, startup_task
