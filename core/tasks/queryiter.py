@@ -68,8 +68,10 @@ DEFAULT_CHUNK_SECONDS = 10.0
 DEFAULT_PAGE_SIZE = 500
 #: Smallest page an adapted page size goes down to.
 MIN_PAGE_SIZE = 10
-#: Custom data must fit in the run record (Datastore entities stop at 1 MiB).
-MAX_CUSTOM_DATA_BYTES = 800_000
+#: Custom data, query and caller environment must fit in the run record (entities stop at 1 MiB).
+MAX_RECORD_DATA_BYTES = 900_000
+#: Error texts kept on the run record are cut to this length.
+MAX_ERROR_CHARS = 4_000
 _UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
 
 
@@ -289,17 +291,19 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
             f"cannot start {cls.iter_id}: {query!r} uses IN, NOT_IN or != and a cursor cannot resume it; "
             "start one run per value instead")
     custom = _encode_argument(custom_data, "customData", cls)
-    if len(custom) > MAX_CUSTOM_DATA_BYTES:
-        raise DeferredArgumentError(f"cannot start {cls.iter_id}: customData is {len(custom)} bytes encoded, "
-                                    f"at most {MAX_CUSTOM_DATA_BYTES} fit in the run record")
     query_json = _encode_argument(query.to_dict(), "query", cls)
     env = capture_environment(runtime)
+    env_json = _encode_argument(env, "environment", cls)
+    size = len(custom) + len(query_json) + len(env_json)
+    if size > MAX_RECORD_DATA_BYTES:
+        raise DeferredArgumentError(f"cannot start {cls.iter_id}: customData, query and environment take {size} "
+                                    f"bytes encoded, at most {MAX_RECORD_DATA_BYTES} fit in the run record")
     run_id = uuid.uuid4().hex
     now = _now()
     record = db.Entity(_run_key(run_id), exclude_from_indexes=_UNINDEXED)
     record.update({
         "class": cls.iter_id, "kind": query.kind, "queue": cls.queueName, "query": query_json, "custom": custom,
-        "env": _encode_argument(env, "environment", cls), "status": RUNNING, "generation": 0, "step": 0,
+        "env": env_json, "status": RUNNING, "generation": 0, "step": 0,
         "processed": 0, "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0,
         "started": now, "updated": now, "finished": None, "finishing_since": None, "finish_token": None,
         "last_error": None,
@@ -360,21 +364,34 @@ def resume_run(run_id: str, *, runtime: TaskRuntime | None = None) -> bool:
 
 @dataclasses.dataclass
 class _Position:
-    """Where a run is: the cursor of the current page and the entities handled on that page."""
+    """Where a run is: the cursor of the current page and the entities handled on that page.
+
+    Handled entities are kept as short digests of their key paths: at most a page of them, small
+    enough for the run record whatever the keys look like.
+    """
 
     cursor: str | None
-    done: set[tuple[Any, ...]]
+    done: set[str]
     processed: int
     errors: int
 
     @classmethod
     def of(cls, record: db.Entity) -> _Position:
-        done = {tuple(path) for path in tagged_json.loads(record.get("done") or "[]")}
+        done = set(tagged_json.loads(record.get("done") or "[]"))
         return cls(record.get("cursor"), done, int(record.get("processed") or 0), int(record.get("errors") or 0))
 
     def write(self, record: db.Entity) -> None:
-        record.update({"cursor": self.cursor, "done": tagged_json.dumps([list(p) for p in self.done]),
+        record.update({"cursor": self.cursor, "done": tagged_json.dumps(sorted(self.done)),
                        "processed": self.processed, "errors": self.errors, "updated": _now()})
+
+
+def _key_digest(entity: db.Entity) -> str:
+    """A 64-bit digest of the entity's key path (the query fixes project and namespace)."""
+    return hashlib.blake2b(repr(entity.key.flat_path).encode(), digest_size=8).hexdigest()
+
+
+def _error_text(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " ..."
 
 
 _EXHAUSTED, _YIELD, _STOPPED = "exhausted", "yield", "stopped"
@@ -427,7 +444,8 @@ class _Chunk:
         limit = self.query.limit_count
         while True:
             page = self.query.fetch_page(self._page_size(limit), pos.cursor)
-            todo = [e for e in page.entities if tuple(e.key.flat_path) not in pos.done]
+            digests = [_key_digest(e) for e in page.entities]
+            todo = [(e, d) for e, d in zip(page.entities, digests) if d not in pos.done]
             index = one_by_one_until = 0
             while index < len(todo):
                 if limit is not None and pos.processed >= limit:
@@ -440,10 +458,10 @@ class _Chunk:
                         index += len(batch)
                         continue
                     one_by_one_until = index + len(batch)
-                entity = todo[index]
+                entity, digest = todo[index]
                 if not self._handle(entity):
                     return _STOPPED
-                pos.done.add(tuple(entity.key.flat_path))
+                pos.done.add(digest)
                 pos.processed += 1
                 index += 1
             if not page.more or (limit is not None and pos.processed >= limit):
@@ -466,9 +484,10 @@ class _Chunk:
             size = min(size, int(remaining / self.seconds_per_entry) + 1)
         return max(1, size)
 
-    def _handle_batch(self, entities: list[db.Entity]) -> bool:
-        """Handle ``entities`` in one call; False when the batch failed (handle them one by one)."""
+    def _handle_batch(self, batch: list[tuple[db.Entity, str]]) -> bool:
+        """Handle a batch in one call; False when it failed (then it is handled one by one)."""
         assert self.batch is not None
+        entities = [entity for entity, _ in batch]
         started = time.monotonic()
         try:
             self.batch(entities, self.custom)
@@ -478,8 +497,7 @@ class _Chunk:
         self.handled += len(entities)
         self.handling_time += time.monotonic() - started
         self.seconds_per_entry = self.handling_time / self.handled
-        for entity in entities:
-            self.position.done.add(tuple(entity.key.flat_path))
+        self.position.done.update(digest for _, digest in batch)
         self.position.processed += len(entities)
         return True
 
@@ -566,7 +584,7 @@ class _Chunk:
             self.position.write(record)
             record["seconds_per_entry"] = self.seconds_per_entry
             if error is not None:
-                record["last_error"] = error
+                record["last_error"] = _error_text(error)
 
         self._update(change)
         self.saved_at = time.monotonic()
@@ -574,7 +592,7 @@ class _Chunk:
     def _stop(self, error: str) -> None:
         def change(record: db.Entity) -> None:
             self.position.write(record)
-            record.update({"status": STOPPED, "last_error": error})
+            record.update({"status": STOPPED, "last_error": _error_text(error)})
 
         self._update(change)
         log.warning("query run %s stopped by handleError: %s", self.run_id, error)
@@ -631,7 +649,8 @@ class _Chunk:
         def release() -> None:
             record = db.get(self.key)
             if record is not None and record.get("finish_token") == token:
-                record.update({"finishing_since": None, "finish_token": None, "last_error": error, "updated": _now()})
+                record.update({"finishing_since": None, "finish_token": None, "last_error": _error_text(error),
+                               "updated": _now()})
                 db.put(record)
 
         db.run_in_transaction(release)
@@ -648,7 +667,7 @@ def _fail_run(key: db.Key, error: str) -> None:
     def fail() -> None:
         record = db.get(key)
         if record is not None and record["status"] == RUNNING:
-            record.update({"status": FAILED, "last_error": error, "updated": _now()})
+            record.update({"status": FAILED, "last_error": _error_text(error), "updated": _now()})
             db.put(record)
 
     db.run_in_transaction(fail)

@@ -657,3 +657,23 @@ def test_a_crashed_chunk_goes_on_from_its_last_checkpoint(app, client, task_queu
     assert sorted(counts) == list(range(1, 101))
     assert {i for i, n in counts.items() if n == 2} == set(range(41, 55)), "only work after the checkpoint is redone"
     assert finishes() == [("finish", 100, None)] and get_run(run_id).processed == 100
+
+
+# --- the run record's size ----------------------------------------------------------------------
+
+def test_positions_stay_small_with_long_key_names(app, task_queue):
+    names = [f"{i:04d}" + "k" * 1400 for i in range(120)]
+    entities = [db.Entity(db.key("long", name)) for name in names]
+    db.put(entities)
+    run_id = Recorder.startIterOnQuery(db.Query("long"))
+    task_queue.run_pending(max_tasks=1)  # stops after 70, in the middle of the second page of 50
+    record = db.get(db.key(RUN_KIND, run_id))
+    assert record["processed"] == 70 and len(record["done"]) < 30 * 20
+    task_queue.run_pending()
+    assert sorted(entries()) == names and finishes() == [("finish", 120, None)]
+
+
+def test_data_too_large_for_the_run_record_fails_at_the_call(app, task_queue):
+    with pytest.raises(DeferredArgumentError, match="fit in the run record"):
+        Recorder.startIterOnQuery(db.Query("thing"), customData=b"x" * 700_000)
+    assert task_queue.pending == [] and db.Query(RUN_KIND).run() == []
