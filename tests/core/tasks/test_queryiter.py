@@ -677,3 +677,32 @@ def test_data_too_large_for_the_run_record_fails_at_the_call(app, task_queue):
     with pytest.raises(DeferredArgumentError, match="fit in the run record"):
         Recorder.startIterOnQuery(db.Query("thing"), customData=b"x" * 700_000)
     assert task_queue.pending == [] and db.Query(RUN_KIND).run() == []
+
+
+# --- the example module -------------------------------------------------------------------------
+
+def test_example_reindex_module(make_app):
+    from example import MODULES, SessionUsers
+    from example.reindex import REPORT_KIND
+    from example.users import create_user
+    from tests.conftest import TaskQueue
+
+    app = make_app(MODULES, users=SessionUsers(), languages=("en", "de"))
+    queue = TaskQueue(app)
+    for i in range(1, 31):
+        invoice = db.Entity(db.key("invoice", i))
+        invoice.update({"year": 2025 + i % 2, "customer": f"ACME Corp {i}", "title": "Consulting"})
+        db.put(invoice)
+    create_user("root", "pw-123456", admin=True)
+    create_user("bob", "pw-123456")
+    client = app.test_client()
+    client.post("/user/login", data={"name": "bob", "password": "pw-123456"})
+    assert client.post("/reindex/start", data={"year": "2026"}).status_code == 403
+    client.post("/user/login", data={"name": "root", "password": "pw-123456"})
+    started = client.post("/reindex/start", data={"year": "2026"}, headers={"Accept-Language": "de"}).get_json()
+    queue.run_pending()
+    assert client.get(f"/reindex/status/{started['run']}").get_json()["status"] == FINISHED
+    indexed = {e.key.id: e.get("search") for e in db.Query("invoice").run()}
+    assert indexed[3] == ["3", "acme", "consulting", "corp"] and indexed[4] is None
+    report = db.get(db.key(REPORT_KIND, started["report"]))
+    assert (report["total"], report["by"], report["language"]) == (15, "root", "de")
