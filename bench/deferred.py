@@ -4,7 +4,8 @@ Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figure
 ``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z>``
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
-    pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified, decoded and run by the handler;
+    pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified,
+    decoded and run by the handler;
 (b) the limit: ``wrk`` on a bare no-op POST route of the same gunicorn;
 (c) gcloud-tasks-emulator's own push rate to a bare route of the same gunicorn;
 (d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
@@ -85,7 +86,7 @@ def emulator_push_rate(stack: LocalStack, counter: Path, count: int) -> float:
         client = _client(emulator.host)
         parent = emulator.queue_path("push")
         counter.write_bytes(b"")
-        due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
+        due = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=8)
         created = time.monotonic()
         for _ in range(count):
             client.create_task(parent=parent, task=tasks_v2.Task(

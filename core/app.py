@@ -17,6 +17,7 @@ from core import current, db
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
 from core.module import Module, ModuleTree
+
 # Every room whose tasks the handler runs registers its runners on import: load them all here.
 from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch

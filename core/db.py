@@ -184,7 +184,10 @@ _active_lock = threading.Lock()
 def configure(settings_or_store: Settings | Datastore) -> Datastore:
     """Make a store the process's active one (the app factory calls this)."""
     global _active
-    store = settings_or_store if isinstance(settings_or_store, Datastore) else Datastore.from_settings(settings_or_store)
+    if isinstance(settings_or_store, Datastore):
+        store = settings_or_store
+    else:
+        store = Datastore.from_settings(settings_or_store)
     with _active_lock:
         previous, _active = _active, store
     if previous is not None and previous is not store:

@@ -53,7 +53,7 @@ class GenerateInvoices(CallableTaskBase):
             entity.update({"month": month, "year": int(month[:4]), "number": number,
                            "customer": f"Customer {number % 7 + 1}", "title": f"Demo invoice {number} of {month}",
                            "amount": number * 10, "created_by": user.key.name if user is not None else None,
-                           "created": datetime.datetime.now(datetime.timezone.utc)})
+                           "created": datetime.datetime.now(datetime.UTC)})
             entities.append(entity)
         db.put(entities)
 

@@ -26,7 +26,7 @@ class Invoices(Module):
             "computed_by": user.key.name if user is not None else None,
             "language": current.language.get(),
             "module": self.module_path,
-            "at": datetime.datetime.now(datetime.timezone.utc),
+            "at": datetime.datetime.now(datetime.UTC),
         })
         db.put(entity)
 

@@ -23,7 +23,7 @@ def count_run(name: str) -> int:
         key = db.key("example_run", name)
         entity = db.get(key) or db.Entity(key)
         entity["count"] = int(entity.get("count") or 0) + 1
-        entity["last"] = datetime.datetime.now(datetime.timezone.utc)
+        entity["last"] = datetime.datetime.now(datetime.UTC)
         entity["pid"] = os.getpid()
         db.put(entity)
         return int(entity["count"])
@@ -38,14 +38,14 @@ class Maintenance(Module):
         """At most every 5 minutes (group ``default``): recount the invoice totals."""
         totals = db.Query("invoice_total").keys_only().run()
         stats = db.Entity(db.key("example_stats", self.module_path))
-        stats.update({"invoice_totals": len(totals), "at": datetime.datetime.now(datetime.timezone.utc)})
+        stats.update({"invoice_totals": len(totals), "at": datetime.datetime.now(datetime.UTC)})
         db.put(stats)
         count_run(f"refresh_statistics@{self.module_path}")
 
     @PeriodicTask(at=datetime.time(3, 0), cronName="nightly")
     def purge_drafts(self) -> None:
         """Daily at 03:00 (group ``nightly``): delete invoice drafts older than 30 days."""
-        cutoff = datetime.datetime.now(datetime.timezone.utc) - DRAFT_LIFETIME
+        cutoff = datetime.datetime.now(datetime.UTC) - DRAFT_LIFETIME
         old = db.Query("invoice_draft").filter("created <", cutoff).keys_only().run()
         db.delete([entity.key for entity in old])
         count_run(f"purge_drafts@{self.module_path}")

@@ -42,7 +42,7 @@ class ReindexInvoices(QueryIter):
         report = db.Entity(db.key(REPORT_KIND, customData["run"]))
         report.update({"total": totalCount, "year": customData.get("year"), "language": current.language.get(),
                        "by": user.key.name if user is not None else None,
-                       "at": datetime.datetime.now(datetime.timezone.utc)})
+                       "at": datetime.datetime.now(datetime.UTC)})
         db.put(report)
 
 
@@ -60,7 +60,7 @@ class Reindex(Module):
             if not year.isdigit():
                 abort(400)
             query.filter("year =", int(year))
-        tag = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        tag = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
         run_id = ReindexInvoices.startIterOnQuery(query, customData={"run": tag, "year": year or None})
         return {"run": run_id, "report": tag}
 

@@ -154,7 +154,7 @@ def format_time(value: Any) -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, (int, float)):
-        value = datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+        value = datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
     if isinstance(value, str):
         try:
             value = datetime.datetime.fromisoformat(value)
@@ -162,7 +162,7 @@ def format_time(value: Any) -> str:
             return value
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc)
+            value = value.astimezone(datetime.UTC)
         return value.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
@@ -186,8 +186,8 @@ def format_age(value: Any) -> str:
     if not isinstance(value, datetime.datetime):
         return ""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    seconds = (datetime.datetime.now(datetime.timezone.utc) - value).total_seconds()
+        value = value.replace(tzinfo=datetime.UTC)
+    seconds = (datetime.datetime.now(datetime.UTC) - value).total_seconds()
     future, seconds = seconds < 0, abs(seconds)
     for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172800, "h", 3600), (float("inf"), "d", 86400)):
         if seconds < limit:
@@ -201,5 +201,5 @@ def format_due(value: Any) -> str:
     if not isinstance(value, datetime.datetime):
         return ""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return format_age(value) if value > datetime.datetime.now(datetime.timezone.utc) else "due now"
+        value = value.replace(tzinfo=datetime.UTC)
+    return format_age(value) if value > datetime.datetime.now(datetime.UTC) else "due now"

@@ -60,15 +60,39 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from core.json import JsonKeyEncoder, jsonDecodeObjectHook
     from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
-    from core.tasks.deferred import (CallDeferred, TaskHandle, call_deferred, callDeferred, no_retry, noRetry,
-                                     retry_n_times)
+    from core.tasks.deferred import (
+        CallDeferred,
+        TaskHandle,
+        call_deferred,
+        callDeferred,
+        no_retry,
+        noRetry,
+        retry_n_times,
+    )
     from core.tasks.dispatch import sweep_outbox
-    from core.tasks.errors import (BadTaskRequest, DeferredArgumentError, DuplicateTask, EnqueueError, Forbidden,
-                                   InvalidScheduleSpecification, NotFound, PayloadError, PermanentTaskFailure,
-                                   RetryTask, TaskError, TaskNotFound)
+    from core.tasks.errors import (
+        BadTaskRequest,
+        DeferredArgumentError,
+        DuplicateTask,
+        EnqueueError,
+        Forbidden,
+        InvalidScheduleSpecification,
+        NotFound,
+        PayloadError,
+        PermanentTaskFailure,
+        RetryTask,
+        TaskError,
+        TaskNotFound,
+    )
     from core.tasks.handler import TaskHandler
-    from core.tasks.periodic import (PeriodicTask, find_bound_task, periodic_overview, periodic_task,
-                                     remove_periodic_task, removePeriodicTask)
+    from core.tasks.periodic import (
+        PeriodicTask,
+        find_bound_task,
+        periodic_overview,
+        periodic_task,
+        remove_periodic_task,
+        removePeriodicTask,
+    )
     from core.tasks.queryiter import DeleteEntitiesIter, MetaQueryIter, QueryIter
     from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
     from core.tasks.runtime import TaskRuntime, get_runtime

@@ -219,4 +219,4 @@ def _update(run_id: str, task_key: str, **fields: Any) -> None:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

@@ -24,12 +24,21 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
-from core.tasks.schedule import (UTC, CalendarSchedule, Crontab, IntervalSchedule, Schedule, iter_fires, named_zone,
-                                 next_fire, to_instant)
+from core.tasks.schedule import (
+    UTC,
+    CalendarSchedule,
+    Crontab,
+    IntervalSchedule,
+    Schedule,
+    iter_fires,
+    named_zone,
+    next_fire,
+    to_instant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +88,7 @@ class CalendarPing:
     schedule: CalendarSchedule
 
 
-CronSchedule = Union[IntervalPing, CalendarPing]
+CronSchedule = IntervalPing | CalendarPing
 
 
 def _clock(text: str, schedule: str) -> datetime.time:

@@ -151,7 +151,7 @@ def capture_environment(runtime: TaskRuntime) -> dict[str, Any]:
 def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
     if countdown is not None and eta is not None:
         raise ValueError("pass either _countdown or _eta, not both")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if countdown is not None:
         if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) or countdown < 0:
             raise ValueError(f"_countdown must be a number of seconds >= 0, got {countdown!r}")
@@ -160,7 +160,7 @@ def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
         if not isinstance(eta, datetime.datetime):
             raise ValueError(f"_eta must be a datetime, got {eta!r}")
         if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=datetime.timezone.utc)
+            eta = eta.replace(tzinfo=datetime.UTC)
     if eta is not None and eta - now > MAX_SCHEDULE_AHEAD:
         raise ValueError(f"cannot schedule a task more than 30 days ahead (eta {eta.isoformat()})")
     return eta

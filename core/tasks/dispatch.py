@@ -196,7 +196,7 @@ def _write_outbox(requests: Sequence[TaskRequest]) -> tuple[list[db.Key], list[T
             return
         entity = db.Entity(db.key(OUTBOX_KIND, outbox_id), exclude_from_indexes=("requests", "count"))
         entity.update({"requests": tagged_json.dumps(group).encode("utf-8"), "count": len(group),
-                       "created": datetime.datetime.now(datetime.timezone.utc)})
+                       "created": datetime.datetime.now(datetime.UTC)})
         entities.append(entity)
         group, size, outbox_id = [], 0, uuid.uuid4().hex
 
@@ -229,7 +229,7 @@ def sweep_outbox(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP
     Requests in the outbox carry deterministic names, so one that was created after all is
     refused by the queue as a duplicate, not run twice.
     """
-    cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
+    cutoff = datetime.datetime.now(datetime.UTC) - older_than
     sent = 0
     for entity in db.Query(OUTBOX_KIND).filter("created <", cutoff).order("created").run(limit=limit):
         requests = _read_outbox(entity)

@@ -16,8 +16,14 @@ from typing import Any
 
 from core import current, db
 from core.tasks import dispatch, message
-from core.tasks.errors import (BadTaskRequest, PayloadError, PermanentTaskFailure, RequestError, TaskNotFound,
-                               http_status_for)
+from core.tasks.errors import (
+    BadTaskRequest,
+    PayloadError,
+    PermanentTaskFailure,
+    RequestError,
+    TaskNotFound,
+    http_status_for,
+)
 from core.tasks.runtime import TaskRuntime
 from core.tasks.security import TaskInfo
 
@@ -151,7 +157,7 @@ def record_dead_letter(*, path: str, body: bytes, error: BaseException, info: Ta
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(error))[-20_000:],
         "attempts": info.execution_count + 1,
-        "created": datetime.datetime.now(datetime.timezone.utc),
+        "created": datetime.datetime.now(datetime.UTC),
         "payload": body,
     })
     db.put(entity)

@@ -33,8 +33,17 @@ from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import ConfigurationError, NotFound, PermanentTaskFailure, RequestError, TaskNotFound
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.schedule import (CalendarSchedule, Crontab, IntervalSchedule, Schedule, build_schedule, describe,
-                                 due_slot, named_zone, next_due)
+from core.tasks.schedule import (
+    CalendarSchedule,
+    Crontab,
+    IntervalSchedule,
+    Schedule,
+    build_schedule,
+    describe,
+    due_slot,
+    named_zone,
+    next_due,
+)
 from core.tasks.transports.base import QUEUE_NAME_RE
 
 if TYPE_CHECKING:
@@ -53,7 +62,7 @@ _ERROR_TEXT_LIMIT = 1500
 
 def now_utc() -> datetime.datetime:
     """The clock of the scheduler (tests replace it)."""
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 # --- declaration -------------------------------------------------------------------------------------

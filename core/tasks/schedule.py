@@ -29,12 +29,11 @@ import enum
 import functools
 import math
 from collections.abc import Iterable, Iterator
-from typing import Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 #: How early a cron ping may arrive and still find an interval task due (clock jitter): 5 % of
 #: the interval, at most this much.
 MAX_PING_TOLERANCE = datetime.timedelta(seconds=30)
@@ -71,7 +70,7 @@ class Month(enum.IntEnum):
     DECEMBER = 12
 
 
-CronField = Union[int, Iterable[int], None]
+CronField = int | Iterable[int] | None
 
 _RANGES = {"month": (1, 12), "day": (1, 31), "weekday": (0, 6), "hour": (0, 23), "minute": (0, 59)}
 _WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -176,7 +175,7 @@ class CalendarSchedule:
         return self.tz if self.tz is not None else default
 
 
-Schedule = Union[IntervalSchedule, CalendarSchedule]
+Schedule = IntervalSchedule | CalendarSchedule
 
 
 def build_schedule(interval: float | datetime.timedelta | None = None, at: datetime.time | None = None,

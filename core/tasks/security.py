@@ -226,7 +226,7 @@ class TaskInfo:
         """The scheduled time as an aware UTC datetime."""
         if self.eta is None:
             return None
-        return datetime.datetime.fromtimestamp(self.eta, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.eta, tz=datetime.UTC)
 
 
 def _short_name(value: str | None, collection: str) -> str | None:

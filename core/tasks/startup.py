@@ -51,7 +51,7 @@ startup_task = StartupTask
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def record_key(version: str) -> db.Key:

@@ -16,11 +16,11 @@ def make(kind: str, name: str | int, **props) -> db.Entity:
 
 
 def test_put_get_delete_round_trip(datastore):
-    entity = make("invoice", "a", total=12, created=datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc))
+    entity = make("invoice", "a", total=12, created=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC))
     db.put(entity)
     loaded = db.get(entity.key)
     assert isinstance(loaded, db.Entity) and isinstance(loaded.key, db.Key)
-    assert loaded == {"total": 12, "created": datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)}
+    assert loaded == {"total": 12, "created": datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)}
     db.delete(entity.key)
     assert db.get(entity.key) is None
 

@@ -122,7 +122,7 @@ complete_keys = keys(partial=False)
 
 fixed_zones = st.builds(datetime.timezone, st.timedeltas(min_value=datetime.timedelta(hours=-23, minutes=-59),
                                                          max_value=datetime.timedelta(hours=23, minutes=59)))
-zones = st.one_of(st.none(), fixed_zones, st.timezones(), st.just(datetime.timezone.utc))
+zones = st.one_of(st.none(), fixed_zones, st.timezones(), st.just(datetime.UTC))
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=2**1024 - 2, max_value=2**1100),
@@ -250,7 +250,7 @@ def test_zoneinfo_datetime_comes_back_in_its_zone(value: datetime.datetime) -> N
 @pytest.mark.parametrize("value", [
     datetime.time(1, 2, 3, 456789),
     datetime.time(23, 59, 59, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3, minutes=-30))),
-    datetime.time(8, tzinfo=datetime.timezone.utc),
+    datetime.time(8, tzinfo=datetime.UTC),
     datetime.time(8, 15, fold=1, tzinfo=zoneinfo.ZoneInfo("Asia/Tokyo")),
 ])
 def test_times_keep_microseconds_and_zone(value: datetime.time) -> None:

@@ -37,6 +37,7 @@ def test_deferred_call_travels_through_cloud_tasks(make_stack):
 
         # 40 calls in one request: kept with one outbox write, created after the response.
         token = uuid.uuid4().hex
-        session.post(stack.url + "/probes/slow", data={"token": token, "count": "40", "seconds": "0"}).raise_for_status()
+        session.post(stack.url + "/probes/slow",
+                     data={"token": token, "count": "40", "seconds": "0"}).raise_for_status()
         wait_for(lambda: len(probe_runs(token)) >= 40, message="all 40 tasks")
         wait_for(lambda: db.Query("_tasks_outbox").run() == [], message="the outbox to empty")

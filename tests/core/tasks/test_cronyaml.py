@@ -16,14 +16,24 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.tasks.cronyaml import (CalendarPing, CronPinger, IntervalPing, coverage_problems, next_ping,
-                                 parse_cron_yaml, parse_schedule, plan_cron, plan_group, render_cron_yaml)
+from core.tasks.cronyaml import (
+    CalendarPing,
+    CronPinger,
+    IntervalPing,
+    coverage_problems,
+    next_ping,
+    parse_cron_yaml,
+    parse_schedule,
+    plan_cron,
+    plan_group,
+    render_cron_yaml,
+)
 from core.tasks.periodic import PeriodicSpec
 from core.tasks.registry import TaskRegistry
 from core.tasks.schedule import Crontab, build_schedule
 from core.tasks.security import CRON_MAX_AGE, SIGNATURE_HEADER, verify_signature
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 REPO = Path(__file__).resolve().parents[3]
 

@@ -10,8 +10,17 @@ import pytest
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import (DeferredArgumentError, DuplicateTask, PermanentTaskFailure, TaskHandle, callDeferred,
-                        isolated_registry, noRetry, retry_n_times, sweep_outbox)
+from core.tasks import (
+    DeferredArgumentError,
+    DuplicateTask,
+    PermanentTaskFailure,
+    TaskHandle,
+    callDeferred,
+    isolated_registry,
+    noRetry,
+    retry_n_times,
+    sweep_outbox,
+)
 from core.tasks.dispatch import OUTBOX_KIND, outbox_size
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.security import SIGNATURE_HEADER, sign_request
@@ -191,15 +200,15 @@ def test_queue_options(app, task_queue):
     requests = [t.request for t in task_queue.pending]
     assert [r.queue for r in requests] == ["background", "other"]
     assert requests[1].name == "unique-1" and handle.name == "unique-1"
-    assert requests[1].eta is not None and requests[1].eta > datetime.datetime.now(datetime.timezone.utc)
-    eta = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    assert requests[1].eta is not None and requests[1].eta > datetime.datetime.now(datetime.UTC)
+    eta = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
     assert record(2, _eta=eta).eta == eta
 
 
 @pytest.mark.parametrize("options, message", [
     ({"_countdown": 5, "_eta": datetime.datetime(2030, 1, 1)}, "not both"),
     ({"_countdown": -1}, "_countdown"),
-    ({"_eta": datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=31)}, "30 days"),
+    ({"_eta": datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=31)}, "30 days"),
     ({"_eta": "tomorrow"}, "_eta must be a datetime"),
     ({"_name": "not valid!"}, "invalid task name"),
     ({"_queue": "bad queue"}, "invalid queue name"),
@@ -426,8 +435,9 @@ def test_forged_unsigned_tampered_and_garbage_requests_run_nothing(app, client, 
 
 
 def test_signed_but_undecodable_or_unknown_is_a_recorded_permanent_failure(app, client, settings):
-    for body in (b"not json at all", b'{"v": 1, "id": "x", "kind": "deferred", "queue": "default", '
-                                      b'"created": 0, "payload": {"target": "no.such.task", "args": [], "kwargs": {}}}'):
+    unknown = (b'{"v": 1, "id": "x", "kind": "deferred", "queue": "default", "created": 0, '
+               b'"payload": {"target": "no.such.task", "args": [], "kwargs": {}}}')
+    for body in (b"not json at all", unknown):
         signature = sign_request(settings.tasks_secret, "POST", "/_tasks/deferred", body)
         response = _post(client, body, {SIGNATURE_HEADER: signature})
         assert response.status_code == 200

@@ -11,8 +11,15 @@ from core.module import Module
 from core.tasks import callDeferred, periodic
 from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
-from core.tasks.periodic import (STATE_KIND, PeriodicTask, find_bound_task, periodic_overview, periodic_task,
-                                 removePeriodicTask, spec_of)
+from core.tasks.periodic import (
+    STATE_KIND,
+    PeriodicTask,
+    find_bound_task,
+    periodic_overview,
+    periodic_task,
+    removePeriodicTask,
+    spec_of,
+)
 from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
 from core.tasks.schedule import Crontab, IntervalSchedule
@@ -21,7 +28,7 @@ from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 CALLS: list[object] = []
 ATTEMPTS: dict[str, int] = {}
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 @pytest.fixture(autouse=True)

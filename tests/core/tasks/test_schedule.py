@@ -9,10 +9,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.tasks.errors import InvalidScheduleSpecification
-from core.tasks.schedule import (CalendarSchedule, Crontab, IntervalSchedule, Month, Weekday, build_schedule,
-                                 describe, due_slot, next_due, next_fire, previous_fire, to_instant)
+from core.tasks.schedule import (
+    CalendarSchedule,
+    Crontab,
+    IntervalSchedule,
+    Month,
+    Weekday,
+    build_schedule,
+    describe,
+    due_slot,
+    next_due,
+    next_fire,
+    previous_fire,
+    to_instant,
+)
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 
 

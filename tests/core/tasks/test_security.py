@@ -235,7 +235,7 @@ EXPECTED_INFO = TaskInfo(
 def test_task_info_from_appengine_headers(make: Callable[[dict[str, str]], Any]) -> None:
     info = task_info(make(APPENGINE_HEADERS))
     assert info == EXPECTED_INFO
-    assert info.eta_datetime == datetime.datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=datetime.timezone.utc)
+    assert info.eta_datetime == datetime.datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=datetime.UTC)
 
 
 def test_task_info_from_cloudtasks_headers() -> None:
@@ -299,7 +299,7 @@ class Key:
         self.kid = kid
         self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, kid)])
-        start = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+        start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -451,7 +451,7 @@ def test_oidc_accepts_only_rs256(tmp_path: Path, key: Key) -> None:
     # An ES256 token from a key the file trusts is still refused: Google signs with RS256.
     ec_private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
-    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     ec_cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(ec_private.public_key()).serial_number(x509.random_serial_number())

@@ -9,8 +9,14 @@ import pytest
 from core import db
 from core.tasks.dispatch import OUTBOX_KIND, sweep_outbox
 from core.tasks.registry import isolated_registry
-from core.tasks.startup import (STARTUP_KIND, StartupTask, runStartupTasks, startup_overview, startup_task,
-                                startup_task_name)
+from core.tasks.startup import (
+    STARTUP_KIND,
+    StartupTask,
+    runStartupTasks,
+    startup_overview,
+    startup_task,
+    startup_task_name,
+)
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 from tests.conftest import TaskQueue
 

@@ -18,7 +18,7 @@ from core.tasks.transports.local import LocalDispatcher, LocalQueueStore, LocalT
 
 from .recording_server import Recorder
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 FAST_RETRY = RetryConfig(min_backoff_seconds=0.05, max_backoff_seconds=1.0, max_doublings=3)
 
 

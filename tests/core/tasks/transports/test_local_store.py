@@ -13,7 +13,7 @@ from core.tasks.transports.base import EnqueueStatus, TaskRequest, Transport
 from core.tasks.transports.local import LocalQueueStore, LocalTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def _request(**fields: object) -> TaskRequest:
