@@ -321,12 +321,15 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
 
 
 def stop_run(run_id: str) -> bool:
-    """Stop a running run where it is; ``False`` if it was not running. Resume with :func:`resume_run`."""
+    """Stop a running run where it is; ``False`` if it was not running or is already finishing.
+
+    Resume it with :func:`resume_run`.
+    """
     def stop() -> bool:
         record = db.get(_run_key(run_id))
         if record is None:
             raise NotFound(f"no query run {run_id!r}")
-        if record["status"] != RUNNING:
+        if record["status"] != RUNNING or record.get("finishing_since") is not None:
             return False
         record.update({"status": STOPPED, "updated": _now(), "last_error": "stopped on request"})
         db.put(record)

@@ -386,6 +386,7 @@ def test_a_claimed_finish_is_left_to_its_holder_until_the_lease_ends(app, client
     record.update({"finishing_since": datetime.datetime.now(datetime.timezone.utc), "finish_token": "other"})
     db.put(record)
     task_queue.pending.clear()
+    assert stop_run(run_id) is False, "a run that is finishing cannot be stopped"
     assert post_again(client, first).status_code == 500  # another execution holds the claim
     assert finishes() == [] and entries() == []
     record = db.get(key)
