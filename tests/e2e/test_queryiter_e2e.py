@@ -135,7 +135,7 @@ def probe_app() -> Any:
     return create_app({**MODULES, "qiprobe": QueryIterProbes}, users=SessionUsers(), languages=("en", "de"))
 
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- utilities -----------------------------------------------------------------------------------
 
 def put_items(count: int, kind: str = ITEM) -> None:
     entities = []
