@@ -54,7 +54,8 @@ class Settings:
     tasks_default_queue: str = "default"
     tasks_payload_limit: int = 100_000
     tasks_timezone: str = "UTC"
-    tasks_admin_mail: str | None = None
+    #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
+    tasks_query_chunk_seconds: float = 10.0
     queue_yaml: Path = PROJECT_ROOT / "deploy" / "queue.yaml"
     cron_yaml: Path = PROJECT_ROOT / "cron.yaml"
     local_data_dir: Path = PROJECT_ROOT / ".local-data"
@@ -89,7 +90,7 @@ class Settings:
             tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
-            tasks_admin_mail=env.get("TASKS_ADMIN_MAIL") or None,
+            tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
             queue_yaml=Path(env.get("QUEUE_YAML", str(PROJECT_ROOT / "deploy" / "queue.yaml"))),
             cron_yaml=Path(env.get("CRON_YAML", str(PROJECT_ROOT / "cron.yaml"))),
             local_data_dir=data_dir,

@@ -46,8 +46,15 @@ from core import db
 from core import json as tagged_json
 from core.tasks import dispatch, executor, message
 from core.tasks.deferred import build_request, capture_environment
-from core.tasks.errors import (ConfigurationError, DeferredArgumentError, NotFound, PayloadError,
-                               PermanentTaskFailure, RetryTask, TaskNotFound)
+from core.tasks.errors import (
+    ConfigurationError,
+    DeferredArgumentError,
+    NotFound,
+    PayloadError,
+    PermanentTaskFailure,
+    RetryTask,
+    TaskNotFound,
+)
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.security import TaskInfo
@@ -234,7 +241,7 @@ class RunInfo:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _run_key(run_id: str) -> db.Key:
@@ -662,8 +669,7 @@ class _Chunk:
 def _chunk_seconds(runtime: TaskRuntime, cls: type[QueryIter]) -> float:
     if cls.chunkSeconds is not None:
         return float(cls.chunkSeconds)
-    configured = getattr(runtime.settings, "tasks_query_chunk_seconds", None)
-    return float(configured) if configured else DEFAULT_CHUNK_SECONDS
+    return runtime.settings.tasks_query_chunk_seconds or DEFAULT_CHUNK_SECONDS
 
 
 def _fail_run(key: db.Key, error: str) -> None:

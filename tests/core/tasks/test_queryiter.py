@@ -9,9 +9,23 @@ import pytest
 from core import current, db
 from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.queryiter import (FAILED, FINISHED, QUERY_ITER_PATH, RUN_KIND, RUNNING, STOPPED,
-                                  DeleteEntitiesIter, MetaQueryIter, QueryIter, get_run, list_runs,
-                                  query_iter_class, resume_run, step_task_name, stop_run)
+from core.tasks.queryiter import (
+    FAILED,
+    FINISHED,
+    QUERY_ITER_PATH,
+    RUN_KIND,
+    RUNNING,
+    STOPPED,
+    DeleteEntitiesIter,
+    MetaQueryIter,
+    QueryIter,
+    get_run,
+    list_runs,
+    query_iter_class,
+    resume_run,
+    step_task_name,
+    stop_run,
+)
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.inline import InlineTransport, QueuedTask
 
@@ -383,7 +397,7 @@ def test_a_claimed_finish_is_left_to_its_holder_until_the_lease_ends(app, client
     first = created[0]
     key = db.key(RUN_KIND, run_id)
     record = db.get(key)
-    record.update({"finishing_since": datetime.datetime.now(datetime.timezone.utc), "finish_token": "other"})
+    record.update({"finishing_since": datetime.datetime.now(datetime.UTC), "finish_token": "other"})
     db.put(record)
     task_queue.pending.clear()
     assert stop_run(run_id) is False, "a run that is finishing cannot be stopped"
