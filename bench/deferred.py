@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=8)
     parser.add_argument("--emulator-tasks", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"),
+                        help="gunicorn workers for (a)-(c): threaded as app.yaml runs them, or sync")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-deferred-"))
     datastore = start_datastore_emulator()
@@ -161,7 +163,8 @@ def main() -> None:
         counter = tmp / "count"
         stack = LocalStack(data_dir=tmp / "local", datastore=datastore, persist=False, cron=False,
                            app_module="bench.app:app", extra_env={"BENCH_COUNTER_FILE": str(counter)},
-                           dispatcher_args=("--no-rate-limits",))
+                           dispatcher_args=("--no-rate-limits",), worker_class=args.worker_class,
+                           threads=4 if args.worker_class == "gthread" else 1)
         with stack:
             print(f"gunicorn: {stack.workers} {stack.worker_class} workers x {stack.threads} threads on {stack.url}; "
                   f"Python {sys.version.split()[0]}")
