@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, request
+from flask import Response, jsonify, request
 
 from core.module import Module, exposed
 from core.tasks import executor
@@ -49,9 +49,13 @@ class TaskHandler(Module):
     @exposed(methods=("GET", "POST"))
     def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803
         """Enqueue every periodic task of the cron group that is due (cron / Cloud Scheduler ping)."""
-        from core.tasks.periodic import handle_cron
+        from core.tasks.periodic import cron_request
 
-        return handle_cron(cronName)
+        status, body = cron_request(get_runtime(), cron_name=cronName, method=request.method, path=request.path,
+                                    headers=request.headers, body=request.get_data(cache=False))
+        response = jsonify(body)
+        response.status_code = status
+        return response
 
     @exposed(methods=("GET",))
     def list(self, *args: Any, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core import db
 from core.tasks import dispatch
@@ -45,9 +45,6 @@ from core.tasks.schedule import (
     next_due,
 )
 from core.tasks.transports.base import QUEUE_NAME_RE
-
-if TYPE_CHECKING:
-    from flask import Response
 
 log = logging.getLogger(__name__)
 
@@ -412,17 +409,6 @@ def cron_request(runtime: TaskRuntime, *, cron_name: str, method: str, path: str
     except NotFound as exc:
         return exc.http_status, {"error": str(exc)}
     return (500 if report.errors else 200), report.to_json()
-
-
-def handle_cron(cron_name: str) -> Response:
-    """``GET|POST /_tasks/cron/<cronName>``: the Flask side of :func:`cron_request`."""
-    from flask import jsonify, request
-
-    status, body = cron_request(get_runtime(), cron_name=cron_name, method=request.method, path=request.path,
-                                headers=request.headers, body=request.get_data(cache=False))
-    response = jsonify(body)
-    response.status_code = status
-    return response
 
 
 # --- the run -----------------------------------------------------------------------------------------
