@@ -595,6 +595,11 @@ class RequestVerifier:
             )
         self.oidc_verifier = oidc_verifier
 
+    def _check_signature(self, method: str, path: str, body: bytes, lowered: Mapping[str, str],
+                         max_age: float, now: float | None) -> None:
+        verify_signature(self.settings.tasks_secret, method, path, body, lowered.get(SIGNATURE_HEADER.lower()),
+                         max_age=max_age, now=now)
+
     def verify_task(
         self,
         method: str,
@@ -606,15 +611,7 @@ class RequestVerifier:
     ) -> TaskInfo:
         """The queue's :class:`TaskInfo` if the task request may run; raise 403/400 otherwise."""
         lowered = _lowered(headers)
-        verify_signature(
-            self.settings.tasks_secret,
-            method,
-            path,
-            body,
-            lowered.get(SIGNATURE_HEADER.lower()),
-            max_age=self.task_max_age,
-            now=now,
-        )
+        self._check_signature(method, path, body, lowered, self.task_max_age, now)
         if self.settings.runtime == "appengine" and self.settings.tasks_target == "appengine":
             for name in ("X-AppEngine-QueueName", "X-AppEngine-TaskName"):
                 if _first(lowered, name.lower()) is None:
@@ -635,15 +632,7 @@ class RequestVerifier:
         """Return if the cron ping may run; raise :class:`Forbidden` otherwise."""
         lowered = _lowered(headers)
         if self.settings.runtime == "local":
-            verify_signature(
-                self.settings.tasks_secret,
-                method,
-                path,
-                body,
-                lowered.get(SIGNATURE_HEADER.lower()),
-                max_age=self.cron_max_age,
-                now=now,
-            )
+            self._check_signature(method, path, body, lowered, self.cron_max_age, now)
             return
         if self.settings.runtime == "appengine" and lowered.get("x-appengine-cron", "").strip().lower() == "true":
             return
