@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from core import current, db
+from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
 from core.module import Module, ModuleTree
@@ -56,7 +57,9 @@ def create_app(modules: Mapping[str, type[Module] | Module], *, settings: Settin
         raise RuntimeError("TASKS_SECRET and SECRET_KEY must be set in production")
     db.configure(settings)
 
-    tree = ModuleTree({**modules, "_tasks": modules.get("_tasks", TaskHandler)})
+    # The task handler and the dashboard are mounted in every app (an app may mount its own subclass).
+    tree = ModuleTree({**modules, "_tasks": modules.get("_tasks", TaskHandler),
+                       "_tasks/admin": modules.get("_tasks/admin", TaskAdmin)})
     runtime = TaskRuntime(settings, registry=registry, modules=tree, users=users, environment=environment,
                           transport=transport, admin_mail=admin_mail)
     runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up

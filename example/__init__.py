@@ -1,7 +1,6 @@
 """The example application served by ``main.py``: one module tree, one user provider."""
 from __future__ import annotations
 
-from core.admin import TaskAdmin
 from example import admin_tasks  # noqa: F401 - registers the example's callable tasks
 from example.invoices import Index, Invoices
 from example.periodic import Maintenance
@@ -14,7 +13,6 @@ MODULES = {
     "user": UserModule,
     "maintenance": Maintenance,
     "reindex": Reindex,
-    "_tasks/admin": TaskAdmin,
 }
 
 __all__ = ["MODULES", "SessionUsers"]

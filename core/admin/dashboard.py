@@ -1,4 +1,4 @@
-"""The task dashboard: a module an app mounts at ``_tasks/admin`` (``{"_tasks/admin": TaskAdmin}``).
+"""The task dashboard: a module ``create_app`` mounts at ``_tasks/admin`` in every app.
 
 Pages, for administrators only (``runtime.users.is_admin``; 401 anonymous, 403 everyone else),
 each also as JSON with ``?format=json`` or ``Accept: application/json``:
