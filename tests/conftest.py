@@ -47,12 +47,12 @@ def datastore(datastore_emulator: DatastoreEmulator, settings: Settings) -> Iter
 class TaskQueue:
     """The in-process queue of one test app: ``run_pending()`` drains it through the real handler."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, transport=None) -> None:
         from core.app import runtime_of
         from core.tasks.transports.inline import InlineTransport
 
         self.app = app
-        transport = runtime_of(app).transport
+        transport = transport if transport is not None else runtime_of(app).transport
         assert isinstance(transport, InlineTransport), "the test app must use the inline transport"
         self.transport = transport
 

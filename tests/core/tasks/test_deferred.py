@@ -501,9 +501,7 @@ def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
     # Creating the same batch again (a sweep after a crash before the delete) is refused as duplicates.
     again = inner.enqueue_many([t.request for t in inner.pending])
     assert {r.status for r in again} == {EnqueueStatus.DUPLICATE} and len(inner.pending) == 40
-    queue = TaskQueue.__new__(TaskQueue)
-    queue.app, queue.transport = app, inner
-    queue.run_pending()
+    TaskQueue(app, transport=inner).run_pending()
     assert sorted(c[1][0] for c in CALLS) == list(range(40))
 
 
