@@ -13,6 +13,8 @@ app = create_app(MODULES, users=SessionUsers(), languages=("en", "de"))
 app.cli.add_command(users_cli)
 
 if __name__ == "__main__":
-    from deploy.devserver import main
+    from pathlib import Path
 
-    main()
+    from core.devserver import run_local
+
+    run_local("main:app", root=Path(__file__).resolve().parent)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import requests
 
+from core.devserver.datastore_emulator import start_datastore_emulator
+from core.devserver.stack import LocalStack
 from core.tasks.transports.local import LocalQueueStore
-from deploy.datastore_emulator import start_datastore_emulator
-from deploy.devserver import LocalStack
 from tests.services.tasks_emulator import start_tasks_emulator
 
 PROJECT, LOCATION = "bench-project", "europe-west1"

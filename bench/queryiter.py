@@ -159,8 +159,8 @@ class PeakMemory:
 
 def main() -> None:
     from core.config import Settings
-    from deploy.datastore_emulator import start_datastore_emulator
-    from deploy.devserver import LocalStack
+    from core.devserver.datastore_emulator import start_datastore_emulator
+    from core.devserver.stack import LocalStack
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=20_000, help="entities in the kind (20000)")

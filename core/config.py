@@ -12,7 +12,22 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """The user's project: the working directory the app, the CLI or the local stack runs in.
+
+    Defaults (``queue.yaml``, ``cron.yaml``, ``.local-data``) are found here, never next to the
+    installed package.
+    """
+    return Path.cwd()
+
+
+def default_queue_yaml(root: Path) -> Path:
+    """``queue.yaml`` at the project root, else ``deploy/queue.yaml`` (where this repository keeps it)."""
+    for candidate in (root / "queue.yaml", root / "deploy" / "queue.yaml"):
+        if candidate.exists():
+            return candidate
+    return root / "queue.yaml"
 
 
 def _flag(value: str | None, default: bool = False) -> bool:
@@ -56,9 +71,9 @@ class Settings:
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0
-    queue_yaml: Path = PROJECT_ROOT / "deploy" / "queue.yaml"
-    cron_yaml: Path = PROJECT_ROOT / "cron.yaml"
-    local_data_dir: Path = PROJECT_ROOT / ".local-data"
+    queue_yaml: Path = dataclasses.field(default_factory=lambda: default_queue_yaml(project_root()))
+    cron_yaml: Path = dataclasses.field(default_factory=lambda: project_root() / "cron.yaml")
+    local_data_dir: Path = dataclasses.field(default_factory=lambda: project_root() / ".local-data")
     #: Base URL the local queue pushes to (the app itself).
     local_app_url: str = "http://127.0.0.1:8080"
     port: int = 8080
@@ -71,7 +86,8 @@ class Settings:
         port = int(env.get("PORT", "8080"))
         default_backend = "local" if runtime == "local" else "cloudtasks"
         default_target = "http" if runtime == "cloudrun" else "appengine"
-        data_dir = Path(env.get("LOCAL_DATA_DIR", str(PROJECT_ROOT / ".local-data")))
+        root = project_root()
+        data_dir = Path(env.get("LOCAL_DATA_DIR") or root / ".local-data").absolute()
         return cls(
             project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("DATASTORE_PROJECT_ID") or "local-project",
             namespace=env.get("DATASTORE_NAMESPACE") or None,
@@ -91,8 +107,8 @@ class Settings:
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
-            queue_yaml=Path(env.get("QUEUE_YAML", str(PROJECT_ROOT / "deploy" / "queue.yaml"))),
-            cron_yaml=Path(env.get("CRON_YAML", str(PROJECT_ROOT / "cron.yaml"))),
+            queue_yaml=Path(env.get("QUEUE_YAML") or default_queue_yaml(root)).absolute(),
+            cron_yaml=Path(env.get("CRON_YAML") or root / "cron.yaml").absolute(),
             local_data_dir=data_dir,
             local_app_url=env.get("LOCAL_APP_URL", f"http://127.0.0.1:{port}"),
             port=port,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from core.config import Settings
-from deploy.ports import free_port
+from core.devserver.ports import free_port
 from tests.services.tasks_emulator import start_tasks_emulator
 
 

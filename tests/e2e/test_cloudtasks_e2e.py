@@ -6,7 +6,7 @@ import uuid
 import requests
 
 from core import db
-from deploy.ports import free_port
+from core.devserver.ports import free_port
 from example.users import create_user
 from tests.e2e.conftest import probe_runs, wait_for
 from tests.services.tasks_emulator import start_tasks_emulator

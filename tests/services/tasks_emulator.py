@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from deploy.processes import stop_process_group
+from core.devserver.processes import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the project's scripts install the emulator (``deploy/requirements-tasks-emulator.txt``).

@@ -1,12 +1,15 @@
-"""The local stack: Datastore emulator + durable local queue + gunicorn serving ``main:app``.
+"""The local stack: Datastore emulator + durable local queue + gunicorn serving any app module.
 
-``python main.py`` runs it in the foreground (data kept under ``.local-data/``); end-to-end tests
-and benchmarks start it on free ports with throw-away data. Every process is started in its own
-process group and stopped by PID, so nothing outlives the stack.
+``python -m core.devserver myapp:app`` (or ``flask --app myapp tasks run-local``) runs it in the
+foreground, with data kept under the project's ``.local-data/``; end-to-end tests and benchmarks
+start it on free ports with throw-away data. Every process is started in its own process group
+and stopped by PID, so nothing outlives the stack. A started stack writes ``stack.json`` into its
+data folder, so commands run beside it (``flask users create``) find its emulator.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -17,19 +20,23 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from core.config import PROJECT_ROOT, Settings
-from deploy.datastore_emulator import DatastoreEmulator, start_datastore_emulator
-from deploy.ports import free_port, port_is_open
-from deploy.processes import stop_process_group
+from core.config import Settings, default_queue_yaml, project_root
+from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+from core.devserver.ports import free_port, port_is_open
+from core.devserver.processes import stop_process_group
 
 log = logging.getLogger("devserver")
+
+#: Written into the data folder while a stack runs: where its emulator and app listen.
+STATE_FILE = "stack.json"
 
 
 @dataclasses.dataclass
 class LocalStack:
     """One app on embedded defaults. ``start()``, use ``url``, ``stop()``."""
 
-    data_dir: Path = PROJECT_ROOT / ".local-data"
+    #: Folder of ``data_dir=None``: the project root, from which gunicorn imports the app module.
+    data_dir: Path | None = None
     port: int | None = None
     persist: bool = True
     workers: int = 2
@@ -43,11 +50,16 @@ class LocalStack:
     extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Ping the cron groups of cron.yaml on their schedule, as App Engine's cron does.
     cron: bool = True
-    queue_yaml: Path = PROJECT_ROOT / "deploy" / "queue.yaml"
+    queue_yaml: Path | None = None
     dispatcher_args: tuple[str, ...] = ()
     log_dir: Path | None = None
+    #: The user's project (working directory and import path of the app processes).
+    root: Path = dataclasses.field(default_factory=project_root)
 
     def __post_init__(self) -> None:
+        self.root = Path(self.root).absolute()
+        self.data_dir = Path(self.data_dir or self.root / ".local-data").absolute()
+        self.queue_yaml = Path(self.queue_yaml or default_queue_yaml(self.root)).absolute()
         self._own_datastore = False
         self.gunicorn: subprocess.Popen[bytes] | None = None
         self.dispatcher: subprocess.Popen[bytes] | None = None
@@ -59,7 +71,7 @@ class LocalStack:
 
     @property
     def env(self) -> dict[str, str]:
-        assert self.datastore is not None
+        assert self.datastore is not None and self.data_dir is not None
         env = {k: v for k, v in os.environ.items() if k not in ("DATASTORE_EMULATOR_HOST",)}
         env.update({
             "GOOGLE_CLOUD_PROJECT": env.get("GOOGLE_CLOUD_PROJECT", "local-project"),
@@ -69,7 +81,8 @@ class LocalStack:
             "PORT": str(self.port),
             "LOCAL_APP_URL": self.url,
             "QUEUE_YAML": str(self.queue_yaml),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
+            "CRON_YAML": env.get("CRON_YAML") or str(self.root / "cron.yaml"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")])),
         })
         env.update(self.extra_env)
         return env
@@ -81,14 +94,22 @@ class LocalStack:
 
     @property
     def queue_db(self) -> Path:
+        assert self.data_dir is not None
         return self.data_dir / "queue.sqlite3"
 
+    @property
+    def state_file(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / STATE_FILE
+
     def _log(self, name: str) -> Any:
+        assert self.data_dir is not None
         folder = self.log_dir or self.data_dir / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         return open(folder / f"{name}.log", "ab")
 
     def start(self) -> LocalStack:
+        assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         if port_is_open(self.port):
@@ -105,13 +126,22 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        self.write_state()
         return self
+
+    def write_state(self) -> None:
+        """Tell commands run beside the stack where its services listen (``stack.json``)."""
+        assert self.datastore is not None
+        state = {"pid": os.getpid(), "url": self.url, "datastore_emulator_host": self.datastore.host}
+        tmp = self.state_file.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
 
     def start_dispatcher(self) -> None:
         args = [sys.executable, "-m", "core.tasks.transports.local", "--db", str(self.queue_db),
                 "--url", self.url, "--queue-yaml", str(self.queue_yaml), *self.dispatcher_args]
         with self._log("dispatcher") as out:
-            self.dispatcher = subprocess.Popen(args, env=self.env, cwd=PROJECT_ROOT, stdout=out,
+            self.dispatcher = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_gunicorn(self, timeout: float = 60) -> None:
@@ -119,7 +149,7 @@ class LocalStack:
                 "--worker-class", self.worker_class, "--threads", str(self.threads),
                 "--graceful-timeout", "5", "--timeout", "120", self.app_module]
         with self._log("gunicorn") as out:
-            self.gunicorn = subprocess.Popen(args, env=self.env, cwd=PROJECT_ROOT, stdout=out,
+            self.gunicorn = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                              stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -155,6 +185,7 @@ class LocalStack:
             return []
 
     def log_tail(self, name: str, size: int = 3000) -> str:
+        assert self.data_dir is not None
         path = (self.log_dir or self.data_dir / "logs") / f"{name}.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
 
@@ -163,6 +194,8 @@ class LocalStack:
         self.dispatcher = None
 
     def stop(self) -> None:
+        if self.data_dir is not None:
+            self.state_file.unlink(missing_ok=True)
         if self.cron_pinger is not None:
             self.cron_pinger.stop()
             self.cron_pinger = None
@@ -180,12 +213,18 @@ class LocalStack:
         self.stop()
 
 
-def main() -> None:
-    """Run the app locally on embedded defaults until Ctrl-C (``python main.py``)."""
+def run_local(app_module: str = "main:app", *, root: Path | None = None, port: int | None = None,
+              data_dir: Path | None = None) -> None:
+    """Run ``app_module`` on the local stack in the foreground until Ctrl-C or SIGTERM.
+
+    Defaults come from the environment (``PORT``, ``LOCAL_DATA_DIR``) and the project root (the
+    working directory unless ``root`` is given): its ``.local-data/``, ``queue.yaml`` and ``cron.yaml``.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    port = int(os.environ.get("PORT", "8080"))
-    data_dir = Path(os.environ.get("LOCAL_DATA_DIR", str(PROJECT_ROOT / ".local-data")))
-    stack = LocalStack(data_dir=data_dir, port=port, log_dir=data_dir / "logs")
+    root = Path(root or project_root()).absolute()
+    port = port or int(os.environ.get("PORT", "8080"))
+    data_dir = Path(data_dir or os.environ.get("LOCAL_DATA_DIR") or root / ".local-data").absolute()
+    stack = LocalStack(data_dir=data_dir, port=port, log_dir=data_dir / "logs", app_module=app_module, root=root)
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -195,7 +234,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stack.start()
-    log.info("serving %s (Datastore emulator %s, local queue %s, logs in %s)",
+    log.info("serving %s at %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
              stack.url, stack.datastore.host if stack.datastore else "?", stack.queue_db, data_dir / "logs")
     try:
         while not stopping:
@@ -207,3 +246,13 @@ def main() -> None:
     finally:
         log.info("stopping")
         stack.stop()
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """The running stack's ``stack.json`` in ``data_dir``, or ``None`` if no stack runs there."""
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if isinstance(state, dict) else None

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from deploy.ports import free_port, port_is_open
-from deploy.processes import stop_process_group
+from core.devserver.ports import free_port, port_is_open
+from core.devserver.processes import stop_process_group
 
 JAR_RELATIVE = Path("platform/cloud-datastore-emulator/CloudDatastore.jar")
 MAIN_CLASS = "com.google.cloud.datastore.emulator.CloudDatastore"

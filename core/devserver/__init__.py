@@ -1,0 +1,26 @@
+"""The local stack any app module runs on: Datastore emulator, local queue, gunicorn, cron pings.
+
+``python -m core.devserver myapp:app`` or ``flask --app myapp tasks run-local`` starts it;
+:class:`LocalStack` is what tests and benchmarks start on free ports.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {"LocalStack": "core.devserver.stack", "run_local": "core.devserver.stack",
+            "read_state": "core.devserver.stack", "DatastoreEmulator": "core.devserver.datastore_emulator",
+            "start_datastore_emulator": "core.devserver.datastore_emulator"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core.devserver' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+    from core.devserver.stack import LocalStack, read_state, run_local
