@@ -1,15 +1,20 @@
 """Flask CLI commands of the task module: ``flask --app main tasks <command>``.
 
-``tasks`` is one click group; other commands join it with ``@tasks_cli.command(...)``. The app
-factory adds it to every app with :func:`init_app`.
+``tasks`` is one click group; other commands join it with ``@tasks_cli.command(...)``. The
+extension adds it to every app with :func:`init_app`. Commands run in an app context, so the app's
+runtime and Datastore are current; a local app without ``DATASTORE_EMULATOR_HOST`` uses the
+running stack's emulator (or starts one for the command, see ``core.devserver.locate``).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
+
+from core.devserver.stack import run_local
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml from the code, queues.")
 
@@ -53,6 +58,31 @@ def sync_queues_command(queue_yaml: Path | None) -> None:
     settings = current_app.extensions["core"].settings
     for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
         click.echo(f"synced {path}")
+
+
+@tasks_cli.command("run-local", with_appcontext=False)
+@click.option("--port", type=int, default=None, help="Port of the app (default $PORT or 8080).")
+@click.pass_context
+def run_local_command(ctx: click.Context, port: int | None) -> None:
+    """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
+    info = ctx.find_object(ScriptInfo)
+    app = info.load_app() if info is not None else current_app._get_current_object()
+    run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port)
+
+
+def gunicorn_target(app: Flask, import_path: str | None) -> str:
+    """``module:attribute`` naming ``app`` for gunicorn, from what ``flask --app`` was given."""
+    if import_path and ":" in import_path:
+        return import_path
+    module_name = (import_path or app.import_name).removesuffix(".py").replace("/", ".")
+    module = sys.modules.get(module_name)
+    for name, value in vars(module or object()).items():
+        if value is app:
+            return f"{module_name}:{name}"
+    for factory in ("create_app", "make_app"):
+        if callable(getattr(module, factory, None)):
+            return f"{module_name}:{factory}()"
+    raise click.UsageError(f"cannot tell gunicorn where the app is: pass --app {module_name}:<name>")
 
 
 def init_app(app: Flask) -> None:

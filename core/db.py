@@ -179,10 +179,15 @@ class Datastore:
 
 _active: Datastore | None = None
 _active_lock = threading.Lock()
+#: The store of the current app context (set by the app's task runtime); wins over the process default.
+_current: contextvars.ContextVar[Datastore | None] = contextvars.ContextVar("core_datastore", default=None)
 
 
 def configure(settings_or_store: Settings | Datastore) -> Datastore:
-    """Make a store the process's active one (the app factory calls this)."""
+    """Set the process's default store, used outside any app context (scripts, test set-up).
+
+    Inside a request, task or ``app.app_context()`` the app's own store is used instead.
+    """
     global _active
     if isinstance(settings_or_store, Datastore):
         store = settings_or_store
@@ -195,8 +200,21 @@ def configure(settings_or_store: Settings | Datastore) -> Datastore:
     return store
 
 
+def bind(store: Datastore) -> contextvars.Token[Datastore | None]:
+    """Make ``store`` current in this context (an app context); undo with :func:`unbind`."""
+    return _current.set(store)
+
+
+def unbind(token: contextvars.Token[Datastore | None]) -> None:
+    _current.reset(token)
+
+
 def get_datastore() -> Datastore:
+    """The current app's store, else the process default (configured, or from the environment)."""
     global _active
+    current = _current.get()
+    if current is not None:
+        return current
     if _active is None:
         from core.config import get_settings
 

@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "TaskHandler": "core.tasks.handler", "TaskRegistry": "core.tasks.registry",
     "active_registry": "core.tasks.registry", "isolated_registry": "core.tasks.registry",
     "TaskRuntime": "core.tasks.runtime", "get_runtime": "core.tasks.runtime",
+    # the Flask extension (``Tasks(app)``), re-exported so plain Flask apps need one import
+    "Tasks": "core.extension",
     # errors
     **{name: "core.tasks.errors" for name in (
         "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
@@ -58,6 +60,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from core.extension import Tasks
     from core.json import JsonKeyEncoder, jsonDecodeObjectHook
     from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
     from core.tasks.deferred import (

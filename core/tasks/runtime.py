@@ -1,15 +1,21 @@
 """The task runtime: everything the task layer needs from the app, in one replaceable object.
 
-``create_app`` builds one and activates it; tests can build their own. Nothing here imports Flask
-or a Google library: the transport and the request verifier are built lazily from the settings.
+The Flask extension (``core.extension.Tasks``) builds one per app, keeps it in
+``app.extensions["core"]`` and binds it to a context variable for every app context (requests, CLI
+commands, ``with app.app_context():``), so two apps in one process each use their own; tests can
+build their own and bind them with :meth:`TaskRuntime.bound`. Nothing here imports Flask or a
+Google library: the transport and the request verifier are built lazily from the settings.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core import db
 from core.tasks.registry import TaskRegistry, active_registry
 from core.users import AnonymousUsers, UserProvider
 
@@ -49,8 +55,11 @@ class TaskRuntime:
                  modules: InstanceLocator | None = None, users: UserProvider | None = None,
                  environment: EnvironmentHandler | None = None,
                  transport: Transport | None = None,
-                 admin_mail: Callable[[str, str], None] | None = None) -> None:
+                 admin_mail: Callable[[str, str], None] | None = None,
+                 datastore: db.Datastore | None = None) -> None:
         self.settings = settings
+        #: The app's own Datastore (project, namespace, emulator of its settings).
+        self.datastore = datastore if datastore is not None else db.Datastore.from_settings(settings)
         self.registry = registry if registry is not None else active_registry()
         self.modules = modules
         self.users: UserProvider = users or AnonymousUsers()
@@ -85,10 +94,20 @@ class TaskRuntime:
             except Exception:
                 log.exception("outcome listener %r failed", listener)
 
+    @contextlib.contextmanager
+    def bound(self) -> Iterator[TaskRuntime]:
+        """Make this runtime (and its Datastore) the current one inside the block, in this context."""
+        token = bind(self)
+        try:
+            yield self
+        finally:
+            unbind(token)
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self.datastore.close()
 
 
 def build_transport(settings: Settings) -> Transport:
@@ -115,19 +134,44 @@ def local_queue_path(settings: Settings) -> Any:
     return settings.local_data_dir / "queue.sqlite3"
 
 
-_active: TaskRuntime | None = None
+_current: contextvars.ContextVar[TaskRuntime | None] = contextvars.ContextVar("core_task_runtime", default=None)
+
+#: What :func:`bind` returns and :func:`unbind` takes back.
+BindToken = tuple["contextvars.Token[TaskRuntime | None]", Any]
 
 
-def activate(runtime: TaskRuntime) -> TaskRuntime | None:
-    """Make ``runtime`` the one deferred calls use; returns the previous one."""
-    global _active
-    previous, _active = _active, runtime
-    return previous
+def bind(runtime: TaskRuntime) -> BindToken:
+    """Make ``runtime`` and its Datastore current in this context; undo with :func:`unbind`."""
+    return _current.set(runtime), db.bind(runtime.datastore)
+
+
+def unbind(token: BindToken) -> None:
+    runtime_token, store_token = token
+    db.unbind(store_token)
+    _current.reset(runtime_token)
+
+
+def current_runtime() -> TaskRuntime | None:
+    """The runtime of the current app context, or ``None`` outside one."""
+    return _current.get()
 
 
 def get_runtime() -> TaskRuntime:
-    if _active is None:
+    """The runtime of the current app: inside a request, a task, a CLI command or ``app.app_context()``."""
+    runtime = _current.get()
+    if runtime is None:
         from core.tasks.errors import ConfigurationError
 
-        raise ConfigurationError("no task runtime: build the app with core.create_app() first")
-    return _active
+        raise ConfigurationError("no task runtime here: defer calls inside a request or a CLI command of an app "
+                                 "with Tasks(app) (or create_app), or inside `with app.app_context():`")
+    return runtime
+
+
+def runtime_of(app: Any) -> TaskRuntime:
+    """The runtime ``Tasks(app)`` or ``create_app`` stored on a Flask app."""
+    try:
+        return app.extensions["core"]  # type: ignore[no-any-return]
+    except KeyError:
+        from core.tasks.errors import ConfigurationError
+
+        raise ConfigurationError(f"{app!r} has no task runtime: call Tasks(app) or tasks.init_app(app)") from None

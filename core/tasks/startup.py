@@ -108,7 +108,7 @@ def runStartupTasks(runtime: TaskRuntime | None = None, *, background: bool = Fa
     """
     runtime = runtime or get_runtime()
     if background:
-        threading.Thread(target=runStartupTasks, args=(runtime,), name="startup-tasks", daemon=True).start()
+        threading.Thread(target=_run_bound, args=(runtime,), name="startup-tasks", daemon=True).start()
         return []
     try:
         return _queue_startup_tasks(runtime)
@@ -121,6 +121,12 @@ def runStartupTasks(runtime: TaskRuntime | None = None, *, background: bool = Fa
 
 
 run_startup_tasks = runStartupTasks
+
+
+def _run_bound(runtime: TaskRuntime) -> None:
+    """A new thread starts without the app's context: bind the runtime (and its Datastore) first."""
+    with runtime.bound():
+        runStartupTasks(runtime)
 
 
 def _mark(key: db.Key, name: str, error: str | None) -> None:

@@ -1,40 +1,14 @@
-"""Fixtures for end-to-end tests: a live stack (emulator + local queue + gunicorn) per test."""
+"""Fixtures for end-to-end tests: ``make_stack`` and ``live_stack`` come from ``core.testing``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from core import db
-from core.config import Settings
-from deploy.devserver import LocalStack
-
-
-@pytest.fixture
-def make_stack(datastore_emulator, tmp_path) -> Iterator[Callable[..., LocalStack]]:
-    """Start a live stack on free ports; every one started is stopped after the test."""
-    stacks: list[LocalStack] = []
-    datastore_emulator.reset()
-
-    def start(**kwargs: Any) -> LocalStack:
-        kwargs.setdefault("data_dir", tmp_path / f"stack{len(stacks)}")
-        kwargs.setdefault("log_dir", tmp_path / f"stack{len(stacks)}" / "logs")
-        stack = LocalStack(datastore=datastore_emulator, persist=False, cron=kwargs.pop("cron", False), **kwargs)
-        stacks.append(stack)
-        stack.start()
-        db.configure(Settings(project=stack.settings.project, datastore_emulator_host=datastore_emulator.host))
-        return stack
-
-    yield start
-    for stack in stacks:
-        stack.stop()
-
-
-@pytest.fixture
-def live_stack(make_stack) -> LocalStack:
-    return make_stack()
+from core.devserver.stack import LocalStack
 
 
 @pytest.fixture

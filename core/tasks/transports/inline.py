@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from core.tasks.runtime import runtime_of
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -76,10 +77,8 @@ class InlineTransport:
         ``raise_errors`` a task's last error, or a permanent failure, is raised here as
         :class:`TaskFailed`. Returns every outcome, in order.
         """
-        from core.tasks.runtime import get_runtime
-
         outcomes: list[Outcome] = []
-        runtime = get_runtime()
+        runtime = runtime_of(app)
         runtime.outcome_listeners.append(outcomes.append)
         client = app.test_client()
         try:

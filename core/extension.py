@@ -1,0 +1,178 @@
+"""The Flask extension: ``Tasks(app)`` or ``tasks.init_app(app)`` adds the task module to any Flask app.
+
+It mounts the task handler at ``/_tasks`` and the dashboard at ``/_tasks/admin`` (plus any
+ViUR-style modules given), keeps the app's :class:`TaskRuntime` in ``app.extensions["core"]``,
+binds that runtime and its Datastore to every app context of the app (requests, CLI commands,
+``with app.app_context():``), runs each request with ``core.current`` set and inside a task batch
+(the deferred calls a request makes are created together before the response goes out, also for
+error responses), and adds the ``flask tasks`` commands. Two apps in one process never share a
+runtime: each context sees its own app's settings, queue and store.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from flask.signals import appcontext_pushed
+
+from core import current, db
+from core.admin.dashboard import TaskAdmin
+from core.cli import init_app as init_cli
+from core.config import Settings, get_settings
+from core.devserver.locate import local_datastore
+from core.module import Module, ModuleTree
+
+# Every room whose tasks the handler runs registers its runners on import: load them all here.
+from core.tasks import callable as _callable  # noqa: F401
+from core.tasks import dispatch
+from core.tasks import executor as _executor  # noqa: F401
+from core.tasks import periodic as _periodic  # noqa: F401
+from core.tasks import queryiter as _queryiter  # noqa: F401
+from core.tasks.handler import TaskHandler
+from core.tasks.registry import TaskRegistry
+from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
+from core.tasks.startup import runStartupTasks
+from core.tasks.transports.base import Transport
+from core.users import UserProvider
+
+log = logging.getLogger(__name__)
+
+#: Chooses the language of a request (default: best match of Accept-Language among LANGUAGES).
+LanguageSelector = Callable[[Any], str]
+
+_TOKENS = "_core_task_runtime_tokens"
+
+
+class Tasks:
+    """The task module of one or more Flask apps (state lives on each app, not here).
+
+    Every keyword given here is the default for :meth:`init_app`, which may override it per app.
+    ``settings`` defaults to the environment (``core.config.get_settings()``).
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, modules: Mapping[str, type[Module] | Module] | None = None,
+                 settings: Settings | None = None, users: UserProvider | None = None,
+                 environment: EnvironmentHandler | None = None, registry: TaskRegistry | None = None,
+                 transport: Transport | None = None, languages: tuple[str, ...] | None = None,
+                 language_selector: LanguageSelector | None = None,
+                 admin_mail: Callable[[str, str], None] | None = None,
+                 startup_tasks: bool | None = None) -> TaskRuntime:
+        """Add the task module to ``app``; returns the app's runtime.
+
+        Nothing here talks to the network: the Datastore and queue clients are built on first
+        use, and this version's startup tasks are queued on a background thread at the app's
+        first request (``startup_tasks=False`` turns that off, e.g. for tests that count tasks).
+        """
+        if "core" in app.extensions:
+            raise RuntimeError(f"{app!r} already has the task module")
+        given = {"modules": modules, "settings": settings, "users": users, "environment": environment,
+                 "registry": registry, "transport": transport, "languages": languages,
+                 "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks}
+        opts = {**self.options, **{k: v for k, v in given.items() if v is not None}}
+        settings = _checked(opts.get("settings") or get_settings())
+        modules = dict(opts.get("modules") or {})
+        languages = tuple(opts.get("languages") or app.config.get("LANGUAGES") or ("en",))
+
+        # The task handler and the dashboard are mounted in every app (an app may mount its own subclass).
+        tree = ModuleTree({**modules, "_tasks": modules.get("_tasks", TaskHandler),
+                           "_tasks/admin": modules.get("_tasks/admin", TaskAdmin)})
+        runtime = TaskRuntime(settings, registry=opts.get("registry"), modules=tree, users=opts.get("users"),
+                              environment=opts.get("environment"), transport=opts.get("transport"),
+                              admin_mail=opts.get("admin_mail"), datastore=_datastore(settings))
+        runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up
+        app.secret_key = app.secret_key or settings.secret_key
+        app.config["LANGUAGES"] = languages
+        app.extensions["core"] = runtime
+        app.extensions["core.modules"] = tree
+        app.extensions["core.tasks"] = self
+        app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
+        app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
+        tree.register_routes(app)
+        init_cli(app)
+        appcontext_pushed.connect(_bind_app_context, app)
+        app.teardown_appcontext(_unbind_app_context)
+        app.before_request(_enter_request)
+        app.after_request(_flush_request)
+        app.teardown_request(_leave_request)
+        return runtime
+
+    @staticmethod
+    def runtime(app: Flask) -> TaskRuntime:
+        """The runtime of ``app`` (what ``get_runtime()`` returns inside its contexts)."""
+        return runtime_of(app)
+
+
+def _checked(settings: Settings) -> Settings:
+    if settings.runtime == "local":
+        return settings.with_local_secrets()
+    if not settings.tasks_secret or not settings.secret_key:
+        raise RuntimeError("TASKS_SECRET and SECRET_KEY must be set in production")
+    return settings
+
+
+def _datastore(settings: Settings) -> db.Datastore:
+    """The app's store; a local app without an emulator host finds the running stack's on first use."""
+    if settings.runtime == "local" and not settings.datastore_emulator_host:
+        return local_datastore(settings)
+    return db.Datastore.from_settings(settings)
+
+
+def _bind_app_context(app: Flask, **_: Any) -> None:
+    # Sent after Flask made the new context current, so ``g`` is the new context's.
+    if not hasattr(g, _TOKENS):
+        setattr(g, _TOKENS, bind(runtime_of(app)))
+
+
+def _unbind_app_context(error: BaseException | None) -> None:
+    token = g.pop(_TOKENS, None)
+    if token is not None:
+        unbind(token)
+
+
+def _enter_request() -> None:
+    app = current_app
+    runtime = runtime_of(app)
+    if app.extensions.get("core.startup_pending"):
+        app.extensions["core.startup_pending"] = False
+        runStartupTasks(runtime, background=True)
+    current.request.set(request)
+    current.user.set(runtime.users.load_from_request(request))
+    current.language.set(app.extensions["core.language_selector"](request))
+    scope = dispatch.request_scope(runtime)
+    scope.__enter__()
+    request.environ["core.task_scope"] = scope
+
+
+def _flush_request(response: Response) -> Response:
+    scope = request.environ.pop("core.task_scope", None)
+    if scope is not None:
+        # Creates every task this request deferred (or keeps it in the outbox) before answering.
+        scope.__exit__(None, None, None)
+    return response
+
+
+def _leave_request(error: BaseException | None) -> None:
+    scope = request.environ.pop("core.task_scope", None)
+    if scope is not None:  # after_request did not run; what was deferred is still created
+        try:
+            scope.__exit__(None, None, None)
+        except Exception:
+            log.exception("could not create the tasks this request deferred")
+    current.user.set(None)
+    current.request.set(None)
+
+
+def _accept_language(languages: tuple[str, ...]) -> LanguageSelector:
+    def select(req: Any) -> str:
+        explicit = req.args.get("lang")
+        if explicit in languages:
+            return str(explicit)
+        return str(req.accept_languages.best_match(languages) or languages[0])
+    return select

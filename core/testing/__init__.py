@@ -1,0 +1,144 @@
+"""The pytest plugin for suites of apps that use the task module (loaded through ``pytest11``).
+
+Fixtures (each can be overridden by a fixture of the same name in a ``conftest.py``):
+
+- ``datastore_emulator`` (session): the real Cloud Datastore emulator on a free port.
+- ``settings``: settings of one test: that emulator, the in-process queue, fixed secrets.
+- ``datastore``: the emulator wiped, its store the default one.
+- ``make_app(app_or_modules=None, **options)``: a test app on those settings whose runtime stays
+  current for the rest of the test (deferred calls made by the test itself go to its queue; no
+  app context is kept pushed, so every test-client request still gets a fresh ``g``). Give it
+  your own Flask app (its ``Tasks`` runtime is swapped for a test one while the test runs), a
+  ViUR-style module mapping or nothing.
+- ``app``: ``make_app(<the tasks_app ini option>)``, e.g. ``tasks_app = myapp:app``; without the
+  option an app with no modules of its own.
+- ``client``: ``app.test_client()``.
+- ``task_queue``: the app's :class:`TaskQueue`: ``run_pending()``, ``advance(seconds)``,
+  ``run_pending(until=...)``, ``ping_cron("default")``, ``clock``.
+- ``make_stack(app_module=..., **options)`` / ``live_stack``: the local stack (emulator + local
+  queue + gunicorn) serving an app module on free ports, stopped after the test.
+
+If the emulator cannot start, every test that needs it errors: nothing is skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.utils import import_string
+
+from core import db
+from core.app import create_app
+from core.config import Settings
+from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+from core.devserver.stack import LocalStack
+from core.tasks.runtime import runtime_of
+from core.tasks.transports.inline import TaskFailed
+from core.testing.apps import as_test_app
+from core.testing.queue import TaskQueue, TestClock
+
+__all__ = ["TaskFailed", "TaskQueue", "TestClock", "as_test_app"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("tasks_app", "the app the `app` fixture tests, as module:attribute (e.g. myapp:app)")
+    parser.addini("tasks_stack_app", "the app module `live_stack` serves (default: tasks_app, else main:app)")
+
+
+@pytest.fixture(scope="session")
+def datastore_emulator() -> Iterator[DatastoreEmulator]:
+    emulator = start_datastore_emulator()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def settings(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Settings:
+    """Settings for one test: the emulator, an inline queue and fixed secrets."""
+    return Settings(
+        project="test-project",
+        datastore_emulator_host=datastore_emulator.host,
+        tasks_backend="inline",
+        tasks_secret="test-task-secret",
+        secret_key="test-secret-key",
+        local_data_dir=tmp_path / "local-data",
+    )
+
+
+@pytest.fixture
+def datastore(datastore_emulator: DatastoreEmulator, settings: Settings) -> Iterator[db.Datastore]:
+    """A wiped emulator, configured as the default store."""
+    datastore_emulator.reset()
+    yield db.configure(settings)
+
+
+@pytest.fixture
+def make_app(settings: Settings, datastore: db.Datastore) -> Iterator[Callable[..., Flask]]:
+    """Build (or adapt) a test app; its runtime stays current until the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def build(app_or_modules: Flask | Mapping[str, Any] | None = None, **options: Any) -> Flask:
+            options.setdefault("startup_tasks", False)
+            options.setdefault("settings", settings)
+            if isinstance(app_or_modules, Flask):
+                app = stack.enter_context(as_test_app(app_or_modules, **options))
+            else:
+                app = create_app(app_or_modules or {}, **options)
+            app.testing = True
+            stack.enter_context(runtime_of(app).bound())
+            return app
+
+        yield build
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
+    target = request.config.getini("tasks_app")
+    return make_app(import_string(target.replace(":", "."))) if target else make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def task_queue(app: Flask) -> TaskQueue:
+    return TaskQueue(app)
+
+
+@pytest.fixture
+def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Iterator[Callable[..., LocalStack]]:
+    """Start a live stack on free ports and throw-away data; every one started is stopped after the test.
+
+    The test's own Datastore calls (outside an app context) then reach the stack's data.
+    """
+    stacks: list[LocalStack] = []
+    datastore_emulator.reset()
+
+    def start(app_module: str | None = None, **kwargs: Any) -> LocalStack:
+        if app_module is not None:
+            kwargs["app_module"] = app_module
+        kwargs.setdefault("data_dir", tmp_path / f"stack{len(stacks)}")
+        kwargs.setdefault("log_dir", tmp_path / f"stack{len(stacks)}" / "logs")
+        stack = LocalStack(datastore=datastore_emulator, persist=False, cron=kwargs.pop("cron", False), **kwargs)
+        stacks.append(stack)
+        stack.start()
+        db.configure(Settings(project=stack.settings.project, datastore_emulator_host=datastore_emulator.host))
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture
+def live_stack(request: pytest.FixtureRequest, make_stack: Callable[..., LocalStack]) -> LocalStack:
+    target = request.config.getini("tasks_stack_app") or request.config.getini("tasks_app") or "main:app"
+    return make_stack(target)
+

@@ -1,0 +1,40 @@
+"""Putting a user's own Flask app on test settings for the duration of a test."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask
+
+from core.config import Settings
+from core.extension import Tasks
+from core.tasks.runtime import TaskRuntime, runtime_of
+
+
+@contextlib.contextmanager
+def as_test_app(app: Flask, *, settings: Settings, startup_tasks: bool = False, **options: Any) -> Iterator[Flask]:
+    """Run ``app`` on ``settings`` inside the block.
+
+    An app without the task module gets ``Tasks`` with these settings. An app that has it (built at
+    import, on the environment's settings) keeps its registry, modules and hooks, but its runtime is
+    swapped for one on ``settings`` (the inline queue, the test emulator) and restored afterwards.
+    """
+    if "core" not in app.extensions:
+        Tasks(app, settings=settings, startup_tasks=startup_tasks, **options)
+        yield app
+        return
+    original = runtime_of(app)
+    runtime = TaskRuntime(settings, registry=options.get("registry", original.registry), modules=original.modules,
+                          users=options.get("users", original.users),
+                          environment=options.get("environment", original.environment),
+                          transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail))
+    pending = app.extensions.get("core.startup_pending")
+    app.extensions["core"] = runtime
+    app.extensions["core.startup_pending"] = startup_tasks
+    try:
+        yield app
+    finally:
+        app.extensions["core"] = original
+        app.extensions["core.startup_pending"] = pending
+        runtime.close()

@@ -1,0 +1,186 @@
+"""The in-process queue of a test app, with a clock the test controls.
+
+``TaskQueue(app).run_pending()`` drains the app's inline transport through the real ``/_tasks``
+handler and re-raises a failed task's error in the test (as dramatiq's ``StubBroker.join`` does).
+Tasks run when they are due on :class:`TestClock`: a ``_countdown=60`` call runs only after
+``advance(60)``, and a failed task comes back after its queue's retry backoff (queue.yaml's
+``retry_parameters``, App Engine's defaults otherwise), as Cloud Tasks would schedule it.
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from core.tasks.executor import Outcome
+from core.tasks.queues import QueueConfig, RetryConfig, backoff_delay, load_queue_config
+from core.tasks.runtime import TaskRuntime, runtime_of
+from core.tasks.security import sign_cron_ping
+from core.tasks.transports.inline import InlineTransport, QueuedTask, TaskFailed
+
+UTC = datetime.UTC
+
+
+class TestClock:
+    """Wall-clock time shifted by what the test advanced: ``now()`` never goes backwards."""
+
+    __test__ = False  # not a test class, whatever pytest's name patterns say
+
+    def __init__(self, now: Callable[[], datetime.datetime] | None = None) -> None:
+        self._real = now or (lambda: datetime.datetime.now(UTC))
+        self._offset = datetime.timedelta(0)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime.datetime:
+        return self._real() + self._offset
+
+    def advance(self, seconds: float) -> datetime.datetime:
+        if seconds < 0:
+            raise ValueError("the test clock only moves forward")
+        with self._lock:
+            self._offset += datetime.timedelta(seconds=seconds)
+        return self.now()
+
+    def advance_to(self, moment: datetime.datetime) -> datetime.datetime:
+        """Move to ``moment`` unless the clock is already past it."""
+        with self._lock:
+            ahead = moment - (self._real() + self._offset)
+            if ahead > datetime.timedelta(0):
+                self._offset += ahead
+        return self.now()
+
+
+class TaskQueue:
+    """The inline queue of one test app: run what is due, move the clock, ping cron groups."""
+
+    __test__ = False
+
+    def __init__(self, app: Flask, transport: InlineTransport | None = None, *,
+                 clock: TestClock | None = None) -> None:
+        self.app = app
+        transport = transport if transport is not None else self.runtime.transport  # type: ignore[assignment]
+        if not isinstance(transport, InlineTransport):
+            raise TypeError("the test app must use the inline transport (TASKS_BACKEND=inline)")
+        self.transport = transport
+        self.clock = clock or TestClock()
+        #: When a task retried here is due again (by ``id()``; the request's own eta otherwise).
+        self._due: dict[int, datetime.datetime] = {}
+        self._order = itertools.count()
+        self._queues: dict[str, QueueConfig] | None = None
+
+    @property
+    def runtime(self) -> TaskRuntime:
+        return runtime_of(self.app)
+
+    @property
+    def pending(self) -> list[QueuedTask]:
+        return self.transport.pending
+
+    def due(self, task: QueuedTask) -> datetime.datetime | None:
+        """When ``task`` runs (``None``: at once)."""
+        return self._due.get(id(task), task.request.eta)
+
+    def advance(self, seconds: float, **kwargs: Any) -> list[Outcome]:
+        """Move the clock ``seconds`` ahead, running every task due on the way; returns their outcomes."""
+        return self.run_pending(until=self.clock.now() + datetime.timedelta(seconds=seconds), **kwargs)
+
+    def run_pending(self, until: datetime.datetime | None = None, *, raise_errors: bool = True,
+                    max_attempts: int | None = None, max_tasks: int = 100_000) -> list[Outcome]:
+        """Run the tasks due now (or up to ``until``, moving the clock there), and those they queue.
+
+        A failing task is raised as :class:`TaskFailed` with ``raise_errors`` and comes back after
+        its queue's backoff, or is dropped once the queue's retry limit is reached. With
+        ``max_attempts`` it is instead retried at once, up to that many executions in all.
+        """
+        if until is not None and until.tzinfo is None:
+            raise ValueError("until must be timezone-aware")
+        outcomes: list[Outcome] = []
+        runtime = self.runtime
+        runtime.outcome_listeners.append(outcomes.append)
+        client = self.app.test_client()
+        try:
+            for _ in range(max_tasks):
+                task = self._next(until)
+                if task is None:
+                    break
+                self._run(client, task, outcomes, raise_errors=raise_errors, max_attempts=max_attempts)
+            if until is not None:
+                self.clock.advance_to(until)
+        finally:
+            runtime.outcome_listeners.remove(outcomes.append)
+        return outcomes
+
+    def _next(self, until: datetime.datetime | None) -> QueuedTask | None:
+        now = self.clock.now()
+        horizon = max(now, until) if until is not None else now
+        with self.transport._lock:
+            candidates = [(self.due(t) or now, i, t) for i, t in enumerate(self.pending)]
+            due = [c for c in candidates if c[0] <= horizon]
+            if not due:
+                return None
+            moment, index, task = min(due, key=lambda c: (c[0], c[1]))
+            del self.pending[index]
+        self._due.pop(id(task), None)
+        self.clock.advance_to(moment)
+        return task
+
+    def _run(self, client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors: bool,
+             max_attempts: int | None) -> None:
+        before = len(outcomes)
+        response = client.open(task.request.path, method=task.request.method, data=task.request.body,
+                               headers=InlineTransport._headers(task))
+        outcome = outcomes[before] if len(outcomes) > before else None
+        if 200 <= response.status_code < 300:
+            if raise_errors and outcome is not None and outcome.error is not None:
+                raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
+            return
+        task.retry_count += 1
+        task.execution_count += 1
+        error = outcome.error if outcome is not None else None
+        message = (f"task {task.id} to {task.request.path} answered {response.status_code}: "
+                   f"{response.get_data(as_text=True).strip()}")
+        if max_attempts is not None:
+            if task.execution_count < max_attempts:
+                self._requeue(task, None)
+                return
+        else:
+            retry = self.retry_config(task.request.queue)
+            if retry.max_attempts is None or task.execution_count < retry.max_attempts:
+                delay = backoff_delay(retry, task.execution_count)
+                self._requeue(task, self.clock.now() + datetime.timedelta(seconds=delay))
+        if raise_errors:
+            raise TaskFailed(message) from error
+
+    def _requeue(self, task: QueuedTask, due: datetime.datetime | None) -> None:
+        with self.transport._lock:
+            self.pending.append(task)
+        if due is not None:
+            self._due[id(task)] = due
+
+    def retry_config(self, queue: str) -> RetryConfig:
+        """The retry policy of ``queue`` in the app's queue.yaml (App Engine's defaults without one)."""
+        if self._queues is None:
+            path = Path(self.runtime.settings.queue_yaml)
+            self._queues = load_queue_config(path) if path.is_file() else {}
+        config = self._queues.get(queue)
+        return config.retry if config is not None else RetryConfig()
+
+    def ping_cron(self, cron_name: str = "default", *, run: bool = True, **kwargs: Any) -> Any:
+        """Send the cron group's ping as the local cron does (signed), then run what it queued.
+
+        Returns the ping's response; a refused or failed ping raises :class:`TaskFailed`.
+        """
+        path = f"/_tasks/cron/{cron_name}"
+        headers = {**sign_cron_ping(self.runtime.settings.tasks_secret, path), "X-Appengine-Cron": "true"}
+        response = self.app.test_client().get(path, headers=headers)
+        if not 200 <= response.status_code < 300:
+            raise TaskFailed(f"cron ping {path} answered {response.status_code}: "
+                             f"{response.get_data(as_text=True).strip()}")
+        if run:
+            self.run_pending(**kwargs)
+        return response
