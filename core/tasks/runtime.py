@@ -3,8 +3,9 @@
 The Flask extension (``core.extension.Tasks``) builds one per app, keeps it in
 ``app.extensions["core"]`` and binds it to a context variable for every app context (requests, CLI
 commands, ``with app.app_context():``), so two apps in one process each use their own; tests can
-build their own and bind them with :meth:`TaskRuntime.bound`. Nothing here imports Flask or a
-Google library: the transport and the request verifier are built lazily from the settings.
+build their own and bind them with :meth:`TaskRuntime.bound`. Nothing here imports Flask, and
+nothing talks to the network: the transport, the request verifier and the Datastore client are
+built lazily from the settings.
 """
 from __future__ import annotations
 
