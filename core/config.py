@@ -66,6 +66,13 @@ class Settings:
     #: Where the OIDC verifier takes its public certificates from (URL or PEM/JSON file).
     tasks_oidc_certs: str = "https://www.googleapis.com/oauth2/v1/certs"
     tasks_secret: str = ""
+    #: Cloud Scheduler: jobs whose id starts with this prefix belong to ``sync-scheduler``.
+    tasks_scheduler_prefix: str = "tasks-cron-"
+    #: Cloud Scheduler's location (default: ``tasks_region``).
+    tasks_scheduler_region: str | None = None
+    tasks_scheduler_emulator_host: str | None = None
+    #: ``json`` (Cloud Logging structured lines), ``text``, or ``auto``: JSON outside local development.
+    log_format: str = "auto"
     tasks_default_queue: str = "default"
     tasks_payload_limit: int = 100_000
     tasks_timezone: str = "UTC"
@@ -103,6 +110,10 @@ class Settings:
             tasks_oidc_audience=env.get("TASKS_OIDC_AUDIENCE") or None,
             tasks_oidc_certs=env.get("TASKS_OIDC_CERTS", cls.tasks_oidc_certs),
             tasks_secret=env.get("TASKS_SECRET", ""),
+            tasks_scheduler_prefix=env.get("TASKS_SCHEDULER_PREFIX", "tasks-cron-"),
+            tasks_scheduler_region=env.get("TASKS_SCHEDULER_REGION") or None,
+            tasks_scheduler_emulator_host=env.get("TASKS_SCHEDULER_EMULATOR") or None,
+            log_format=env.get("LOG_FORMAT", "auto").strip().lower() or "auto",
             tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
@@ -114,6 +125,16 @@ class Settings:
             port=port,
             secret_key=env.get("SECRET_KEY", ""),
         )
+
+    @property
+    def tasks_service_accounts(self) -> tuple[str, ...]:
+        """``TASKS_SERVICE_ACCOUNT`` split at commas: the first signs OIDC tokens, all are accepted."""
+        return tuple(part.strip() for part in (self.tasks_service_account or "").split(",") if part.strip())
+
+    @property
+    def log_json(self) -> bool:
+        """Whether log lines are Cloud Logging structured JSON (``log_format``)."""
+        return self.log_format == "json" or (self.log_format == "auto" and self.runtime != "local")
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -551,10 +551,6 @@ _RUNTIMES = frozenset({"local", "appengine", "cloudrun"})
 _TARGETS = frozenset({"appengine", "http"})
 
 
-def _split_accounts(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
 class RequestVerifier:
     """Decides whether a task or cron request may run, from :class:`Settings`.
 
@@ -590,7 +586,7 @@ class RequestVerifier:
         if self._needs_oidc and oidc_verifier is None:
             oidc_verifier = OidcVerifier(
                 audience=settings.tasks_oidc_audience or settings.tasks_target_url or "",
-                service_accounts=_split_accounts(settings.tasks_service_account),
+                service_accounts=settings.tasks_service_accounts,
                 certs=settings.tasks_oidc_certs,
             )
         self.oidc_verifier = oidc_verifier

@@ -61,7 +61,7 @@ def check_settings(settings: Settings) -> None:
     if settings.tasks_target == "http":
         if not settings.tasks_target_url:
             raise ConfigurationError("TASKS_TARGET=http needs TASKS_TARGET_URL (the app's base URL)")
-        if not settings.tasks_service_account and not settings.tasks_emulator_host:
+        if not settings.tasks_service_accounts and not settings.tasks_emulator_host:
             # Without an OIDC token the app cannot tell our tasks from anyone's requests.
             raise ConfigurationError("TASKS_TARGET=http needs TASKS_SERVICE_ACCOUNT to sign tasks with OIDC")
 
@@ -97,7 +97,7 @@ def build_task(
 
     App Engine target: the path is relative to the app, routed to ``request.target_version`` when
     given. HTTP target: the path is appended to ``tasks_target_url`` and the task carries an OIDC
-    token for ``tasks_service_account`` whose audience is ``tasks_oidc_audience``, defaulting to
+    token for the first account of ``tasks_service_account`` whose audience is ``tasks_oidc_audience``, defaulting to
     ``tasks_target_url``. Without ``dispatch_deadline`` Cloud Tasks applies its default (10 min).
     """
     method = _http_method(request.method)
@@ -119,9 +119,10 @@ def build_task(
             headers=headers,
             body=request.body,
         )
-        if settings.tasks_service_account:
+        if settings.tasks_service_accounts:
+            # Several accounts may be accepted (a rotation); the first one signs.
             http_request.oidc_token = tasks_v2.OidcToken(
-                service_account_email=settings.tasks_service_account,
+                service_account_email=settings.tasks_service_accounts[0],
                 audience=settings.tasks_oidc_audience or settings.tasks_target_url,
             )
         task.http_request = http_request

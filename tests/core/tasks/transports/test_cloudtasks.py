@@ -397,6 +397,15 @@ def test_http_target_message_carries_an_oidc_token() -> None:
     assert custom.http_request.oidc_token.audience == "my-audience"
 
 
+def test_the_first_of_several_accounts_signs_the_token() -> None:
+    settings = BASE.replace(
+        tasks_target="http", tasks_target_url="https://app.example.com",
+        tasks_service_account=" tasks@proj.iam.gserviceaccount.com , old@proj.iam.gserviceaccount.com",
+    )
+    task = build_task(settings, TaskRequest(queue="default", path="/_tasks/deferred", body=b""))
+    assert task.http_request.oidc_token.service_account_email == "tasks@proj.iam.gserviceaccount.com"
+
+
 def test_dispatch_deadline_is_kept_in_the_range_cloud_tasks_accepts() -> None:
     http = BASE.replace(tasks_target="http", tasks_target_url="https://a", tasks_service_account="s@p")
     request = TaskRequest(queue="default", path="/x", body=b"")
