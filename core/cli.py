@@ -16,7 +16,7 @@ from flask.cli import AppGroup, ScriptInfo
 
 from core.devserver.stack import run_local
 
-tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml from the code, queues.")
+tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 
 
 @tasks_cli.command("cron-yaml")
@@ -83,6 +83,26 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
         if callable(getattr(module, factory, None)):
             return f"{module_name}:{factory}()"
     raise click.UsageError(f"cannot tell gunicorn where the app is: pass --app {module_name}:<name>")
+
+
+@tasks_cli.command("sync-scheduler")
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+def sync_scheduler_command(dry_run: bool) -> None:
+    """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
+    from core.tasks.cloudscheduler import sync_scheduler
+    from core.tasks.errors import ConfigurationError
+
+    runtime = current_app.extensions["core"]
+    try:
+        changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for change in changes:
+        click.echo(change.describe())
+    if not changes:
+        click.echo("Cloud Scheduler jobs are up to date")
+    elif dry_run:
+        click.echo("dry run: nothing was changed")
 
 
 def init_app(app: Flask) -> None:
