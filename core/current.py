@@ -1,4 +1,4 @@
-"""Context variables readable from anywhere during a request or a task: request, user, language.
+"""Context variables readable from anywhere during a request or a task: request, user, language, trace.
 
 ViUR code reads ``current.user.get()``; the same works here, in request handlers and in tasks
 (the task handler restores the enqueuing user and language before it runs the task).
@@ -16,3 +16,6 @@ user: contextvars.ContextVar[Any] = contextvars.ContextVar("core_user", default=
 language: contextvars.ContextVar[str | None] = contextvars.ContextVar("core_language", default=None)
 #: Information about the task being executed (:class:`core.tasks.security.TaskInfo`), or ``None``.
 task: contextvars.ContextVar[Any] = contextvars.ContextVar("core_task", default=None)
+#: The trace of the request, or in a task the trace of the request that deferred it
+#: (:class:`core.trace.TraceContext`), or ``None``. Log lines and spans join it.
+trace: contextvars.ContextVar[Any] = contextvars.ContextVar("core_trace", default=None)

@@ -17,11 +17,12 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
-from core import current, db
+from core import current, db, trace
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
 from core.devserver.locate import local_datastore
+from core.logs import install_logging
 from core.module import Module, ModuleTree
 
 # Every room whose tasks the handler runs registers its runners on import: load them all here.
@@ -77,6 +78,7 @@ class Tasks:
                  "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks}
         opts = {**self.options, **{k: v for k, v in given.items() if v is not None}}
         settings = _checked(opts.get("settings") or get_settings())
+        install_logging(settings)
         modules = dict(opts.get("modules") or {})
         languages = tuple(opts.get("languages") or app.config.get("LANGUAGES") or ("en",))
 
@@ -143,6 +145,7 @@ def _enter_request() -> None:
         app.extensions["core.startup_pending"] = False
         runStartupTasks(runtime, background=True)
     current.request.set(request)
+    current.trace.set(trace.from_headers(request.headers))
     current.user.set(runtime.users.load_from_request(request))
     current.language.set(app.extensions["core.language_selector"](request))
     scope = dispatch.request_scope(runtime)
@@ -167,6 +170,7 @@ def _leave_request(error: BaseException | None) -> None:
             log.exception("could not create the tasks this request deferred")
     current.user.set(None)
     current.request.set(None)
+    current.trace.set(None)
 
 
 def _accept_language(languages: tuple[str, ...]) -> LanguageSelector:

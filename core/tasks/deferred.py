@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import current
-from core.tasks import dispatch, message
+from core.tasks import dispatch, message, telemetry
 from core.tasks.errors import ConfigurationError, DeferredArgumentError
 from core.tasks.registry import active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -138,11 +138,14 @@ def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
 no_retry = noRetry
 
 
-def capture_environment(runtime: TaskRuntime) -> dict[str, Any]:
-    """The caller's user id, language and custom environment, to be restored in the task."""
+def capture_environment(runtime: TaskRuntime, target: str = "task", queue: str | None = None) -> dict[str, Any]:
+    """The caller's user id, language, trace and custom environment, to be restored in the task."""
     user = current.user.get()
     env: dict[str, Any] = {"user": runtime.users.id_of(user) if user is not None else None,
                            "language": current.language.get()}
+    trace = telemetry.enqueue_trace(target, queue)
+    if trace is not None:
+        env["trace"] = trace
     if runtime.environment is not None:
         env["custom"] = runtime.environment.serialize()
     return env
@@ -198,7 +201,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
     queue = _queue or target.queue or runtime.settings.tasks_default_queue
     eta = _schedule(_countdown, _eta)
     call = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
-    envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
+    envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
+                                env=capture_environment(runtime, target.name, queue))
     try:
         request = build_request(runtime, envelope, DEFERRED_PATH, name=_name, eta=eta,
                                 target_version=_target_version or None)

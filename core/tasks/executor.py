@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from core import current, db
-from core.tasks import dispatch, message
+from core.tasks import dispatch, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -93,7 +93,8 @@ def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[st
         if runtime.admin_mail is not None and info.retry_count == RETRY_WARNING_THRESHOLD:
             _safe(runtime.admin_mail, "Task keeps failing", text)
     try:
-        with restored_environment(runtime, envelope.env, info), dispatch.request_scope(runtime):
+        with restored_environment(runtime, envelope.env, info), telemetry.run_span(envelope, outcome.target), \
+                dispatch.request_scope(runtime):
             runner(runtime, envelope, info)
     except PermanentTaskFailure as exc:
         return _finish(runtime, _permanent(runtime, exc, info, path, body, envelope))

@@ -1,0 +1,88 @@
+"""A task's trace: carried from the enqueuing request to the run, with OpenTelemetry spans when installed.
+
+:func:`enqueue_trace` is what a new task carries in its envelope: the caller's trace
+(``current.trace``). When OpenTelemetry is installed (the ``otel`` extra) it also records a
+``PRODUCER`` span per enqueue, a child of the caller's span, and the task carries that span.
+:func:`run_span` restores the carried trace as ``current.trace`` for the run; with OpenTelemetry
+the run is a ``CONSUMER`` span in the same trace, a child of the enqueue span and linked to it.
+Without OpenTelemetry only the trace travels; nothing here needs it at import.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from core import current
+from core.tasks import message
+from core.trace import TraceContext
+
+try:
+    from opentelemetry import trace as otel
+except ImportError:  # the optional extra is not installed: traces travel without spans
+    otel = None
+
+TRACER_NAME = "core.tasks"
+
+
+def _span_context(trace: TraceContext) -> Any:
+    """The carried trace as a remote OpenTelemetry span context (a made-up span id if none is known)."""
+    span_id = int(trace.span_id, 16) if trace.span_id else random.getrandbits(64) or 1
+    flags = otel.TraceFlags(otel.TraceFlags.SAMPLED if trace.sampled else otel.TraceFlags.DEFAULT)
+    return otel.SpanContext(int(trace.trace_id, 16), span_id, is_remote=True, trace_flags=flags)
+
+
+def _from_span(span: Any, fallback: TraceContext | None) -> TraceContext | None:
+    context = span.get_span_context()
+    if not context.is_valid:
+        return fallback
+    return TraceContext(otel.format_trace_id(context.trace_id), otel.format_span_id(context.span_id),
+                        context.trace_flags.sampled)
+
+
+def _remote(trace: TraceContext | None) -> Any:
+    """An OpenTelemetry context whose parent is ``trace`` (``None``: the active context)."""
+    if trace is None:
+        return None
+    return otel.set_span_in_context(otel.NonRecordingSpan(_span_context(trace)))
+
+
+def enqueue_trace(target: str, queue: str | None = None) -> dict[str, Any] | None:
+    """The trace a task deferred now carries (``None`` outside any trace and without OpenTelemetry)."""
+    trace = current.trace.get()
+    if otel is not None:
+        tracer = otel.get_tracer(TRACER_NAME)
+        attributes = {"tasks.target": target, **({"tasks.queue": queue} if queue else {})}
+        # An active span (an instrumented app) is the parent; else the trace of the request's headers.
+        active = otel.get_current_span().get_span_context().is_valid
+        parent = None if active else _remote(trace)
+        with tracer.start_as_current_span(f"enqueue {target}", context=parent, kind=otel.SpanKind.PRODUCER,
+                                          attributes=attributes) as span:
+            trace = _from_span(span, trace)
+    return trace.to_env() if trace is not None else None
+
+
+@contextlib.contextmanager
+def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
+    """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue)."""
+    carried = TraceContext.from_env(envelope.env.get("trace") if isinstance(envelope.env, dict) else None)
+    trace = carried if carried is not None else current.trace.get()
+    if otel is None:
+        token = current.trace.set(trace)
+        try:
+            yield
+        finally:
+            current.trace.reset(token)
+        return
+    links = [otel.Link(_span_context(carried))] if carried is not None and carried.span_id else []
+    attributes = {"tasks.id": envelope.id, "tasks.kind": envelope.kind, "tasks.queue": envelope.queue,
+                  "tasks.target": target or envelope.kind}
+    tracer = otel.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(f"run {target or envelope.kind}", context=_remote(carried),
+                                      kind=otel.SpanKind.CONSUMER, links=links, attributes=attributes) as span:
+        token = current.trace.set(_from_span(span, trace))
+        try:
+            yield
+        finally:
+            current.trace.reset(token)
