@@ -6,7 +6,10 @@ allows no other).
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace as otel
@@ -19,6 +22,7 @@ from core.module import Module, exposed
 from core.tasks import callDeferred, telemetry
 from core.trace import TraceContext
 
+ROOT = Path(__file__).resolve().parents[3]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
 SEEN: list[TraceContext | None] = []
@@ -138,3 +142,23 @@ def test_a_failed_run_is_an_error_span(spans, client, task_queue):
     # No incoming trace: enqueue and run still share one.
     [enqueue] = [s for s in spans.get_finished_spans() if s.kind is otel.SpanKind.PRODUCER]
     assert enqueue.parent is None and run.context.trace_id == enqueue.context.trace_id
+
+
+def test_the_trace_travels_without_opentelemetry_installed():
+    # A fresh interpreter in which every opentelemetry import fails, as without the extra.
+    script = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None\n"
+        "import core.app\n"
+        "from core import current, trace\n"
+        "from core.tasks import message, telemetry\n"
+        "assert telemetry.otel is None\n"
+        "current.trace.set(trace.parse_traceparent('00-" + TRACE_ID + "-" + SPAN_ID + "-01'))\n"
+        "env = {'trace': telemetry.enqueue_trace('t')}\n"
+        "current.trace.set(None)\n"
+        "with telemetry.run_span(message.Envelope(kind='deferred', payload={}, queue='q', env=env), 't'):\n"
+        "    print(current.trace.get().span_id)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == SPAN_ID
