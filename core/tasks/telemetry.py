@@ -5,7 +5,8 @@
 ``PRODUCER`` span per enqueue, a child of the caller's span, and the task carries that span.
 :func:`run_span` restores the carried trace as ``current.trace`` for the run; with OpenTelemetry
 the run is a ``CONSUMER`` span in the same trace, a child of the enqueue span and linked to it.
-Without OpenTelemetry only the trace travels; nothing here needs it at import.
+Without OpenTelemetry, or before the app configures a tracer provider, only the trace travels;
+nothing here needs it at import.
 """
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ except ImportError:  # the optional extra is not installed: traces travel withou
     otel = None
 
 TRACER_NAME = "core.tasks"
+
+
+def _tracer() -> Any:
+    """The tracer when the app configured OpenTelemetry, else ``None`` (no-op spans cost time, say nothing)."""
+    if otel is None:
+        return None
+    provider = otel.get_tracer_provider()
+    if isinstance(provider, (otel.ProxyTracerProvider, otel.NoOpTracerProvider)):
+        return None
+    return provider.get_tracer(TRACER_NAME)
 
 
 def _span_context(trace: TraceContext) -> Any:
@@ -51,8 +62,8 @@ def _remote(trace: TraceContext | None) -> Any:
 def enqueue_trace(target: str, queue: str | None = None) -> dict[str, Any] | None:
     """The trace a task deferred now carries (``None`` outside any trace and without OpenTelemetry)."""
     trace = current.trace.get()
-    if otel is not None:
-        tracer = otel.get_tracer(TRACER_NAME)
+    tracer = _tracer()
+    if tracer is not None:
         attributes = {"tasks.target": target, **({"tasks.queue": queue} if queue else {})}
         # An active span (an instrumented app) is the parent; else the trace of the request's headers.
         active = otel.get_current_span().get_span_context().is_valid
@@ -68,7 +79,8 @@ def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
     """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue)."""
     carried = TraceContext.from_env(envelope.env.get("trace") if isinstance(envelope.env, dict) else None)
     trace = carried if carried is not None else current.trace.get()
-    if otel is None:
+    tracer = _tracer()
+    if tracer is None:
         token = current.trace.set(trace)
         try:
             yield
@@ -78,7 +90,6 @@ def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
     links = [otel.Link(_span_context(carried))] if carried is not None and carried.span_id else []
     attributes = {"tasks.id": envelope.id, "tasks.kind": envelope.kind, "tasks.queue": envelope.queue,
                   "tasks.target": target or envelope.kind}
-    tracer = otel.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(f"run {target or envelope.kind}", context=_remote(carried),
                                       kind=otel.SpanKind.CONSUMER, links=links, attributes=attributes) as span:
         token = current.trace.set(_from_span(span, trace))
