@@ -37,6 +37,10 @@ def make_client(settings: Settings) -> scheduler_v1.CloudSchedulerClient:
 
 def wanted_jobs(settings: Settings, registry: Any) -> list[JobSpec]:
     """The jobs the code asks for: one per cron group, signed by the first service account."""
+    if settings.tasks_target != "http":
+        # The cron route trusts an OIDC token only with HTTP targets; App Engine's cron uses cron.yaml.
+        raise ConfigurationError("Cloud Scheduler jobs ping over HTTP with an OIDC token, which the app accepts "
+                                 "with TASKS_TARGET=http; on App Engine deploy cron.yaml instead")
     accounts = settings.tasks_service_accounts
     try:
         return desired_jobs(plan_cron(registry, settings.tasks_timezone), prefix=settings.tasks_scheduler_prefix,

@@ -116,7 +116,8 @@ def scheduler() -> Iterator[FakeScheduler]:
 
 @pytest.fixture
 def cron_settings(settings, scheduler: FakeScheduler):
-    return settings.replace(project="cron-project", tasks_region="europe-west1", tasks_target_url=APP_URL,
+    return settings.replace(project="cron-project", tasks_region="europe-west1", tasks_target="http",
+                            tasks_target_url=APP_URL,
                             tasks_service_account=ACCOUNTS, tasks_oidc_audience=AUDIENCE,
                             tasks_scheduler_emulator_host=scheduler.host)
 
@@ -238,7 +239,8 @@ def test_another_prefix_owns_other_jobs(make_app, cron_settings, scheduler):
 
 
 def test_settings_that_cannot_make_a_job_fail_before_any_call(make_app, cron_settings, scheduler):
-    for changes, message in (({"tasks_target_url": None}, "TASKS_TARGET_URL"),
+    for changes, message in (({"tasks_target": "appengine"}, "TASKS_TARGET=http"),
+                             ({"tasks_target_url": None}, "TASKS_TARGET_URL"),
                              ({"tasks_service_account": " , "}, "TASKS_SERVICE_ACCOUNT"),
                              ({"tasks_scheduler_prefix": ""}, "prefix")):
         app = make_app({}, settings=cron_settings.replace(**changes), registry=declare())
