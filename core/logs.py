@@ -71,6 +71,18 @@ class CloudLoggingFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (servers and test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
 def install_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler | None:
     """With JSON logs on, give the root logger one handler writing :class:`CloudLoggingFormatter` lines.
 
@@ -86,7 +98,7 @@ def install_logging(settings: Settings, stream: IO[str] | None = None) -> loggin
         if getattr(handler, _HANDLER_MARK, False):
             handler.setFormatter(formatter)
             return handler
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)

@@ -74,15 +74,19 @@ def test_severity(level, name):
 
 def test_install_only_when_json_is_wanted():
     root = logging.getLogger()
+    # An app built earlier in this process (with a production runtime) may have installed it already.
+    for handler in [h for h in root.handlers if isinstance(h.formatter, CloudLoggingFormatter)]:
+        root.removeHandler(handler)
+    before = list(root.handlers)
     assert install_logging(Settings(runtime="local")) is None
     assert install_logging(Settings(runtime="cloudrun", log_format="text")) is None
-    assert not [h for h in root.handlers if isinstance(h.formatter, CloudLoggingFormatter)]
+    assert root.handlers == before
 
     stream = io.StringIO()
     level = root.level
     handler = install_logging(Settings(runtime="local", log_format="json", project="p1"), stream)
     try:
-        assert handler is not None and handler in root.handlers
+        assert handler is not None and root.handlers == [*before, handler]
         # A second app in the process reuses the handler.
         assert install_logging(Settings(runtime="appengine", project="p2")) is handler
         token = current.trace.set(TRACE)
@@ -95,3 +99,15 @@ def test_install_only_when_json_is_wanted():
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+def test_the_default_handler_follows_a_swapped_stderr(monkeypatch):
+    root = logging.getLogger()
+    handler = install_logging(Settings(runtime="cloudrun", project="p"))
+    try:
+        swapped = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", swapped)
+        logging.getLogger("x").warning("after the swap")
+        assert json.loads(swapped.getvalue().splitlines()[-1])["message"] == "after the swap"
+    finally:
+        root.removeHandler(handler)
