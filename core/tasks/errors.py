@@ -10,6 +10,7 @@ success                        200     done; the queue forgets the task
 :class:`PayloadError`          200     undecodable payload: dead letter, never retried
 :class:`TaskNotFound`          200     unknown task name: dead letter, never retried
 :class:`RetryTask` / other     500     the queue retries with its backoff
+:class:`LockHeld`              409     another run holds the task's lock: the queue retries later
 :class:`BadTaskRequest`        400     malformed request: runs nothing, is not a task of ours
 :class:`NotAuthenticated`      401     a page needs a signed-in user
 :class:`Forbidden`             403     unsigned, forged or unverifiable request: runs nothing
@@ -48,6 +49,12 @@ class RetryTask(TaskError):
     """Ask the queue to run the task again later, without it counting as a crash."""
 
     http_status = 500
+
+
+class LockHeld(RetryTask):
+    """The task's lock is held by another run: nothing ran, the queue tries again later."""
+
+    http_status = 409
 
 
 # --- requests that are not (valid) tasks ------------------------------------------------------
