@@ -23,7 +23,8 @@ How a run behaves (and why it differs from ViUR's five entities per task):
   stopped or resumed) does nothing. Resuming starts a new generation, so its names are fresh.
 - **handleFinish runs once.** The step that exhausts the query claims the finish on the record in
   a transaction, calls ``handleFinish`` and marks the run finished. A retry finds it finished or
-  claimed; a claim older than ``finishLease`` (its holder died) may be taken over.
+  claimed; the claim is renewed while ``handleFinish`` runs, and one not renewed for
+  ``finishLease`` (its holder died) may be taken over.
 - **Errors.** ``handleEntry`` is retried in place ``entryRetries`` times, then ``handleError``
   decides: ``True`` goes on, ``False`` stops the run keeping its position (see :func:`resume_run`),
   raising ends the chunk after saving progress so the queue retries it from the failed entity.
@@ -44,7 +45,7 @@ from typing import Any, ClassVar
 
 from core import db
 from core import json as tagged_json
-from core.tasks import dispatch, executor, message
+from core.tasks import dispatch, executor, lease, message
 from core.tasks.deferred import build_request, capture_environment
 from core.tasks.errors import (
     ConfigurationError,
@@ -627,11 +628,11 @@ class _Chunk:
     def finish(self) -> None:
         """Claim the finish, run ``handleFinish`` once, mark the run finished."""
         token = uuid.uuid4().hex
-        lease = self.cls.finishLease
+        lease_time = self.cls.finishLease
 
         def claim(record: db.Entity) -> None:
             since = record.get("finishing_since")
-            if since is not None and _now() - since < lease:
+            if since is not None and _now() - since < lease_time:
                 raise RetryTask(f"query run {self.run_id} is being finished by another execution")
             self.position.write(record)
             record.update({"finishing_since": _now(), "finish_token": token})
@@ -639,7 +640,9 @@ class _Chunk:
         record = self._update(claim, allow_stopped=False)
         total = int(record["processed"])
         try:
-            self.cls.handleFinish(total, self.custom)
+            with lease.Heartbeat(self._finish_keeper(token), lease.renew_interval(lease_time),
+                                 what=f"handleFinish of query run {self.run_id}"):
+                self.cls.handleFinish(total, self.custom)
         except BaseException as exc:
             self._release_claim(token, f"handleFinish: {type(exc).__name__}: {exc}")
             raise
@@ -654,6 +657,10 @@ class _Chunk:
 
         db.run_in_transaction(done)
         log.info("query run %s of %s finished after %d entities", self.run_id, self.cls.iter_id, total)
+
+    def _finish_keeper(self, token: str) -> Callable[[], bool]:
+        """Renews the finish claim while ``handleFinish`` runs, so no retry takes it over."""
+        return lease.stamper(self.key, "finishing_since", lambda record: record.get("finish_token") == token)
 
     def _release_claim(self, token: str, error: str) -> None:
         def release() -> None:
