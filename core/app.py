@@ -6,7 +6,8 @@ Flask app uses ``Tasks(app)`` directly. State lives in ``app.extensions["core"]`
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from flask import Flask
 
@@ -26,10 +27,10 @@ def create_app(modules: Mapping[str, type[Module] | Module], *, settings: Settin
                registry: TaskRegistry | None = None, transport: Transport | None = None,
                languages: tuple[str, ...] = ("en",), language_selector: LanguageSelector | None = None,
                admin_mail: Callable[[str, str], None] | None = None, import_name: str = "core",
-               startup_tasks: bool = True) -> Flask:
+               startup_tasks: bool = True, hooks: Iterable[Any] = ()) -> Flask:
     """Build the Flask app: routes of every module plus the task handler at ``/_tasks``."""
     app = Flask(import_name)
     Tasks(app, modules=modules, settings=settings, users=users, environment=environment, registry=registry,
           transport=transport, languages=languages, language_selector=language_selector,
-          admin_mail=admin_mail, startup_tasks=startup_tasks)
+          admin_mail=admin_mail, startup_tasks=startup_tasks, hooks=hooks)
     return app

@@ -11,7 +11,7 @@ runtime: each context sees its own app's settings, queue and store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -64,7 +64,7 @@ class Tasks:
                  transport: Transport | None = None, languages: tuple[str, ...] | None = None,
                  language_selector: LanguageSelector | None = None,
                  admin_mail: Callable[[str, str], None] | None = None,
-                 startup_tasks: bool | None = None) -> TaskRuntime:
+                 startup_tasks: bool | None = None, hooks: Iterable[Any] | None = None) -> TaskRuntime:
         """Add the task module to ``app``; returns the app's runtime.
 
         Nothing here talks to the network: the Datastore and queue clients are built on first
@@ -75,7 +75,8 @@ class Tasks:
             raise RuntimeError(f"{app!r} already has the task module")
         given = {"modules": modules, "settings": settings, "users": users, "environment": environment,
                  "registry": registry, "transport": transport, "languages": languages,
-                 "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks}
+                 "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks,
+                 "hooks": hooks}
         opts = {**self.options, **{k: v for k, v in given.items() if v is not None}}
         settings = _checked(opts.get("settings") or get_settings())
         install_logging(settings)
@@ -87,7 +88,8 @@ class Tasks:
                            "_tasks/admin": modules.get("_tasks/admin", TaskAdmin)})
         runtime = TaskRuntime(settings, registry=opts.get("registry"), modules=tree, users=opts.get("users"),
                               environment=opts.get("environment"), transport=opts.get("transport"),
-                              admin_mail=opts.get("admin_mail"), datastore=_datastore(settings))
+                              admin_mail=opts.get("admin_mail"), datastore=_datastore(settings),
+                              hooks=opts.get("hooks") or ())
         runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up
         app.secret_key = app.secret_key or settings.secret_key
         app.config["LANGUAGES"] = languages

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from core import current, db
-from core.tasks import dispatch, message, telemetry
+from core.tasks import dispatch, hooks, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -87,6 +87,7 @@ def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[st
 
     outcome = Outcome(200, "ok", task_id=envelope.id, kind=envelope.kind, info=info,
                       target=_target_of(envelope))
+    hooks.before_run(runtime, envelope, outcome.target, info)
     if info.retry_count >= RETRY_WARNING_THRESHOLD:
         text = f"task {envelope.id} ({outcome.target}) is on retry {info.retry_count}"
         log.error(text)
@@ -111,6 +112,7 @@ def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[st
 
 
 def _finish(runtime: TaskRuntime, outcome: Outcome) -> Outcome:
+    hooks.after_run(runtime, outcome)
     runtime.notify(outcome)
     return outcome
 

@@ -13,10 +13,11 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core import db
+from core.tasks.hooks import check_hooks
 from core.tasks.registry import TaskRegistry, active_registry
 from core.users import AnonymousUsers, UserProvider
 
@@ -57,7 +58,7 @@ class TaskRuntime:
                  environment: EnvironmentHandler | None = None,
                  transport: Transport | None = None,
                  admin_mail: Callable[[str, str], None] | None = None,
-                 datastore: db.Datastore | None = None) -> None:
+                 datastore: db.Datastore | None = None, hooks: Iterable[Any] = ()) -> None:
         self.settings = settings
         #: The app's own Datastore (project, namespace, emulator of its settings).
         self.datastore = datastore if datastore is not None else db.Datastore.from_settings(settings)
@@ -68,6 +69,10 @@ class TaskRuntime:
         self.admin_mail = admin_mail
         #: Called with every :class:`Outcome` the executor produces (tests, metrics, admin pages).
         self.outcome_listeners: list[Callable[[Outcome], None]] = []
+        #: App-wide task hooks (see :mod:`core.tasks.hooks`), in the order they run before a task.
+        self.hooks: list[Any] = []
+        for hook in hooks:
+            self.add_hook(hook)
         self._transport = transport
         self._verifier: RequestVerifier | None = None
         self._lock = threading.Lock()
@@ -87,6 +92,11 @@ class TaskRuntime:
 
             self._verifier = RequestVerifier(self.settings)
         return self._verifier
+
+    def add_hook(self, hook: Any) -> Any:
+        """Run ``hook`` around every task of this app (after the hooks added before it)."""
+        self.hooks.extend(check_hooks([hook], "add_hook"))
+        return hook
 
     def notify(self, outcome: Outcome) -> None:
         for listener in list(self.outcome_listeners):

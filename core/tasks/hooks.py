@@ -1,0 +1,171 @@
+"""Task hooks (middleware): code that runs around every task, app-wide or for one task.
+
+A hook is any object with some of these methods (:class:`TaskHook` has them all, doing nothing)::
+
+    before_enqueue(task)         a deferred call is made, before its task is sent
+    before_run(task)             a task is about to run (verified and decoded)
+    on_failure(task, error)      the task raised (it will be retried or given up)
+    on_dead_letter(task, outcome)  the task was given up and recorded as a dead letter
+    after_run(task, outcome)     the task's request has its outcome (always, last)
+
+``task`` is a :class:`TaskCall`; ``outcome`` the executor's ``Outcome`` (status, message,
+error, dead letter). App-wide hooks (``runtime.add_hook(...)`` or ``create_app(hooks=[...])``)
+and a task's own (``@callDeferred(hooks=[...])``) both run: app-wide first before the task, the
+task's own first after it (as layers around the task). A hook that raises is logged and skipped:
+the task is still sent, still runs and keeps its outcome.
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.tasks.errors import LockHeld
+
+if TYPE_CHECKING:
+    from core.tasks.executor import Outcome
+    from core.tasks.message import Envelope
+    from core.tasks.runtime import TaskRuntime
+    from core.tasks.security import TaskInfo
+
+log = logging.getLogger(__name__)
+
+HOOK_METHODS = ("before_enqueue", "before_run", "after_run", "on_failure", "on_dead_letter")
+
+
+class TaskHook:
+    """Base class of a hook: override the methods you need."""
+
+    def before_enqueue(self, task: TaskCall) -> None:
+        """A deferred call was made; its task is about to be sent (after the commit, in a transaction)."""
+
+    def before_run(self, task: TaskCall) -> None:
+        """The task is about to run."""
+
+    def after_run(self, task: TaskCall, outcome: Outcome) -> None:
+        """The task's request ended with ``outcome`` (success, failure, dead letter or lock held)."""
+
+    def on_failure(self, task: TaskCall, error: BaseException) -> None:
+        """The task raised ``error``."""
+
+    def on_dead_letter(self, task: TaskCall, outcome: Outcome) -> None:
+        """The task was given up; ``outcome.dead_letter`` is the key of its dead letter."""
+
+
+@dataclasses.dataclass
+class TaskCall:
+    """One task as hooks see it. ``scratch`` is a hook's own space from ``before_run`` to ``after_run``."""
+
+    id: str | None
+    kind: str | None
+    target: str | None
+    queue: str | None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    description: str | None = None
+    #: The dedupe name and schedule of an enqueued call.
+    name: str | None = None
+    eta: datetime.datetime | None = None
+    #: What the queue says about the run (attempts); ``None`` before the task is sent.
+    info: TaskInfo | None = None
+    scratch: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, ... (0 before the task is sent)."""
+        return 0 if self.info is None else self.info.execution_count + 1
+
+
+def check_hooks(hooks: Iterable[Any] | None, what: str) -> tuple[Any, ...]:
+    """Validate ``hooks=`` at decoration: objects with at least one hook method."""
+    if hooks is None:
+        return ()
+    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+        raise TypeError(f"{what}: hooks must be a list of hook objects, got {hooks!r}")
+    found = tuple(hooks)
+    for hook in found:
+        if not any(callable(getattr(hook, method, None)) for method in HOOK_METHODS):
+            raise TypeError(f"{what}: {hook!r} has none of the hook methods {', '.join(HOOK_METHODS)}")
+    return found
+
+
+def _own_hooks(runtime: TaskRuntime, target: str | None) -> Sequence[Any]:
+    found = runtime.registry.deferred.find(target) if target else None
+    return getattr(found, "hooks", ()) or ()
+
+
+def _call(hooks: Iterable[Any], method: str, *args: Any) -> None:
+    for hook in hooks:
+        func = getattr(hook, method, None)
+        if func is None:
+            continue
+        try:
+            func(*args)
+        except Exception:
+            log.exception("task hook %r failed in %s; the task goes on", hook, method)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, (list, tuple)) else ()
+
+
+def call_of(envelope: Envelope, target: str | None, info: TaskInfo | None = None, *,
+            name: str | None = None, eta: datetime.datetime | None = None) -> TaskCall:
+    """The :class:`TaskCall` of an envelope (the deferred call's arguments, tags and description)."""
+    payload = envelope.payload if isinstance(envelope.payload, dict) else {}
+    args, kwargs = payload.get("args"), payload.get("kwargs")
+    description = payload.get("description")
+    return TaskCall(id=envelope.id, kind=envelope.kind, target=target, queue=envelope.queue,
+                    args=tuple(args) if isinstance(args, list) else (),
+                    kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
+                    tags=_strings(payload.get("tags")),
+                    description=description if isinstance(description, str) else None,
+                    name=name, eta=eta, info=info)
+
+
+def before_enqueue(runtime: TaskRuntime, own: Sequence[Any], envelope: Envelope, target: str, *,
+                   name: str | None, eta: datetime.datetime | None) -> None:
+    """Run ``before_enqueue`` of the app's hooks, then the task's own."""
+    if not runtime.hooks and not own:
+        return
+    task = call_of(envelope, target, name=name, eta=eta)
+    _call([*runtime.hooks, *own], "before_enqueue", task)
+
+
+_running: contextvars.ContextVar[TaskCall | None] = contextvars.ContextVar("core_task_hook_call", default=None)
+
+
+def before_run(runtime: TaskRuntime, envelope: Envelope, target: str | None, info: TaskInfo) -> None:
+    """Run ``before_run`` hooks and remember the task for :func:`after_run` of this request."""
+    own = _own_hooks(runtime, target)
+    if not runtime.hooks and not own:
+        _running.set(None)
+        return
+    task = call_of(envelope, target, info)
+    _running.set(task)
+    _call([*runtime.hooks, *own], "before_run", task)
+
+
+def after_run(runtime: TaskRuntime, outcome: Outcome) -> None:
+    """Run the outcome hooks of one request: ``on_failure``, ``on_dead_letter``, ``after_run``.
+
+    A request refused before it became a task (unverifiable) runs none; a dead letter of a body
+    that could not be decoded runs the app's ``on_dead_letter`` with what is known.
+    """
+    task = _running.get()
+    _running.set(None)
+    if task is None or task.id != outcome.task_id:
+        if outcome.dead_letter is None or not runtime.hooks:
+            return
+        task = TaskCall(id=outcome.task_id, kind=outcome.kind, target=outcome.target,
+                        queue=outcome.info.queue if outcome.info else None, info=outcome.info)
+    hooks = [*reversed(_own_hooks(runtime, task.target)), *reversed(runtime.hooks)]
+    if outcome.error is not None and not isinstance(outcome.error, LockHeld):
+        _call(hooks, "on_failure", task, outcome.error)
+    if outcome.dead_letter is not None:
+        _call(hooks, "on_dead_letter", task, outcome)
+    _call(hooks, "after_run", task, outcome)
