@@ -45,6 +45,25 @@ def _runtime(environ: Mapping[str, str]) -> str:
     return "local"
 
 
+PRIORITIES = ("high", "normal", "low")
+DEFAULT_PRIORITY_QUEUES: tuple[tuple[str, str | None], ...] = (("high", "high"), ("normal", None), ("low", "low"))
+
+
+def parse_priority_queues(text: str) -> tuple[tuple[str, str | None], ...]:
+    """``"high=urgent,low=bulk"`` -> the priority mapping; priorities left out keep their default.
+
+    An empty queue (``normal=``) means the default queue.
+    """
+    mapping = dict(DEFAULT_PRIORITY_QUEUES)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        priority, sep, queue = (s.strip() for s in part.partition("="))
+        if not sep or priority not in PRIORITIES:
+            raise ValueError(f"TASKS_PRIORITY_QUEUES: expected entries like 'high=urgent' for the priorities "
+                             f"{', '.join(PRIORITIES)}, got {part!r}")
+        mapping[priority] = queue or None
+    return tuple(mapping.items())
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The project's configuration. Build with :meth:`from_env`; override with :meth:`replace`."""
@@ -78,6 +97,10 @@ class Settings:
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0
+    #: Lease of a task's lock: renewed while the task runs, expires this long after its holder died.
+    tasks_lock_lease_seconds: float = 60.0
+    #: ``priority=`` of a deferred function -> queue (``None``: the default queue).
+    tasks_priority_queues: tuple[tuple[str, str | None], ...] = DEFAULT_PRIORITY_QUEUES
     queue_yaml: Path = dataclasses.field(default_factory=lambda: default_queue_yaml(project_root()))
     cron_yaml: Path = dataclasses.field(default_factory=lambda: project_root() / "cron.yaml")
     local_data_dir: Path = dataclasses.field(default_factory=lambda: project_root() / ".local-data")
@@ -118,6 +141,8 @@ class Settings:
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
+            tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
+            tasks_priority_queues=parse_priority_queues(env.get("TASKS_PRIORITY_QUEUES", "")),
             queue_yaml=Path(env.get("QUEUE_YAML") or default_queue_yaml(root)).absolute(),
             cron_yaml=Path(env.get("CRON_YAML") or root / "cron.yaml").absolute(),
             local_data_dir=data_dir,

@@ -10,18 +10,25 @@ module tree; a method runs on the live instance mounted at the same path, never 
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the value. The call returns a :class:`TaskHandle`.
+
+Options of the decorator: ``queue=`` or ``priority=`` (a queue through the priority mapping),
+``tags=`` and ``description=`` (carried in the task's payload), ``hooks=`` (this task's own
+hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from core import current
 from core.tasks import dispatch, message, telemetry
 from core.tasks.errors import ConfigurationError, DeferredArgumentError
+from core.tasks.hooks import before_enqueue, check_hooks
+from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
+from core.tasks.priority import check_priority, check_tags, queue_for
 from core.tasks.registry import active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, TaskRequest
@@ -55,12 +62,18 @@ class DeferredTarget:
     owner: type | None = None
     #: ``retry_n_times`` / ``noRetry``: executions allowed before the task is given up.
     max_executions: int | None = None
+    #: The task's own hooks, run after the app's before it and before them after it.
+    hooks: tuple[Any, ...] = ()
+    lock: LockSpec | None = None
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    description: str | None = None
 
 
 class DeferredFunction:
     """The object ``@callDeferred`` returns; a descriptor so that methods bind like methods."""
 
-    def __init__(self, func: Any, *, queue: str | None = None) -> None:
+    def __init__(self, func: Any, *, queue: str | None = None, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -72,6 +85,7 @@ class DeferredFunction:
             raise TypeError(f"@callDeferred needs a function, got {func!r}")
         self.target = DeferredTarget(qualified_name(func), func, kind, queue,
                                      max_executions=getattr(func, "_max_executions", None))
+        _configure(self.target, **options)
         active_registry().deferred.add(self.target.name, self.target)
         functools.update_wrapper(self, func)
 
@@ -96,17 +110,41 @@ class DeferredFunction:
             if bound is None:
                 return self.target.func(*args, **kwargs)
             return self.target.func(bound, *args, **kwargs)
+        if self.target.lock is not None:  # a template the arguments cannot fill fails here, not in the task
+            lock_name(self.target.lock, self.target.func, self.target.name,
+                      args if bound is None else (bound, *args), kwargs)
         return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
 
     def __repr__(self) -> str:
         return f"<deferred {self.target.name}>"
 
 
-def callDeferred(func: Any = None, *, queue: str | None = None) -> Any:  # noqa: N802 - ViUR's name
-    """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``)."""
+def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | None = None,  # noqa: N802
+                 tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
+                 lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None) -> Any:
+    """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
+
+    ViUR's name. A bad option raises here, at decoration, naming the function.
+    """
+    options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
+               "lock_lease": lock_lease}
     if func is None:
-        return lambda f: DeferredFunction(f, queue=queue)
-    return DeferredFunction(func, queue=queue)
+        return lambda f: DeferredFunction(f, queue=queue, **options)
+    return DeferredFunction(func, queue=queue, **options)
+
+
+def _configure(target: DeferredTarget, *, priority: str | None, tags: Iterable[str], description: str | None,
+               hooks: Iterable[Any] | None, lock: str | bool | None,
+               lock_lease: float | datetime.timedelta | None) -> None:
+    what = f"@callDeferred on {target.name}"
+    if priority is not None and target.queue is not None:
+        raise ConfigurationError(f"{what}: give queue= or priority=, not both")
+    target.priority = check_priority(priority, what)
+    target.tags, target.description = check_tags(tags, description, what)
+    target.hooks = check_hooks(hooks, what)
+    target.lock = lock_spec(lock, target.func, target.name, lock_lease=lock_lease)
+    if target.lock is not None:
+        target.func = locked(target.func, target.lock, target.name)
 
 
 CallDeferred = callDeferred
@@ -198,9 +236,13 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
             raise DeferredArgumentError(
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
-    queue = _queue or target.queue or runtime.settings.tasks_default_queue
+    queue = _queue or target.queue or queue_for(runtime, target.priority, target.name)
     eta = _schedule(_countdown, _eta)
-    call = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
+    call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
+    if target.tags:
+        call["tags"] = list(target.tags)
+    if target.description is not None:
+        call["description"] = target.description
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
                                 env=capture_environment(runtime, target.name, queue))
     try:
@@ -208,5 +250,6 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                                 target_version=_target_version or None)
     except TypeError as exc:
         raise DeferredArgumentError(f"cannot defer {target.name}: {exc}") from None
+    before_enqueue(runtime, target.hooks, envelope, target.name, name=_name, eta=eta)
     dispatch.send(runtime, request)
     return TaskHandle(envelope.id, queue, _name, eta)

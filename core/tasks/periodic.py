@@ -28,9 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import dispatch
+from core.tasks import dispatch, locks
 from core.tasks.deferred import DeferredTarget, defer
-from core.tasks.errors import ConfigurationError, NotFound, PermanentTaskFailure, RequestError, TaskNotFound
+from core.tasks.errors import (
+    ConfigurationError,
+    LockHeld,
+    NotFound,
+    PermanentTaskFailure,
+    RequestError,
+    TaskNotFound,
+)
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import (
@@ -50,8 +57,9 @@ log = logging.getLogger(__name__)
 
 STATE_KIND = "_tasks_periodic_state"
 DEFAULT_CRON = "default"
-#: A pending run with no sign of life (claim or attempt) for this long is taken as lost (the queue
-#: gave up on it) and claimed again; the lost one, should it still arrive, finds itself superseded.
+#: A pending run with no sign of life (claim, attempt or heartbeat) for this long is taken as lost
+#: (the queue gave up on it) and claimed again; the lost one, should it still arrive, finds itself
+#: superseded. A run that is running renews its claim a few times per this period.
 STALE_PENDING = datetime.timedelta(hours=2)
 CRON_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _ERROR_TEXT_LIMIT = 1500
@@ -76,6 +84,8 @@ class PeriodicSpec:
     attr: str
     owner: type | None = None
     queue: str | None = None
+    #: Hold a lock while running (a singleton across instances and overlapping claims).
+    lock: bool = False
 
 
 class PeriodicFunction:
@@ -117,7 +127,8 @@ def check_no_arguments(func: Callable[..., Any], is_method: bool, what: str) -> 
 
 
 def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | None, cron_name: str,
-             at: datetime.time | None, crontab: Crontab | None, queue: str | None) -> PeriodicFunction:
+             at: datetime.time | None, crontab: Crontab | None, queue: str | None,
+             lock: bool = False) -> PeriodicFunction:
     if isinstance(func, (staticmethod, classmethod)) or not callable(func):
         raise TypeError(f"@PeriodicTask needs a function or a module method, got {func!r}")
     if func.__name__.startswith("_"):
@@ -130,7 +141,10 @@ def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | No
     schedule = build_schedule(interval, at, crontab)
     is_method = "." in func.__qualname__
     check_no_arguments(func, is_method, "periodic task")
-    spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue)
+    if not isinstance(lock, bool):
+        raise ConfigurationError(f"periodic task {func.__qualname__}: lock must be True or False, got {lock!r}")
+    spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
+                        lock=lock)
     wrapper = PeriodicFunction(func, spec)
     active_registry().periodic.add(spec.name, spec)
     return wrapper
@@ -138,7 +152,7 @@ def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | No
 
 def PeriodicTask(interval: Any = None, cronName: str = DEFAULT_CRON, *,  # noqa: N802,N803 - ViUR's names
                  at: datetime.time | None = None, crontab: Crontab | None = None,
-                 queue: str | None = None) -> Any:
+                 queue: str | None = None, lock: bool = False) -> Any:
     """Decorator: run a function, or a method on every mounted instance of its module, periodically.
 
     ``interval`` is a lower bound between runs: a :class:`datetime.timedelta` or a number of
@@ -146,17 +160,19 @@ def PeriodicTask(interval: Any = None, cronName: str = DEFAULT_CRON, *,  # noqa:
     interval give ``at=datetime.time(3, 0)`` (daily, in ``settings.tasks_timezone`` unless the time
     has its own ``tzinfo``) or ``crontab=Crontab(...)``. ``cronName`` is the group pinged at
     ``/_tasks/cron/<cronName>``; ``queue`` the queue the runs go to (default queue otherwise).
+    ``lock=True`` holds a lock per task and instance while it runs: a run that finds it held is
+    retried later by the queue, never run alongside.
     A bad specification raises :class:`InvalidScheduleSpecification` here, at decoration.
     """
     if callable(interval) and not isinstance(interval, datetime.timedelta):
-        return _declare(interval, None, cronName, at, crontab, queue)  # bare @PeriodicTask
-    return lambda func: _declare(func, interval, cronName, at, crontab, queue)
+        return _declare(interval, None, cronName, at, crontab, queue, lock)  # bare @PeriodicTask
+    return lambda func: _declare(func, interval, cronName, at, crontab, queue, lock)
 
 
 def periodic_task(interval: Any = None, cron_name: str = DEFAULT_CRON, *, at: datetime.time | None = None,
-                  crontab: Crontab | None = None, queue: str | None = None) -> Any:
+                  crontab: Crontab | None = None, queue: str | None = None, lock: bool = False) -> Any:
     """snake_case spelling of :func:`PeriodicTask`."""
-    return PeriodicTask(interval, cron_name, at=at, crontab=crontab, queue=queue)
+    return PeriodicTask(interval, cron_name, at=at, crontab=crontab, queue=queue, lock=lock)
 
 
 def spec_of(task: Any, registry: TaskRegistry | None = None) -> PeriodicSpec | None:
@@ -289,7 +305,8 @@ def _assess(binding: PeriodicBinding, state: db.Entity, now: datetime.datetime,
             tz: datetime.tzinfo) -> tuple[str, datetime.datetime | None]:
     """``("pending", None)``, ``("due", slot)`` or ``("not due", None)`` for a task's state."""
     if state.get("pending_generation") is not None:
-        signs = [t for t in (state.get("pending_since"), state.get("last_attempt")) if t is not None]
+        signs = [t for t in (state.get("pending_since"), state.get("last_attempt"), state.get("alive_at"))
+                 if t is not None]
         if signs and now - max(signs) < STALE_PENDING:
             return "pending", None
         log.warning("periodic task %s: the pending run %s looks lost; claiming a new one",
@@ -462,7 +479,11 @@ def run_periodic(task: str, instance: str | None, slot: datetime.datetime, gener
         log.info("periodic task %s: run %d was superseded or already done; skipping", binding.state_id, generation)
         return
     try:
-        binding.call()
+        with locks.periodic_run(runtime, binding.state_id, key, generation, lock=binding.spec.lock,
+                                stale_after=STALE_PENDING):
+            binding.call()
+    except LockHeld:
+        raise
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_LIMIT]
         try:
@@ -476,6 +497,7 @@ def run_periodic(task: str, instance: str | None, slot: datetime.datetime, gener
 
 
 RUN_TARGET = DeferredTarget(qualified_name(run_periodic), run_periodic, "function")
+
 
 
 # --- built in ----------------------------------------------------------------------------------------
