@@ -154,7 +154,7 @@ def after_run(runtime: TaskRuntime, outcome: Outcome) -> None:
     """Run the outcome hooks of one request: ``on_failure``, ``on_dead_letter``, ``after_run``.
 
     A request refused before it became a task (unverifiable) runs none; a dead letter of a body
-    that could not be decoded runs the app's ``on_dead_letter`` with what is known.
+    that could not be decoded runs the app's hooks with what is known (no target, no arguments).
     """
     task = _running.get()
     _running.set(None)
