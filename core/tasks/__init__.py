@@ -36,11 +36,13 @@ _EXPORTS: dict[str, str] = {
     "TaskRuntime": "core.tasks.runtime", "get_runtime": "core.tasks.runtime",
     # the Flask extension (``Tasks(app)``), re-exported so plain Flask apps need one import
     "Tasks": "core.extension",
+    # hooks
+    "TaskHook": "core.tasks.hooks", "TaskCall": "core.tasks.hooks",
     # errors
     **{name: "core.tasks.errors" for name in (
         "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
         "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
-        "InvalidScheduleSpecification")},
+        "InvalidScheduleSpecification", "LockHeld")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
         EnqueueError,
         Forbidden,
         InvalidScheduleSpecification,
+        LockHeld,
         NotFound,
         PayloadError,
         PermanentTaskFailure,
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
         TaskNotFound,
     )
     from core.tasks.handler import TaskHandler
+    from core.tasks.hooks import TaskCall, TaskHook
     from core.tasks.periodic import (
         PeriodicTask,
         find_bound_task,
