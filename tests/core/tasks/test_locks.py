@@ -157,3 +157,14 @@ def test_a_locked_periodic_run_is_retried_while_another_holds_its_lock(app, task
     assert outcome.status == 200 and RUNS == [("periodic",)]
     assert db.get(db.key(STATE_KIND, name))["pending_generation"] is None
     assert current_holder(f"periodic:{name}") is None
+
+
+def test_running_now_with_call_deferred_false_takes_the_same_lock(app, task_queue):
+    key = db.key("invoice", 5)
+    other = Lease(f"invoice-{key}", MINUTE)
+    assert other.acquire()
+    with pytest.raises(LockHeld, match=f"lock 'invoice-{key}' is held by another run"):
+        recompute(key, _call_deferred=False)
+    other.release()
+    recompute(key, "2026-11", _call_deferred=False)
+    assert RUNS == [("recompute", 5, "2026-11", True)] and task_queue.pending == []
