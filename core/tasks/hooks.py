@@ -40,7 +40,7 @@ class TaskHook:
     """Base class of a hook: override the methods you need."""
 
     def before_enqueue(self, task: TaskCall) -> None:
-        """A deferred call was made; its task is about to be sent (after the commit, in a transaction)."""
+        """A deferred call was made; its task is about to be sent (inside a transaction: if it commits)."""
 
     def before_run(self, task: TaskCall) -> None:
         """The task is about to run."""
