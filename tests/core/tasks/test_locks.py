@@ -65,7 +65,7 @@ def test_a_locked_task_waits_for_the_lock_and_runs_when_it_is_free(app, task_que
     assert other.acquire()
     recompute(key)
     task = task_queue.pending[0]
-    (outcome,) = task_queue.run_pending(raise_errors=False)
+    (outcome,) = task_queue.run_pending(raise_errors=False, max_attempts=1)
     assert outcome.status == 409 and isinstance(outcome.error, LockHeld)
     assert "is held by another run" in outcome.message
     assert RUNS == [] and db.Query(DEAD_LETTER_KIND).run() == [], "not run, not a dead letter"
@@ -83,7 +83,7 @@ def test_the_lock_is_per_argument_value_and_the_handler_answers_409(app, client,
     recompute(db.key("invoice", 1))
     recompute(db.key("invoice", 2))
     held = task_queue.pending[0]
-    outcomes = task_queue.run_pending(raise_errors=False)
+    outcomes = task_queue.run_pending(raise_errors=False, max_attempts=1)
     assert [o.status for o in outcomes] == [409, 200]
     assert RUNS == [("recompute", 2, "2026-10", True)]
     response = client.post(held.request.path, data=held.request.body, headers=task_queue.transport._headers(held))
@@ -92,7 +92,7 @@ def test_the_lock_is_per_argument_value_and_the_handler_answers_409(app, client,
 
 def test_a_failing_locked_task_releases_its_lock(app, task_queue):
     singleton()
-    (outcome,) = task_queue.run_pending(raise_errors=False)
+    (outcome,) = task_queue.run_pending(raise_errors=False, max_attempts=1)
     assert outcome.status == 500 and RUNS == [("singleton", True)]
     assert current_holder("tests.core.tasks.test_locks.singleton") is None
 
@@ -101,7 +101,7 @@ def test_templates_use_defaults_and_item_access(app, task_queue):
     with_default(db.key("invoice", 3))
     export({"region": "eu"})
     Lease("export-eu", MINUTE).acquire()
-    outcomes = task_queue.run_pending(raise_errors=False)
+    outcomes = task_queue.run_pending(raise_errors=False, max_attempts=1)
     assert [o.status for o in outcomes] == [200, 409]
     assert RUNS == [("with_default", "2026-10")]
 
@@ -146,7 +146,7 @@ def test_a_locked_periodic_run_is_retried_while_another_holds_its_lock(app, task
     assert holder.acquire()
     assert run_cron(runtime, "t-locked").enqueued == [name]
     task = task_queue.pending[0]
-    (outcome,) = task_queue.run_pending(raise_errors=False)
+    (outcome,) = task_queue.run_pending(raise_errors=False, max_attempts=1)
     assert outcome.status == 409 and RUNS == []
     state = db.get(db.key(STATE_KIND, name))
     assert state["pending_generation"] is not None and not state.get("failures"), "still pending, no failure"

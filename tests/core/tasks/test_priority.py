@@ -1,10 +1,12 @@
 """Priorities map deferred functions to queues; tags and descriptions travel in the payload."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core import json as tagged_json
-from core.config import DEFAULT_PRIORITY_QUEUES, PROJECT_ROOT, Settings, parse_priority_queues
+from core.config import DEFAULT_PRIORITY_QUEUES, Settings, parse_priority_queues
 from core.tasks import callDeferred
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import load_queue_config
@@ -52,7 +54,7 @@ def test_priorities_go_to_their_queues_and_run(app, task_queue):
 
 
 def test_the_example_queue_yaml_defines_the_default_priority_queues():
-    queues = load_queue_config(PROJECT_ROOT / "deploy" / "queue.yaml")
+    queues = load_queue_config(Path(__file__).resolve().parents[3] / "deploy" / "queue.yaml")
     for priority, queue in DEFAULT_PRIORITY_QUEUES:
         assert (queue or "default") in queues, priority
         assert queues[queue or "default"].retry.task_retry_limit is not None or queue is None
