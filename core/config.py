@@ -108,6 +108,8 @@ class Settings:
     local_app_url: str = "http://127.0.0.1:8080"
     port: int = 8080
     secret_key: str = ""
+    #: The app's home page, linked from the header of the task pages.
+    tasks_home_url: str = "/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +151,7 @@ class Settings:
             local_app_url=env.get("LOCAL_APP_URL", f"http://127.0.0.1:{port}"),
             port=port,
             secret_key=env.get("SECRET_KEY", ""),
+            tasks_home_url=env.get("TASKS_HOME_URL") or "/",
         )
 
     @property

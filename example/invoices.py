@@ -31,16 +31,6 @@ class Invoices(Module):
         db.put(entity)
 
 
-class Index(Module):
-    @exposed
-    def index(self) -> str:
-        user = current.user.get()
-        who = f"signed in as {user.key.name}" if user is not None else "not signed in"
-        return (f"<!doctype html><title>Example</title><h1>Deferred tasks example</h1><p>{who}</p>"
-                "<ul><li><a href=/user/login>Sign in</a></li><li><a href=/_tasks/list>Tasks you may run</a></li>"
-                "<li><a href=/_tasks/admin>Task dashboard</a> (admins)</li></ul>")
-
-
 @callDeferred
 def noop(*args: Any, **kwargs: Any) -> None:
     """Does nothing: used by the benchmark to measure the task machinery alone."""

@@ -5,6 +5,7 @@ each also as JSON with ``?format=json`` or ``Accept: application/json``:
 
 - ``/_tasks/admin``: overview (counts and the newest entries of each page);
 - ``/_tasks/admin/periodic``: periodic tasks, their schedule, last success, next due, last error;
+  ``POST .../periodic/run`` (form field ``task``) queues one now;
 - ``/_tasks/admin/queryiters``: query iterator runs with live progress (the page reloads itself
   while a run is running); ``POST .../queryiters/<run>/stop`` and ``.../resume``;
 - ``/_tasks/admin/failed``: failed tasks (dead letters) with ``POST .../failed/<id>/retry`` and
@@ -29,7 +30,7 @@ from core.admin.render import error_response, guarded, require_admin, respond, w
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch
+from core.tasks import dispatch, periodic_now
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.runtime import TaskRuntime
@@ -60,13 +61,19 @@ class TaskAdmin(Module):
         return respond("dashboard.html", data, refresh=REFRESH_SECONDS if active else None, base=self._base(),
                        title="Task dashboard")
 
-    @exposed(methods=("GET",))
+    @exposed(methods=("GET", "POST"))
     @guarded
-    def periodic(self, *args: Any, **kwargs: Any) -> Response:
-        """Periodic tasks and their schedule state."""
+    def periodic(self, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """Periodic tasks and their schedule state (GET); run one now (POST ``run``, form field ``task``)."""
         runtime = require_admin()
+        if request.method == "POST":
+            return self._periodic_action(runtime, action)
+        if action is not None:
+            raise NotFound("no such page")
         tasks = periodic_tasks(runtime)
+        pending = any(task.get("pending") for task in tasks or [])
         return respond("periodic.html", {"periodic": tasks or [], "available": tasks is not None},
+                       refresh=REFRESH_SECONDS if pending else None, action_form=forms.ActionForm(),
                        base=self._base(), title="Periodic tasks")
 
     @exposed(methods=("GET", "POST"))
@@ -142,6 +149,18 @@ class TaskAdmin(Module):
             changed = queryiter.resume_run(run_id, runtime=runtime)
             message = f"Run {run_id} resumed." if changed else f"Run {run_id} was neither stopped nor failed."
         return self._done("queryiters", message, changed=changed)
+
+    def _periodic_action(self, runtime: TaskRuntime, action: str | None) -> Response:
+        if action != "run":
+            raise NotFound("no such action")
+        refused = self._checked_action()
+        if refused is not None:
+            return refused
+        name = request.form.get("task", "")
+        outcome = periodic_now.run_now(runtime, name)
+        message = (f"{name} queued to run now." if outcome == periodic_now.ENQUEUED
+                   else f"{name} is queued or running already.")
+        return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
 
     def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
         if letter_id is None or action not in ("retry", "discard"):

@@ -537,7 +537,8 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
     ``schedule``, ``next_due``, ``pending`` and the recorded ``last_success`` (slot of the last
     successful run), ``last_run_started``, ``last_run_finished``, ``last_error``,
     ``last_error_at``, ``pending_since``, ``pending_task``, ``runs``, ``failures``,
-    ``last_outcome``; ``registered`` is False for states of tasks no longer declared.
+    ``last_outcome``; ``every_ping`` for tasks that run on every ping; ``registered`` is False
+    for states of tasks no longer declared.
     """
     install_builtins(runtime.registry)
     now = now or now_utc()
@@ -554,6 +555,7 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
                 "schedule": describe(schedule, tz if isinstance(schedule, CalendarSchedule) else None),
                 "next_due": next_due(schedule, _baseline(schedule, state), now, tz),
                 "pending": state.get("pending_generation") is not None, "registered": True,
+                "every_ping": isinstance(schedule, IntervalSchedule) and not schedule.every,
             }
             row.update({field: state.get(field) for field in _OVERVIEW_FIELDS})
             rows.append(row)

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from core import db
 from core import json as tagged_json
-from core.tasks import dispatch, executor, lease, message
+from core.tasks import dispatch, executor, lease, message, started
 from core.tasks.deferred import build_request, capture_environment
 from core.tasks.errors import (
     ConfigurationError,
@@ -325,6 +325,7 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
 
     db.run_in_transaction(create)
     log.info("started query run %s of %s over %r", run_id, cls.iter_id, query)
+    started.note("queryiter", run_id, cls.__name__)
     return run_id
 
 

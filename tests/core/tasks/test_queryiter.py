@@ -701,6 +701,7 @@ def test_example_reindex_module(make_app):
     from example.reindex import REPORT_KIND
     from example.users import create_user
     from tests.conftest import TaskQueue
+    from tests.example.test_users import sign_in
 
     app = make_app(MODULES, users=SessionUsers(), languages=("en", "de"))
     queue = TaskQueue(app)
@@ -711,9 +712,9 @@ def test_example_reindex_module(make_app):
     create_user("root", "pw-123456", admin=True)
     create_user("bob", "pw-123456")
     client = app.test_client()
-    client.post("/user/login", data={"name": "bob", "password": "pw-123456"})
+    sign_in(client, "bob", "pw-123456")
     assert client.post("/reindex/start", data={"year": "2026"}).status_code == 403
-    client.post("/user/login", data={"name": "root", "password": "pw-123456"})
+    sign_in(client, "root", "pw-123456")
     started = client.post("/reindex/start", data={"year": "2026"}, headers={"Accept-Language": "de"}).get_json()
     queue.run_pending()
     assert client.get(f"/reindex/status/{started['run']}").get_json()["status"] == FINISHED
