@@ -110,13 +110,13 @@ def page_context() -> dict[str, Any]:
     """What ``base.html`` needs: who is signed in, where to sign in and out, the app's home."""
     return {"user": current.user.get(), "user_id": user_id(), "is_admin": is_admin(),
             "dashboard": dashboard_path(), "login_url": login_url(), "logout_url": logout_url(),
-            "home_url": get_runtime().settings.tasks_home_url, "csrf_token": generate_csrf, "request": request}
+            "home_url": get_runtime().settings.tasks_home_url, "page_csrf_token": generate_csrf, "request": request}
 
 
 def render(template: str, http_status: int = 200, /, *, search_path: tuple[Path, ...] = (),
            **context: Any) -> Response:
     """An HTML page from this package's templates (or ``search_path``'s), with the page chrome filled in."""
-    html = _environment(search_path).get_template(template).render(**page_context(), **context)
+    html = _environment(search_path).get_template(template).render({**page_context(), **context})
     return Response(html, status=http_status, mimetype="text/html")
 
 
