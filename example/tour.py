@@ -168,5 +168,6 @@ class Tour(Module):
         settled = step.get("status") == RAN
         titles = {"defer": "A deferred call", "countdown": "A deferred call with a countdown",
                   "fail": "A task that fails"}
-        return page("tour_watch.html", title=titles.get(step.get("kind"), "Tour step"), step=step,
+        # A plain dict: on an entity, Jinja's ``step.kind`` would be the key's kind, not the property.
+        return page("tour_watch.html", title=titles.get(step.get("kind"), "Tour step"), step=dict(step),
                     refresh=None if settled else WATCH_REFRESH, now=_now())

@@ -124,7 +124,8 @@ def test_a_run_that_starts_a_query_iterator_is_done_links_to_it_and_follows_it(a
     html = ann.get(run_page).get_data(as_text=True)
     assert 'class="badge done"' in html and "it started the work above" in html
     assert f'<a href="/_tasks/admin/queryiters#run-{work["id"]}">Walker run</a>' in html
-    assert 'class="badge running"' in html and 'http-equiv="refresh"' in html  # watched while it runs
+    assert 'class="badge running"' in html  # watched while it runs; reloads by URL, not by #fragment (a no-op)
+    assert f'http-equiv="refresh" content="1; url={run_page}"' in html
     assert f'id="run-{work["id"]}"' in ann.get("/_tasks/admin/queryiters").get_data(as_text=True)
 
     queue.run_pending()
