@@ -181,6 +181,21 @@ def test_a_new_user_walks_the_tour(live_stack, page):
     page.goto(url + target)
     expect(page.locator(f"#run-{target.rsplit('#run-', 1)[1]}")).to_contain_text("InvoiceTaxes")
 
+    # The pages the tour did not land on read as well.
+    for path, name, heading in (("/_tasks/admin", "13-dashboard", "Task dashboard"),
+                                ("/_tasks/admin/runs", "14-runs", "Callable task runs"),
+                                ("/_tasks/execute/generate_invoices", "15-form", "Generate demo invoices"),
+                                ("/_tasks/execute/nope", "16-not-found", "Not found")):
+        page.goto(url + path)
+        expect(page.locator("main h1")).to_have_text(heading)
+        expect(page.locator("head meta[http-equiv=refresh]")).to_have_count(0)
+        look(page, name)
+    page.goto(url + "/_tasks/execute/generate_invoices")
+    page.fill("input[name=count]", "0")
+    page.locator("main button", has_text="Run task").click()
+    expect(page.locator(".field.invalid .errors")).to_have_text("Number must be between 1 and 500.")
+    look(page, "17-form-range-message")
+
     # Sign out from the header (a POST with the CSRF token), back on the home page.
     home(page, url)
     page.locator("nav form.signout button").click()
