@@ -147,7 +147,9 @@ class LocalStack:
     def start_gunicorn(self, timeout: float = 60) -> None:
         args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                 "--worker-class", self.worker_class, "--threads", str(self.threads),
-                "--graceful-timeout", "5", "--timeout", "120", self.app_module]
+                "--graceful-timeout", "5", "--timeout", "120",
+                # Its default path is one per user: parallel stacks would share (and steal) it.
+                "--no-control-socket", self.app_module]
         with self._log("gunicorn") as out:
             self.gunicorn = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                              stderr=subprocess.STDOUT, start_new_session=True)
