@@ -85,7 +85,7 @@ class UserModule(Module):
             if not csrf_ok():
                 return _login_page(target, "The form expired or did not come from this site. Please sign in again.",
                                    400)
-            user = db.get(db.key(USER_KIND, name)) if name else None
+            user = db.get(db.key(USER_KIND, name)) if _possible_name(name) else None
             if user is not None and check_password_hash(user["password_hash"], password):
                 session.clear()
                 session["user"] = name
@@ -122,6 +122,11 @@ def safe_next(target: str) -> str:
     if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
         return "/"
     return path
+
+
+def _possible_name(name: str) -> bool:
+    """Whether ``name`` can be a user's key name (Datastore: at most 1,500 bytes, no ``__x__``)."""
+    return 0 < len(name.encode("utf-8", "surrogatepass")) <= 500 and not (name.startswith("__") and name.endswith("__"))
 
 
 def _login_page(next_path: str, error: str = "", http_status: int = 200) -> Any:

@@ -132,3 +132,15 @@ def test_the_home_link_follows_the_setting(make_app, settings):
     client = app.test_client()
     sign_in(client, "ada", "pw-ada-123")
     assert '<a class="brand home" href="/app/">Home</a>' in client.get("/_tasks/list").get_data(as_text=True)
+
+
+def test_a_name_too_long_for_a_datastore_key_is_a_wrong_name(client):
+    response = sign_in(client, "n" * 1600, "x")
+    assert response.status_code == 401
+
+
+def test_a_next_with_a_newline_never_reaches_a_header(client):
+    response = sign_in(client, "ada", "pw-ada-123", next="/x\r\nSet-Cookie: a=b")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+    assert not any("a=b" in cookie for cookie in response.headers.getlist("Set-Cookie"))
