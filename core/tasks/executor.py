@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from core import current, db
-from core.tasks import dispatch, hooks, message, telemetry
+from core.tasks import arguments, dispatch, hooks, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -209,6 +209,7 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         if target.owner is None:
             raise TaskNotFound(f"{target.name} has no class")
         bound = (target.owner,)
+    arguments.check_call(target.func, target.name, bound, args, kwargs)
     try:
         target.func(*bound, *args, **kwargs)
     except PermanentTaskFailure:
