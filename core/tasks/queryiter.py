@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -81,6 +82,7 @@ MAX_RECORD_DATA_BYTES = 900_000
 #: Error texts kept on the run record are cut to this length.
 MAX_ERROR_CHARS = 4_000
 _UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
 
 
 # --- classes ----------------------------------------------------------------------------------
@@ -696,7 +698,7 @@ def _parse_step(payload: Any) -> tuple[str, str, int, int]:
         generation, step = payload["gen"], payload["step"]
     except (KeyError, TypeError):
         raise PayloadError("malformed query iterator step") from None
-    if not (isinstance(run_id, str) and run_id and isinstance(iter_id, str)
+    if not (isinstance(run_id, str) and _RUN_ID_RE.fullmatch(run_id) and isinstance(iter_id, str)
             and type(generation) is int and type(step) is int):
         raise PayloadError("malformed query iterator step")
     return run_id, iter_id, generation, step
@@ -709,6 +711,9 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
     record = db.get(key)
     if record is None:
         raise PermanentTaskFailure(f"query run {run_id} does not exist")
+    # The run record decides the class: a step only says which run it belongs to.
+    if record.get("class") != iter_id:
+        raise PayloadError(f"a step of query run {run_id} names {iter_id!r}, its run is of {record.get('class')!r}")
     cls = runtime.registry.query_iters.find(iter_id)
     if not (isinstance(cls, type) and issubclass(cls, QueryIter)):
         error = f"no query iterator is registered as {iter_id!r}"
