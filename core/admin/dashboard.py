@@ -26,7 +26,7 @@ from flask import Response, flash, jsonify, redirect, request
 from core import db
 from core import json as tagged_json
 from core.admin import forms
-from core.admin.render import error_response, guarded, require_admin, respond, wants_json
+from core.admin.render import error_response, guarded, require_admin, respond, safe_repr, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
 from core.tasks import callable as callable_tasks
@@ -226,21 +226,26 @@ def describe_dead_letter(entity: db.Entity) -> dict[str, Any]:
 
 
 def payload_summary(body: bytes) -> str:
-    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it."""
+    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it.
+
+    Any stored value renders (a dead letter is often what could not be handled elsewhere).
+    """
     try:
         data = tagged_json.loads(body)
     except Exception:
         return _shorten(body.decode("utf-8", "replace") or "(empty)")
     if not isinstance(data, dict):
-        return _shorten(repr(data))
+        return _shorten(safe_repr(data))
     if "ref" in data:
-        return f"{data.get('kind')} task with a payload stored in Datastore ({len(body)} bytes referenced)"
+        return f"{safe_repr(data.get('kind'))} task with a payload stored in Datastore ({len(body)} bytes referenced)"
     payload = data.get("payload")
-    if isinstance(payload, dict) and "target" in payload:
-        args = [repr(a) for a in payload.get("args") or []]
-        args += [f"{k}={v!r}" for k, v in (payload.get("kwargs") or {}).items()]
-        return _shorten(f"{payload['target']}({', '.join(args)})")
-    return _shorten(repr(payload))
+    if isinstance(payload, dict) and isinstance(payload.get("target"), str):
+        args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
+        shown = [safe_repr(a) for a in args] if isinstance(args, list) else [f"*{safe_repr(args)}"]
+        shown += ([f"{k}={safe_repr(v)}" for k, v in kwargs.items()] if isinstance(kwargs, dict)
+                  else [f"**{safe_repr(kwargs)}"])
+        return _shorten(f"{payload['target']}({', '.join(shown)})")
+    return _shorten(safe_repr(payload))
 
 
 def _shorten(text: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import reprlib
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -161,9 +163,41 @@ def to_json(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, int) and not isinstance(value, bool) and _too_long_for_text(value):
+        return safe_repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return str(value)
+    try:
+        return str(value)
+    except Exception:
+        return safe_repr(value)
+
+
+def _too_long_for_text(number: int) -> bool:
+    """Whether ``str(number)`` would raise (Python caps int-to-text conversion at some 4,300 digits)."""
+    limit = sys.get_int_max_str_digits()
+    return limit > 0 and number.bit_length() > limit * 3.3
+
+
+class _SafeRepr(reprlib.Repr):
+    """``reprlib`` with a text for ints too long to convert (``repr`` raises for those)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if _too_long_for_text(x):
+            return f"<int of about {int(x.bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+_safe_repr = _SafeRepr()
+_safe_repr.maxstring = _safe_repr.maxother = 160
+
+
+def safe_repr(value: Any) -> str:
+    """A short ``repr`` of any stored value that never raises (huge ints, nesting, broken ``__repr__``)."""
+    try:
+        return _safe_repr.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def format_time(value: Any) -> str:
