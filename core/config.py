@@ -30,6 +30,10 @@ def default_queue_yaml(root: Path) -> Path:
     return root / "queue.yaml"
 
 
+#: How much larger than the task payload limit a request body may be by default.
+REQUEST_SIZE_MARGIN = 65_536
+
+
 def _flag(value: str | None, default: bool = False) -> bool:
     if value is None or value == "":
         return default
@@ -94,6 +98,8 @@ class Settings:
     log_format: str = "auto"
     tasks_default_queue: str = "default"
     tasks_payload_limit: int = 100_000
+    #: Largest request body accepted (413 beyond); ``None``: the payload limit plus 64 KiB.
+    max_request_bytes: int | None = None
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0
@@ -141,6 +147,7 @@ class Settings:
             log_format=env.get("LOG_FORMAT", "auto").strip().lower() or "auto",
             tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
+            max_request_bytes=int(env["REQUEST_SIZE_LIMIT"]) if env.get("REQUEST_SIZE_LIMIT") else None,
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
             tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
@@ -163,6 +170,13 @@ class Settings:
     def log_json(self) -> bool:
         """Whether log lines are Cloud Logging structured JSON (``log_format``)."""
         return self.log_format == "json" or (self.log_format == "auto" and self.runtime != "local")
+
+    @property
+    def request_size_limit(self) -> int:
+        """Largest request body accepted: a task body up to the payload limit, with room to spare."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.tasks_payload_limit + REQUEST_SIZE_MARGIN
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
