@@ -266,6 +266,8 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
         path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
         if not path.startswith("/"):
             raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
+        if letter.get("payload_truncated"):
+            raise BadTaskRequest(f"failed task {key.id_or_name} was too large to keep whole; it cannot be sent again")
         queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
         if not QUEUE_NAME_RE.match(queue):
             queue = runtime.settings.tasks_default_queue

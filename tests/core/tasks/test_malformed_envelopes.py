@@ -1,12 +1,13 @@
 """Well-signed but malformed task envelopes: each is a 2xx plus a dead letter, never a 5xx."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 from core import db
-from core.tasks import callDeferred
+from core.tasks import callDeferred, executor
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 
@@ -74,3 +75,24 @@ def test_arguments_that_do_not_fit_the_target_are_a_dead_letter(client, target):
     assert post(client, envelope(payload={"target": target.name, "args": ["2026-10"],
                                           "kwargs": {"count": 2}})).status_code == 200
     assert CALLS == [("2026-10", 2)]
+
+
+def test_a_dead_letter_too_large_to_store_whole_is_kept_truncated_with_size_and_digest(make_app, settings):
+    client = make_app(settings=settings.replace(max_request_bytes=6_000_000)).test_client()
+    body = b'{"v": 1, "id": "big", "kind": "deferred", "queue": "default", "created": 0, "payload": ' \
+           + b'{"target": "no.such.task", "args": ["' + b"x" * 5_000_000 + b'"], "kwargs": {}}}'
+    assert post(client, body).status_code == 200
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["payload_size"] == len(body) and letter["payload_truncated"] is True
+    assert letter["payload_sha256"] == hashlib.sha256(body).hexdigest()
+    assert body.startswith(bytes(letter["payload"])) and len(letter["payload"]) < len(body)
+    assert letter["error"].startswith("TaskNotFound") and letter["task_id"] == "big"
+
+
+def test_a_dead_letter_that_cannot_be_stored_is_not_acknowledged(client, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Datastore is unavailable")
+
+    monkeypatch.setattr(executor, "record_dead_letter", refuse)
+    response = post(client, envelope(target="no.such.task"))
+    assert response.status_code == 500  # delivered again later, when the dead letter can be stored
