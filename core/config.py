@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from core.files import private_dir, private_file, write_private
+
 
 def project_root() -> Path:
     """The user's project: the working directory the app, the CLI or the local stack runs in.
@@ -191,18 +193,19 @@ class Settings:
             return self
         if self.runtime != "local":
             raise RuntimeError("TASKS_SECRET and SECRET_KEY must be set outside local development")
-        self.local_data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.local_data_dir)
         path = self.local_data_dir / "secrets"
         if not path.exists():
             # Several processes may start at once: the first link wins, the others read it.
             tmp = path.with_name(f"secrets.{os.getpid()}.tmp")
-            tmp.write_text(f"{secrets.token_hex(32)}\n{secrets.token_hex(32)}\n")
+            write_private(tmp, f"{secrets.token_hex(32)}\n{secrets.token_hex(32)}\n")
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
             finally:
                 tmp.unlink()
+        private_file(path)  # one written by an older version may be readable by all
         task_secret, key = path.read_text().split()[:2]
         return self.replace(tasks_secret=self.tasks_secret or task_secret, secret_key=self.secret_key or key)
 
