@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
+
+from flask import abort
 
 from core import current, db
 from core.module import Module, exposed
 from core.tasks import callDeferred
+
+#: A month as ``YYYY-MM``.
+MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
 class Invoices(Module):
     @exposed
     def close_month(self, month: str = "2026-10") -> dict[str, Any]:
         """Returns at once; the totals are recomputed later, in a task."""
+        if not MONTH_RE.fullmatch(month):  # checked here: a task that can never succeed is not queued
+            abort(400, "month must look like 2026-10")
         handle = self.recompute_totals(month)
         return {"queued": handle.id, "month": month}
 
