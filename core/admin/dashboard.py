@@ -26,9 +26,10 @@ from flask import Response, flash, jsonify, redirect, request
 from core import db
 from core import json as tagged_json
 from core.admin import forms
-from core.admin.render import error_response, guarded, require_admin, respond, safe_repr, wants_json
+from core.admin.render import error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
+from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
 from core.tasks import dispatch, periodic_now
 from core.tasks.errors import BadTaskRequest, NotFound

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import reprlib
-import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +20,7 @@ from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
 from core import current
+from core.reprs import safe_repr, too_long_for_text
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
 from core.tasks.runtime import TaskRuntime, get_runtime
 
@@ -163,7 +162,7 @@ def to_json(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, int) and not isinstance(value, bool) and _too_long_for_text(value):
+    if isinstance(value, int) and not isinstance(value, bool) and too_long_for_text(value):
         return safe_repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -171,33 +170,6 @@ def to_json(value: Any) -> Any:
         return str(value)
     except Exception:
         return safe_repr(value)
-
-
-def _too_long_for_text(number: int) -> bool:
-    """Whether ``str(number)`` would raise (Python caps int-to-text conversion at some 4,300 digits)."""
-    limit = sys.get_int_max_str_digits()
-    return limit > 0 and number.bit_length() > limit * 3.3
-
-
-class _SafeRepr(reprlib.Repr):
-    """``reprlib`` with a text for ints too long to convert (``repr`` raises for those)."""
-
-    def repr_int(self, x: int, level: int) -> str:
-        if _too_long_for_text(x):
-            return f"<int of about {int(x.bit_length() * 0.30103)} digits>"
-        return super().repr_int(x, level)
-
-
-_safe_repr = _SafeRepr()
-_safe_repr.maxstring = _safe_repr.maxother = 160
-
-
-def safe_repr(value: Any) -> str:
-    """A short ``repr`` of any stored value that never raises (huge ints, nesting, broken ``__repr__``)."""
-    try:
-        return _safe_repr.repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
 
 
 def format_time(value: Any) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from core import current, db
+from core.reprs import safe_repr
 from core.tasks import arguments, dispatch, hooks, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
@@ -208,7 +209,10 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
     from core.tasks.deferred import DeferredTarget
 
     call = envelope.payload
-    target: DeferredTarget = runtime.registry.deferred.get(str(call.get("target")))
+    name = call.get("target")
+    if not isinstance(name, str):
+        raise TaskNotFound(f"a deferred call names no target but {safe_repr(name)}")
+    target: DeferredTarget = runtime.registry.deferred.get(name)
     args, kwargs = call.get("args") or [], call.get("kwargs") or {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise PayloadError("deferred call arguments are malformed")
@@ -220,7 +224,7 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         path = call.get("instance")
         instance = runtime.modules.get(path) if runtime.modules is not None and isinstance(path, str) else None
         if instance is None:
-            raise TaskNotFound(f"no module is mounted at {path!r} for {target.name}")
+            raise TaskNotFound(f"no module is mounted at {safe_repr(path)} for {target.name}")
         owner = target.owner
         if owner is not None and not isinstance(instance, owner):
             raise TaskNotFound(f"the module at {path!r} is not a {owner.__qualname__}")

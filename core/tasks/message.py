@@ -22,6 +22,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.reprs import safe_repr
 from core.tasks.errors import PayloadError
 
 ENVELOPE_VERSION = 1
@@ -142,7 +143,7 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PayloadError("task body is not an object")
     if data.get("v") != ENVELOPE_VERSION:
-        raise PayloadError(f"unsupported task envelope version {data.get('v')!r}")
+        raise PayloadError(f"unsupported task envelope version {safe_repr(data.get('v'))}")
     if not isinstance(data.get("kind"), str):
         raise PayloadError("task envelope lacks 'kind'")
     if not (isinstance(data.get("id"), str) and _ID_RE.fullmatch(data["id"])):
