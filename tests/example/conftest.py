@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from example import MODULES, SessionUsers
+from tests.example.test_users import sign_in
 
 
 @pytest.fixture
@@ -14,7 +15,6 @@ def app(make_app):
 @pytest.fixture
 def signed_in(client):
     """The client signed in as the demo administrator."""
-    client.get("/user/login")  # creates the demo users on the emulator
-    response = client.post("/user/login", data={"name": "admin", "password": "admin-demo"})
-    assert response.status_code == 302
+    response = sign_in(client, "admin", "admin-demo")  # the sign-in page creates the demo users
+    assert response.status_code == 303
     return client

@@ -8,6 +8,7 @@ from core import json as tagged_json
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from example import MODULES, SessionUsers
+from tests.example.test_users import sign_in
 
 
 @pytest.fixture
@@ -17,8 +18,7 @@ def app(make_app):
 
 @pytest.fixture
 def admin(client):
-    client.get("/user/login")
-    assert client.post("/user/login", data={"name": "admin", "password": "admin-demo"}).status_code == 302
+    assert sign_in(client, "admin", "admin-demo").status_code == 303  # the sign-in page creates the demo users
     return client
 
 

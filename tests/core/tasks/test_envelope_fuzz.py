@@ -62,7 +62,7 @@ def envelopes(draw) -> tuple[str, bytes]:
             "env": draw(field({"user": "admin", "language": "en"})), "payload": payload}
     if draw(st.booleans()):
         data["ref"] = draw(st.fixed_dictionaries({"id": field("task-1"), "chunks": field(1), "sha256": field("00")}))
-    for name in draw(st.lists(st.sampled_from(sorted(data)), max_size=2)):
+    for name in draw(st.lists(st.sampled_from(sorted(data)), max_size=2, unique=True)):
         del data[name]
     path = draw(st.sampled_from(["/_tasks/deferred", "/_tasks/queryIter"]))
     return path, tagged_json.dumps(data).encode()
