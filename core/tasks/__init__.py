@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     **{name: "core.tasks.errors" for name in (
         "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
         "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
-        "InvalidScheduleSpecification", "LockHeld")},
+        "InvalidScheduleSpecification", "LockHeld", "UnsupportedTargetError")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -89,6 +89,7 @@ if TYPE_CHECKING:
         RetryTask,
         TaskError,
         TaskNotFound,
+        UnsupportedTargetError,
     )
     from core.tasks.handler import TaskHandler
     from core.tasks.hooks import TaskCall, TaskHook

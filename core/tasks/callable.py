@@ -37,7 +37,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from core import current, db
-from core.tasks import started
+from core.tasks import aio, started
 from core.tasks.deferred import TaskHandle, callDeferred
 from core.tasks.errors import ConfigurationError, PermanentTaskFailure, TaskNotFound
 from core.tasks.registry import active_registry
@@ -92,6 +92,9 @@ def CallableTask(cls: type[CallableTaskBase]) -> type[CallableTaskBase]:  # noqa
         raise ConfigurationError(f"{cls.__qualname__}.key must match {KEY_RE.pattern}, got {cls.key!r}")
     if not isinstance(cls.max_attempts, int) or cls.max_attempts < 1:
         raise ConfigurationError(f"{cls.__qualname__}.max_attempts must be an int >= 1")
+    aio.check_synchronous(cls.canCall, f"{cls.__qualname__}.canCall")
+    aio.check_synchronous(cls.dataSkel, f"{cls.__qualname__}.dataSkel")
+    aio.check_runnable(cls.execute, f"{cls.__qualname__}.execute")
     registry = active_registry()
     registry.callable.add(cls.key, cls)
     # The runner registered itself where it was imported; a registry made later (tests) needs it too.
@@ -194,7 +197,7 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
             retrying=False, started_work=[])
     try:
         with started.collecting() as work:
-            task.execute(**data)
+            aio.call(task.execute, **data)
     except Exception as exc:
         final = isinstance(exc, PermanentTaskFailure) or attempt >= cls.max_attempts
         _update(run_id, task_key, status=FAILED, finished=_now(), error=f"{type(exc).__name__}: {exc}",

@@ -17,7 +17,7 @@ from typing import Any
 
 from core import current, db
 from core.reprs import safe_repr
-from core.tasks import arguments, dispatch, hooks, message, telemetry
+from core.tasks import aio, arguments, dispatch, hooks, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -235,7 +235,7 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         bound = (target.owner,)
     arguments.check_call(target.func, target.name, bound, args, kwargs)
     try:
-        target.func(*bound, *args, **kwargs)
+        aio.call(target.func, *bound, *args, **kwargs)
     except PermanentTaskFailure:
         raise
     except Exception as exc:

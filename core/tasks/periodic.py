@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import dispatch, locks
+from core.tasks import aio, dispatch, locks
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import (
     ConfigurationError,
@@ -141,6 +141,7 @@ def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | No
     schedule = build_schedule(interval, at, crontab)
     is_method = "." in func.__qualname__
     check_no_arguments(func, is_method, "periodic task")
+    aio.check_runnable(func, "periodic task")
     if not isinstance(lock, bool):
         raise ConfigurationError(f"periodic task {func.__qualname__}: lock must be True or False, got {lock!r}")
     spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
@@ -481,7 +482,7 @@ def run_periodic(task: str, instance: str | None, slot: datetime.datetime, gener
     try:
         with locks.periodic_run(runtime, binding.state_id, key, generation, lock=binding.spec.lock,
                                 stale_after=STALE_PENDING):
-            binding.call()
+            aio.call(binding.call)
     except LockHeld:
         raise
     except Exception as exc:

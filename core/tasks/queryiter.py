@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 from core import db
 from core import json as tagged_json
-from core.tasks import dispatch, executor, lease, message, started
+from core.tasks import aio, dispatch, executor, lease, message, started
 from core.tasks.deferred import build_request, capture_environment
 from core.tasks.errors import (
     ConfigurationError,
@@ -98,6 +98,7 @@ class MetaQueryIter(type):
     def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(name, bases, namespace, **kwargs)
         cls.iter_id = qualified_name(cls)
+        aio.check_hooks(cls, ("handleEntry", "handleEntries", "handleFinish", "handleError"), "QueryIter hook")
         active_registry().query_iters.add(cls.iter_id, cls)
 
 
@@ -504,7 +505,7 @@ class _Chunk:
         entities = [entity for entity, _ in batch]
         started = time.monotonic()
         try:
-            self.batch(entities, self.custom)
+            aio.call(self.batch, entities, self.custom)
         except Exception as exc:  # handled again one by one, where handleError can judge each
             log.info("%s: a batch of %d failed (%r); handling them one by one", self.cls.iter_id, len(entities), exc)
             return False
@@ -542,7 +543,7 @@ class _Chunk:
         try:
             for attempt in range(self.cls.entryRetries + 1):
                 try:
-                    self.cls.handleEntry(entity, self.custom)
+                    aio.call(self.cls.handleEntry, entity, self.custom)
                     return True
                 except Exception as exc:  # any failure of user code goes to handleError
                     error = exc
@@ -550,7 +551,7 @@ class _Chunk:
                         log.info("%s: retrying %r after %r", self.cls.iter_id, entity.key, exc)
             assert error is not None
             try:
-                go_on = self.cls.handleError(entity, self.custom, error)
+                go_on = aio.call(self.cls.handleError, entity, self.custom, error)
             except BaseException as raised:
                 self._save(error=f"{type(raised).__name__}: {raised} (at {entity.key!r})")
                 raise
@@ -645,7 +646,7 @@ class _Chunk:
         try:
             with lease.Heartbeat(self._finish_keeper(token), lease.renew_interval(lease_time),
                                  what=f"handleFinish of query run {self.run_id}"):
-                self.cls.handleFinish(total, self.custom)
+                aio.call(self.cls.handleFinish, total, self.custom)
         except BaseException as exc:
             self._release_claim(token, f"handleFinish: {type(exc).__name__}: {exc}")
             raise
