@@ -253,13 +253,13 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         request = build_request(runtime, envelope, DEFERRED_PATH, name=_name, eta=eta,
                                 target_version=_target_version or None)
     except TypeError as exc:
-        raise argument_error(target, args, kwargs, exc) from None
+        raise argument_error(target, args, kwargs, envelope.env, exc) from None
     before_enqueue(runtime, target.hooks, envelope, target.name, name=_name, eta=eta)
     dispatch.send(runtime, request)
     return TaskHandle(envelope.id, queue, _name, eta)
 
 
-def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any],
+def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[str, Any],
                    error: TypeError) -> DeferredArgumentError:
     """The error for a call whose envelope could not be encoded, naming the argument at fault.
 
@@ -275,4 +275,9 @@ def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[s
         except tagged_json.SerializationError as exc:
             return DeferredArgumentError(f"{call}({label}){exc.location}: {exc.reason}", function=call,
                                          argument=label)
+    try:
+        tagged_json.check_serializable(env.get("custom"))
+    except tagged_json.SerializationError as exc:
+        return DeferredArgumentError(f"cannot defer {call}: the app's environment serialize() gave a value that "
+                                     f"cannot travel: {exc.reason} at serialize(){exc.location}", function=call)
     return DeferredArgumentError(f"cannot defer {call}: {error}", function=call)
