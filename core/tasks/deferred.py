@@ -8,6 +8,7 @@ module tree; a method runs on the live instance mounted at the same path, never 
 
 ``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process).
+An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
 (``send_mail(attachment=...)[1]: cannot serialize object of type TextIOWrapper``). The call
