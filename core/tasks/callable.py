@@ -92,9 +92,9 @@ def CallableTask(cls: type[CallableTaskBase]) -> type[CallableTaskBase]:  # noqa
         raise ConfigurationError(f"{cls.__qualname__}.key must match {KEY_RE.pattern}, got {cls.key!r}")
     if not isinstance(cls.max_attempts, int) or cls.max_attempts < 1:
         raise ConfigurationError(f"{cls.__qualname__}.max_attempts must be an int >= 1")
-    aio.check_synchronous(cls.canCall, f"{cls.__qualname__}.canCall")
-    aio.check_synchronous(cls.dataSkel, f"{cls.__qualname__}.dataSkel")
-    aio.check_runnable(cls.execute, f"{cls.__qualname__}.execute")
+    aio.check_synchronous(cls.canCall, "callable task canCall")
+    aio.check_synchronous(cls.dataSkel, "callable task dataSkel")
+    aio.check_runnable(cls.execute, "callable task execute")
     registry = active_registry()
     registry.callable.add(cls.key, cls)
     # The runner registered itself where it was imported; a registry made later (tests) needs it too.
