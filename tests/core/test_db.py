@@ -245,3 +245,20 @@ def test_keys_without_project_round_trip_through_core_json(tenant_store, setting
 
     assert [parts(k) for k in decoded] == [parts(k) for k in keys] and {type(k) for k in decoded} == {db.Key}
     assert parts(decoded[0]) == ("test-project", "tenant-a", ("Invoice", 5)) and decoded[1].parent == parent
+
+
+def test_in_an_app_context_keys_take_that_apps_project_and_namespace(make_app, settings):
+    first = make_app({}, settings=settings.replace(project="first-project", namespace="one"))
+    second = make_app({}, settings=settings.replace(project="second-project", namespace="two"))
+    with first.app_context():
+        invoice = db.Key("Invoice", 5)
+        entity = db.Entity(invoice)
+        entity["app"] = "first"
+        db.put(entity)
+    with second.app_context():
+        other = db.Key("Invoice", 5)
+        assert db.get(other) is None  # another project: the first app's entity is not there
+    assert (invoice.project, invoice.namespace) == ("first-project", "one")
+    assert (other.project, other.namespace) == ("second-project", "two")
+    with first.app_context():
+        assert db.get(db.Key("Invoice", 5))["app"] == "first"
