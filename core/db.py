@@ -58,8 +58,8 @@ class TransactionFailedError(RuntimeError):
 class Key(datastore.Key):
     """A Datastore key with a URL-safe string form (``str(key)``) that round-trips.
 
-    Without ``project`` and ``parent`` the key belongs to the active store (:func:`get_datastore`):
-    its project, and its namespace unless one is given.
+    Without ``project`` and ``parent`` the key belongs to the current store (:func:`get_datastore`:
+    the app's in its context): its project, and its namespace unless one is given.
     """
 
     def __init__(self, *path_args: Any, **kwargs: Any) -> None:
