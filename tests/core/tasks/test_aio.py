@@ -23,6 +23,7 @@ from core.tasks import (
     aio,
     callDeferred,
     isolated_registry,
+    lease,
 )
 from core.tasks.callable import DONE, queue_run
 from core.tasks.callable import get_run as get_callable_run
@@ -167,6 +168,12 @@ async def async_fails(name: str) -> None:
     raise RuntimeError(f"{name} failed inside the coroutine")
 
 
+@callDeferred(lock="aio-{name}")
+async def async_locked(name: str) -> None:
+    await asyncio.sleep(0)
+    await _mark(name, held=lease.current_holder(f"aio-{name}") is not None)
+
+
 class AsyncModule(Module):
     @callDeferred
     async def refresh(self, name: str) -> None:
@@ -202,6 +209,12 @@ def test_an_async_deferred_failure_is_retried_not_acknowledged(app, task_queue):
     with pytest.raises(TaskFailed, match="answered 500") as caught:
         task_queue.run_pending(max_attempts=2)
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_an_async_locked_function_holds_its_lock_while_it_awaits(app, task_queue):
+    async_locked("locked")
+    task_queue.run_pending()
+    assert mark("locked")["held"] is True and lease.current_holder("aio-locked") is None
 
 
 def test_an_async_module_method_runs_on_the_mounted_instance(app, task_queue):
