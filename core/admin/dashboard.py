@@ -10,7 +10,11 @@ each also as JSON with ``?format=json`` or ``Accept: application/json``:
   while a run is running); ``POST .../queryiters/<run>/stop`` and ``.../resume``;
 - ``/_tasks/admin/failed``: failed tasks (dead letters) with ``POST .../failed/<id>/retry`` and
   ``.../discard``;
-- ``/_tasks/admin/runs``: runs of callable tasks.
+- ``/_tasks/admin/runs``: runs of callable tasks;
+- ``/_tasks/admin/tasks``: tracked tasks (task records) with filters, the last hour's activity and
+  the local queue's depth; ``POST .../tasks/<id>/cancel`` and ``.../retry`` (see ``tasks_page``).
+
+Lists are paged by Datastore cursor (``paging``): every row is reachable, none is cut off.
 
 Every action is a POST through a CSRF-checked form. A module rather than routes added by the app
 factory: it is mounted like any other module, so an app decides whether and where it has one.
@@ -23,9 +27,9 @@ from typing import Any
 
 from flask import Response, flash, jsonify, redirect, request
 
-from core import db
+from core import db, db_query
 from core import json as tagged_json
-from core.admin import forms
+from core.admin import forms, paging, tasks_page
 from core.admin.render import error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
@@ -34,12 +38,13 @@ from core.tasks import callable as callable_tasks
 from core.tasks import dispatch, periodic_now
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
+from core.tasks.queryiter import RunInfo
 from core.tasks.runtime import TaskRuntime
 from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
 
 #: Seconds between reloads of a page that shows something running.
 REFRESH_SECONDS = 2
-PAGE_SIZE = 100
 _SUMMARY_LENGTH = 160
 
 
@@ -86,9 +91,9 @@ class TaskAdmin(Module):
             return self._queryiter_action(runtime, run_id, action)
         if run_id is not None:
             raise NotFound("no such page")
-        runs = query_runs(limit=PAGE_SIZE)
-        active = any(r["status"] == "running" for r in runs or [])
-        return respond("queryiters.html", {"queryiters": runs or [], "available": runs is not None},
+        page = paging.paginate(db.Query(QUERY_RUN_KIND).order("-started"), describe_query_run)
+        active = any(r["status"] == "running" for r in page.rows)
+        return respond("queryiters.html", {"queryiters": page.rows, "available": True, "pages": page.as_json()},
                        refresh=REFRESH_SECONDS if active else None, action_form=forms.ActionForm(),
                        base=self._base(), title="Query iterator runs")
 
@@ -101,7 +106,8 @@ class TaskAdmin(Module):
             return self._dead_letter_action(runtime, letter_id, action)
         if letter_id is not None:
             raise NotFound("no such page")
-        return respond("failed.html", {"failed": dead_letters(limit=PAGE_SIZE)}, action_form=forms.ActionForm(),
+        page = paging.paginate(db.Query(DEAD_LETTER_KIND).order("-created"), describe_dead_letter)
+        return respond("failed.html", {"failed": page.rows, "pages": page.as_json()}, action_form=forms.ActionForm(),
                        base=self._base(), title="Failed tasks")
 
     @exposed(methods=("GET",))
@@ -109,10 +115,22 @@ class TaskAdmin(Module):
     def runs(self, *args: Any, **kwargs: Any) -> Response:
         """Runs of callable tasks, newest first."""
         require_admin()
-        runs = [describe_run(r) for r in callable_tasks.recent_runs(limit=PAGE_SIZE)]
-        active = any(run_is_active(r) for r in runs)
-        return respond("runs.html", {"runs": runs}, refresh=REFRESH_SECONDS if active else None,
-                       base=self._base(), title="Callable task runs")
+        page = paging.paginate(db.Query(callable_tasks.RUN_KIND).order("-created"), describe_run)
+        active = any(run_is_active(r) for r in page.rows)
+        return respond("runs.html", {"runs": page.rows, "pages": page.as_json()},
+                       refresh=REFRESH_SECONDS if active else None, base=self._base(), title="Callable task runs")
+
+    @exposed(methods=("GET", "POST"))
+    @guarded
+    def tasks(self, task_id: str | None = None, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """Tracked tasks (GET); cancel or retry one (POST ``<id>/cancel`` | ``<id>/retry``)."""
+        runtime = require_admin()
+        if request.method == "POST":
+            return self._task_action(runtime, task_id, action)
+        if task_id is not None:
+            raise NotFound("no such page")
+        data = tasks_page.page_data(runtime, request.args, f"{self._base()}/tasks")
+        return respond("tasks.html", data, action_form=forms.ActionForm(), base=self._base(), title="Tasks")
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -163,6 +181,19 @@ class TaskAdmin(Module):
                    else f"{name} is queued or running already.")
         return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
 
+    def _task_action(self, runtime: TaskRuntime, task_id: str | None, action: str | None) -> Response:
+        if task_id is None or action not in ("cancel", "retry"):
+            raise NotFound("no such action")
+        refused = self._checked_action()
+        if refused is not None:
+            return refused
+        task_id = tasks_page.checked_task_id(task_id)
+        if action == "cancel":
+            message = tasks_page.cancel_task(task_id)
+        else:
+            message = tasks_page.retry_task(runtime, task_id, retry_dead_letter)
+        return self._done("tasks", message)
+
     def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
         if letter_id is None or action not in ("retry", "discard"):
             raise NotFound("no such action")
@@ -196,7 +227,20 @@ def query_runs(limit: int) -> list[dict[str, Any]] | None:
         from core.tasks.queryiter import list_runs
     except ImportError:
         return None
-    return [{**dataclasses.asdict(run), "rate": run.rate, "elapsed": run.elapsed} for run in list_runs(limit)]
+    return [_run_dict(run) for run in list_runs(limit)]
+
+
+def describe_query_run(entity: db.Entity) -> dict[str, Any]:
+    """A query iterator run record for its page: progress out of the total counted at the start."""
+    return _run_dict(RunInfo.from_entity(entity))
+
+
+def _run_dict(run: RunInfo) -> dict[str, Any]:
+    percent = None
+    if run.total:
+        percent = 100.0 if run.status == "finished" else min(100.0, 100.0 * run.processed / run.total)
+    return {**dataclasses.asdict(run), "rate": run.rate, "elapsed": run.elapsed, "eta": run.eta_seconds,
+            "percent": percent}
 
 
 def dead_letter_key(letter_id: str) -> db.Key:
@@ -206,9 +250,9 @@ def dead_letter_key(letter_id: str) -> db.Key:
     return db.key(DEAD_LETTER_KIND, int(letter_id))
 
 
-def count_dead_letters(cap: int = 1000) -> int:
-    """How many dead letters there are, counting at most ``cap``."""
-    return len(db.Query(DEAD_LETTER_KIND).keys_only().run(limit=cap))
+def count_dead_letters() -> int:
+    """How many dead letters there are (a COUNT aggregation where the server has one)."""
+    return db_query.count(db.Query(DEAD_LETTER_KIND))
 
 
 def dead_letters(limit: int) -> list[dict[str, Any]]:

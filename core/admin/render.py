@@ -20,6 +20,7 @@ from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
 from core import current
+from core.admin.records import format_duration
 from core.reprs import safe_repr, too_long_for_text
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -103,6 +104,7 @@ def _environment(search_path: tuple[Path, ...] = ()) -> jinja2.Environment:
         env.filters["due"] = format_due
         env.filters["sentence"] = sentence
         env.filters["breakable"] = breakable
+        env.filters["duration"] = format_duration
         envs[search_path] = env
     return env
 

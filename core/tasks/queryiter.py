@@ -13,8 +13,10 @@ How a run behaves (and why it differs from ViUR's five entities per task):
   the handling rate is known, so slow handlers do not fetch entities they will not reach.
 - **One run record is the truth.** Kind :data:`RUN_KIND` keeps the class, query, custom data,
   caller environment, status (running / finished / stopped / failed), position, processed count
-  and times. A position is the cursor of the current page plus the keys already handled on it, so
-  a chunk can stop after any entity, also when ``handleEntry`` deletes what it handled.
+  and times, and the total the query matched when the run started (a COUNT aggregation: the
+  dashboard's progress bar and ETA; the query may change while the run goes on). A position is
+  the cursor of the current page plus the keys already handled on it, so a chunk can stop after
+  any entity, also when ``handleEntry`` deletes what it handled.
   Progress is committed transactionally at page ends every ``checkpointSeconds`` and when a chunk
   ends; a retried chunk goes on from the last commit.
 - **A chain cannot fork.** Step tasks are named after a hash of (run, generation, step). A step
@@ -44,7 +46,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from core import db
+from core import db, db_query
 from core import json as tagged_json
 from core.tasks import aio, dispatch, executor, lease, message, started
 from core.tasks.deferred import build_request, capture_environment
@@ -217,6 +219,8 @@ class RunInfo:
     updated: datetime.datetime
     finished: datetime.datetime | None
     last_error: str | None
+    #: Entities the query matched at the start; ``None`` for runs started before totals were kept.
+    total: int | None = None
 
     @property
     def elapsed(self) -> float:
@@ -235,13 +239,21 @@ class RunInfo:
         elapsed = self.elapsed
         return self.processed / elapsed if elapsed > 0 else 0.0
 
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds until a running run reaches :attr:`total` at its current rate (``None``: unknown)."""
+        if self.status != RUNNING or self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.processed) / self.rate
+
     @classmethod
     def from_entity(cls, entity: db.Entity) -> RunInfo:
         return cls(id=str(entity.key.name), iterator=entity["class"], kind=entity.get("kind"),
                    queue=entity["queue"], status=entity["status"], processed=int(entity.get("processed") or 0),
                    errors=int(entity.get("errors") or 0), generation=int(entity["generation"]),
                    step=int(entity["step"]), cursor=entity.get("cursor"), started=entity["started"],
-                   updated=entity["updated"], finished=entity.get("finished"), last_error=entity.get("last_error"))
+                   updated=entity["updated"], finished=entity.get("finished"), last_error=entity.get("last_error"),
+                   total=entity.get("total"))
 
 
 def _now() -> datetime.datetime:
@@ -309,13 +321,14 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
     if size > MAX_RECORD_DATA_BYTES:
         raise DeferredArgumentError(f"cannot start {cls.iter_id}: customData, query and environment take {size} "
                                     f"bytes encoded, at most {MAX_RECORD_DATA_BYTES} fit in the run record")
+    total = _count(query)
     run_id = uuid.uuid4().hex
     now = _now()
     record = db.Entity(_run_key(run_id), exclude_from_indexes=_UNINDEXED)
     record.update({
         "class": cls.iter_id, "kind": query.kind, "queue": cls.queueName, "query": query_json, "custom": custom,
         "env": env_json, "status": RUNNING, "generation": 0, "step": 0,
-        "processed": 0, "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0,
+        "processed": 0, "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0, "total": total,
         "started": now, "updated": now, "finished": None, "finishing_since": None, "finish_token": None,
         "last_error": None,
     })
@@ -330,6 +343,16 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
     log.info("started query run %s of %s over %r", run_id, cls.iter_id, query)
     started.note("queryiter", run_id, cls.__name__)
     return run_id
+
+
+def _count(query: db.Query) -> int | None:
+    """The entities a run will visit, for its progress; ``None`` (no bar) if counting fails."""
+    try:
+        total = db_query.count(query)
+    except Exception:
+        log.warning("could not count %r: the run shows no total", query, exc_info=True)
+        return None
+    return total if query.limit_count is None else min(total, query.limit_count)
 
 
 def stop_run(run_id: str) -> bool:

@@ -395,6 +395,18 @@ class LocalQueueStore:
             result.setdefault(queue, {"queued": 0, "leased": 0, "failed": 0})[_STATE_NAMES[state]] = count
         return result
 
+    def depth(self, *, now: float | None = None) -> dict[str, dict[str, int]]:
+        """Per known queue (empty ones too): tasks ``due`` now, ``scheduled`` later, ``leased``, ``failed``."""
+        now = time.time() if now is None else now
+        result = {name: {"due": 0, "scheduled": 0, "leased": 0, "failed": 0} for name in self.queue_names()}
+        for queue, bucket, count in self.connection().execute(
+            f"SELECT queue, CASE WHEN state = {QUEUED} AND eta <= ? THEN 'due' WHEN state = {QUEUED} "
+            f"THEN 'scheduled' WHEN state = {LEASED} THEN 'leased' ELSE 'failed' END AS bucket, count(*) "
+            "FROM task GROUP BY queue, bucket", (now,)
+        ):
+            result.setdefault(queue, {"due": 0, "scheduled": 0, "leased": 0, "failed": 0})[bucket] = count
+        return result
+
     def tasks(self, queue: str | None = None, *, state: str | None = None, limit: int = 100) -> list[StoredTask]:
         """Tasks by ETA, optionally of one queue and one state (``queued``, ``leased``, ``failed``)."""
         clauses, args = [], []  # type: ignore[var-annotated]

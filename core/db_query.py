@@ -1,0 +1,43 @@
+"""Query helpers for pages that show data: counting matches, and pages from a visitor's cursor.
+
+Counting: production Datastore answers ``RunAggregationQuery`` from the index in one call. The Cloud
+Datastore emulator does not implement it (it answers 501 Unimplemented), so there the matches are
+counted by a keys-only scan, page by page: exact, only slower on large kinds.
+"""
+from __future__ import annotations
+
+import logging
+
+from google.api_core import exceptions as gexc
+
+from core import db
+
+log = logging.getLogger(__name__)
+
+_ALIAS = "total"
+
+
+def fetch_page(query: db.Query, page_size: int, cursor: str | None) -> db.QueryPage:
+    """``query.fetch_page`` from a cursor that came from outside: a cursor that does not decode,
+    or that the server refuses, raises :class:`ValueError` (a 400 for the caller to give)."""
+    try:
+        return query.fetch_page(page_size, cursor)
+    except gexc.InvalidArgument as exc:
+        raise ValueError(f"the cursor {cursor!r} does not belong to this list") from exc
+
+
+def count(query: db.Query) -> int:
+    """How many entities ``query`` matches (its limit and cursors are ignored)."""
+    library_query = query._library_query()
+    try:
+        results = db.get_datastore().client.aggregation_query(library_query).count(alias=_ALIAS).fetch()
+        for batch in results:
+            for result in batch:
+                if result.alias == _ALIAS:
+                    return int(result.value)
+        return 0
+    except gexc.MethodNotImplemented:
+        log.debug("COUNT aggregation unavailable (emulator?): counting %r by a keys-only scan", query)
+    scan = db.Query.from_dict({**query.to_dict(), "keys_only": True, "limit": None,
+                               "start_cursor": None, "end_cursor": None})
+    return sum(1 for _ in scan.iter())
