@@ -7,6 +7,7 @@ counted by a keys-only scan, page by page: exact, only slower on large kinds.
 from __future__ import annotations
 
 import logging
+import re
 
 from google.api_core import exceptions as gexc
 
@@ -15,11 +16,14 @@ from core import db
 log = logging.getLogger(__name__)
 
 _ALIAS = "total"
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_=-]+")
 
 
 def fetch_page(query: db.Query, page_size: int, cursor: str | None) -> db.QueryPage:
     """``query.fetch_page`` from a cursor that came from outside: a cursor that does not decode,
     or that the server refuses, raises :class:`ValueError` (a 400 for the caller to give)."""
+    if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
+        raise ValueError(f"malformed cursor {cursor[:40]!r}")
     try:
         return query.fetch_page(page_size, cursor)
     except gexc.InvalidArgument as exc:
