@@ -127,6 +127,10 @@ def test_query_iterator_progress_moves_on_the_dashboard(live_stack, new_page):
         status = row.locator(".badge").inner_text()
         processed = int(row.locator("td.processed").inner_text().split()[0])
         midway = status == "running" and 0 < processed < 150
+        if midway:  # a determinate bar: the total counted at the start, the value where the run is
+            bar = row.locator("progress.determinate")
+            assert bar.get_attribute("max") == "150" and bar.get_attribute("value") == str(processed)
+            assert "of 150" in row.locator("td.processed").inner_text()
         if midway and not any(s == "running" and 0 < p < 150 for s, p in seen):
             shot(page, "06-queryiter-running")
         if not seen or seen[-1] != (status, processed):
@@ -136,7 +140,7 @@ def test_query_iterator_progress_moves_on_the_dashboard(live_stack, new_page):
 
     wait_for(progress_seen, timeout=60, interval=0.05, message="the processed count to move while running")
     expect(row.locator(".badge")).to_have_text("finished", timeout=60_000)
-    expect(row.locator("td.processed")).to_have_text("150")
+    expect(row.locator("td.processed")).to_have_text("150 of 150")
     expect(row.locator(".progress.finished")).to_be_visible()
     shot(page, "07-queryiter-finished")
     counts = [p for _, p in seen]

@@ -1,0 +1,131 @@
+"""The dashboard's Tasks page in Chromium against gunicorn on the local queue.
+
+Screenshots go to ``test-artifacts/admin/`` (ignored by git).
+"""
+from __future__ import annotations
+
+import datetime
+import re
+import uuid
+from typing import Any
+
+import requests
+from playwright.sync_api import Page, expect
+
+from core import db
+from core.admin.records import RECORD_KIND
+from core.tasks.executor import DEAD_LETTER_KIND
+from tests.e2e.conftest import wait_for
+from tests.e2e.test_admin_browser import browser, new_page, shot, sign_in  # noqa: F401 - fixtures
+
+__all__ = ["browser", "new_page"]
+
+
+def record(task_id: str, state: str, ended: datetime.datetime | None, **values: Any) -> db.Entity:
+    """A task record as the task pipeline writes it."""
+    enqueued = (ended or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(seconds=2)
+    entity = db.Entity(db.key(RECORD_KIND, task_id), exclude_from_indexes=("traceback", "result"))
+    entity.update({"state": state, "target": "example.jobs.render", "queue": "default", "kind": "deferred",
+                   "attempts": 1, "enqueued_at": enqueued, "started_at": enqueued, "ended_at": ended,
+                   "updated_at": ended or enqueued, "error": None, "result": None, "tags": [],
+                   "description": "", "group": None})
+    entity.update(values)
+    return entity
+
+
+def admin_page(new_page: Any, url: str) -> Page:
+    page = new_page()
+    page.goto(f"{url}/user/login")  # seeds the demo accounts
+    sign_in(page, url, "admin", "admin-demo")
+    return page
+
+
+def test_the_tasks_page_filters_and_pages_through_tracked_tasks(live_stack, new_page):
+    now = datetime.datetime.now(datetime.UTC)
+    db.put([record(f"task-{n:02d}", "failed" if n % 3 == 0 else "succeeded",
+                   now - datetime.timedelta(hours=2, minutes=70 - n),
+                   queue="mail" if n % 2 else "default", error="RuntimeError: boom" if n % 3 == 0 else None,
+                   result=None if n % 3 == 0 else f'{{"n": {n}}}')
+            for n in range(70)])
+    page = admin_page(new_page, live_stack.url)
+    page.click("nav >> text=Tracked tasks")
+    rows = page.locator("#tasks-list tbody tr")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_have_attribute("data-task", "task-69")
+    expect(page.locator("nav.pager")).to_contain_text("Page 1")
+    shot(page, "20-tasks-page-1")
+    page.click("nav.pager >> text=Next")
+    expect(rows).to_have_count(20)
+    expect(rows.first).to_have_attribute("data-task", "task-19")
+    expect(rows.last).to_have_attribute("data-task", "task-00")
+    expect(page.locator("nav.pager a[rel=next]")).to_have_count(0)
+    page.click("nav.pager >> text=Previous")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_have_attribute("data-task", "task-69")
+
+    page.select_option("select[name=state]", "failed")
+    page.fill("input[name=queue]", "mail")
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"state=failed"))
+    ids = [n for n in range(70) if n % 3 == 0 and n % 2]
+    expect(rows).to_have_count(len(ids))
+    expect(rows.first).to_have_attribute("data-task", f"task-{ids[-1]:02d}")
+    expect(rows.first.locator(".error")).to_have_text("RuntimeError: boom")
+    expect(rows.first.locator(".badge")).to_have_text("failed")
+    expect(rows.first.locator("button", has_text="Retry")).to_be_visible()
+    shot(page, "21-tasks-filtered")
+
+
+def test_the_chart_counts_the_last_hour_and_a_dead_letter_shows_its_queue(probe_stack, new_page):
+    now = datetime.datetime.now(datetime.UTC)
+    three, seven = now - datetime.timedelta(minutes=3), now - datetime.timedelta(minutes=7)
+    db.put([record("ok-1", "succeeded", three), record("ok-2", "succeeded", three),
+            record("ok-3", "succeeded", seven, attempts=4), record("bad-1", "failed", seven, attempts=2),
+            record("old", "succeeded", now - datetime.timedelta(hours=2))])
+    token = uuid.uuid4().hex  # an untracked task that fails for good: only its dead letter counts it
+    requests.post(probe_stack.url + "/probes/permanent", data={"token": token}).raise_for_status()
+    letter = wait_for(lambda: db.Query(DEAD_LETTER_KIND).run(), message="the dead letter")[0]
+
+    page = admin_page(new_page, probe_stack.url)
+    page.goto(f"{probe_stack.url}/_tasks/admin/tasks")
+    chart = page.locator("svg#activity-chart")
+    expect(chart).to_be_visible()
+    expect(chart.locator("g.minute")).to_have_count(60)
+
+    def minute(moment: datetime.datetime) -> Any:
+        return chart.locator(f"g.minute[data-minute='{moment:%H:%M}']")
+
+    expect(minute(three)).to_have_attribute("data-succeeded", "2")
+    expect(minute(seven)).to_have_attribute("data-succeeded", "1")
+    expect(minute(seven)).to_have_attribute("data-failed", "1")
+    expect(minute(seven)).to_have_attribute("data-retried", "2")
+    letter_minute = chart.locator(f"g.minute[data-minute='{letter['created']:%H:%M}']")
+    assert int(letter_minute.get_attribute("data-failed") or 0) >= 1
+    expect(page.locator("#total-succeeded")).to_have_text("3")
+    expect(page.locator("#total-failed")).to_have_text("2")
+    expect(page.locator("#total-retried")).to_have_text("2")
+    assert chart.locator("rect.succeeded").count() == 2 and chart.locator("rect.failed").count() == 2
+    shot(page, "22-activity-chart")
+
+    page.click("nav >> text=Failed tasks")
+    row = page.locator(f"#failed tr[data-letter='{letter.key.id}']")
+    expect(row.locator(".queue")).to_have_text("default")
+    expect(row.locator(".attempts")).to_have_text("1")
+    expect(row).to_contain_text("never works")
+
+
+def test_the_local_queue_depth_shows_waiting_tasks_per_queue(probe_stack, new_page):
+    page = admin_page(new_page, probe_stack.url)
+    probe_stack.stop_dispatcher()
+    token = uuid.uuid4().hex
+    requests.post(probe_stack.url + "/probes/slow", data={"token": token, "count": "4", "seconds": "0"}
+                  ).raise_for_status()
+    page.goto(f"{probe_stack.url}/_tasks/admin/tasks")
+    default = page.locator("#queue-depth tr[data-queue='default']")
+    expect(default.locator(".due")).to_have_text("4")
+    expect(default.locator(".failed")).to_have_text("0")
+    shot(page, "23-queue-depth")
+    probe_stack.start_dispatcher()
+    wait_for(lambda: len(db.Query("probe_run").filter("token =", token).run()) == 4, message="the four tasks")
+    page.reload()
+    expect(default.locator(".due")).to_have_text("0")
