@@ -15,8 +15,8 @@ RECORD_KIND = "_tasks_record"
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 #: States whose task may still run, so cancelling means something.
 CANCELLABLE = ("queued", "running", "retrying")
-#: States from which the Retry button sends the task again.
-RETRYABLE = ("failed", "cancelled")
+#: States from which the Retry button sends the task again (from its dead letter).
+RETRYABLE = ("failed",)
 #: The property the list is ordered by (newest first); each filter is an equality on one property.
 ORDER = "-enqueued_at"
 FILTERS = ("state", "queue", "target", "tag")

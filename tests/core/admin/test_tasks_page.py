@@ -285,6 +285,7 @@ def test_retry_sends_a_failed_task_again_from_its_dead_letter(app, ann, bob, que
     assert response.status_code == 303 and response.headers["Location"] == "/_tasks/admin/tasks"
     assert "queued again" in ann.get("/_tasks/admin/tasks").get_data(as_text=True)
     assert db.Query(DEAD_LETTER_KIND).run() == [] and len(queue.pending) == 1
+    assert db.get(db.key(RECORD_KIND, handle.id))["state"] == "queued"  # else the handler would refuse it
     CALLS.clear()
     queue.run_pending(raise_errors=False)
     assert CALLS == ["doomed-1"]
