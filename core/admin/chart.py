@@ -24,7 +24,7 @@ from core.tasks.executor import DEAD_LETTER_KIND
 MINUTES = 60
 #: Entities read per kind at most; past that the chart says its counts are partial.
 MAX_SCANNED = 20_000
-SERIES = (("succeeded", "#18794e"), ("failed", "#c4320a"), ("retried", "#b54708"))
+SERIES = (("succeeded", "#18794e"), ("failed", "#d92d20"), ("retried", "#f79009"))
 _SLOT, _BAR, _HEIGHT, _LEFT, _BOTTOM = 10, 3, 110, 28, 18
 
 
