@@ -231,8 +231,16 @@ def query_runs(limit: int) -> list[dict[str, Any]] | None:
 
 
 def describe_query_run(entity: db.Entity) -> dict[str, Any]:
-    """A query iterator run record for its page: progress out of the total counted at the start."""
-    return _run_dict(RunInfo.from_entity(entity))
+    """A query iterator run record for its page: progress out of the total counted at the start.
+
+    A record that does not read as a run (written by hand, or by another version) is still listed.
+    """
+    try:
+        return _run_dict(RunInfo.from_entity(entity))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {"id": str(entity.key.id_or_name), "iterator": "(unreadable run record)", "kind": None,
+                "status": "unknown", "processed": 0, "errors": 0, "total": None, "percent": None,
+                "rate": 0.0, "eta": None, "started": None, "updated": None, "last_error": None}
 
 
 def _run_dict(run: RunInfo) -> dict[str, Any]:

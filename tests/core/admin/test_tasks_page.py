@@ -228,6 +228,16 @@ def test_every_admin_list_pages_instead_of_cutting_at_a_hundred(ann, page, make)
     assert len({i for p in pages for i in p}) == 130
 
 
+def test_an_unreadable_query_run_record_is_listed_not_a_500(ann):
+    broken = _query_run(1)
+    del broken["class"]
+    broken["processed"] = "many"
+    db.put([_query_run(0), broken])
+    runs = ann.get("/_tasks/admin/queryiters?format=json").json["queryiters"]
+    assert [(r["id"], r["status"]) for r in runs] == [("q000", "finished"), ("q001", "unknown")]
+    assert ann.get("/_tasks/admin/queryiters").status_code == 200
+
+
 def test_the_failed_page_shows_queue_and_attempts_of_a_dead_letter(ann):
     db.put([_letter(0)])
     html = ann.get("/_tasks/admin/failed").get_data(as_text=True)
