@@ -29,7 +29,7 @@ from core.admin.render import error_response, guarded, require_admin, respond, w
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch
+from core.tasks import dispatch, lifecycle
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.runtime import TaskRuntime
@@ -257,9 +257,11 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
 def discard_dead_letter(key: db.Key) -> bool:
     """Delete a dead letter; ``False`` when it is gone already."""
     def discard() -> bool:
-        if db.get(key) is None:
+        letter = db.get(key)
+        if letter is None:
             return False
         db.delete(key)
+        lifecycle.discard_stored_payload(bytes(letter.get("payload") or b""))
         return True
 
     return db.run_in_transaction(discard)
