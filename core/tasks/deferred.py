@@ -285,7 +285,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         record = records.new_record(envelope.id, target=target.name, queue=queue, kind="deferred",
                                     queue_task=name, eta=eta,
                                     ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
-                                    payload=call)
+                                    payload=envelope.payload)
         db.put(record)  # inside a transaction: written if and only if the task is queued
         on_result = _forget_duplicate(handle)
     # A named call is created at once (outside a transaction), so the handle knows if it was a duplicate.
