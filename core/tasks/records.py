@@ -95,9 +95,11 @@ def begin(task_id: str, *, attempt: int, lease: datetime.timedelta,
         if state == SUCCEEDED:
             return Start("done", int(record.get("attempts") or 0))
         if state == CANCELLED:
+            # Touched, so a refused push shows (``updated_at`` after ``ended_at``).
             if record.get("ended_at") is None:
                 _end(record, CANCELLED, now)
-                db.put(record)
+            record["updated_at"] = now
+            db.put(record)
             return Start("cancelled", int(record.get("attempts") or 0))
         if state == FAILED:
             return Start("failed", int(record.get("attempts") or 0))
