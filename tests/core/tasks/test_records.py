@@ -15,6 +15,7 @@ from core.tasks import (
     TaskHandle,
     UntrackedTask,
     callDeferred,
+    dispatch,
     records,
 )
 from core.tasks import deferred as deferred_module
@@ -256,9 +257,13 @@ def test_fetch_rebuilds_a_handle_from_its_id(app, task_queue):
 
 
 def test_a_taken_name_is_reported_on_the_handle(app, task_queue):
-    first = untracked("n", _name="only-once")
-    second = untracked("n", _name="only-once")
-    assert first.duplicate is False and second.duplicate is True
+    with dispatch.request_scope(get_runtime()):  # as in a request: unnamed calls wait for the batch
+        batched = untracked("b")
+        first = untracked("n", _name="only-once")
+        second = untracked("n", _name="only-once")
+        assert batched.duplicate is None  # not created yet
+        assert first.duplicate is False and second.duplicate is True
+    assert batched.duplicate is False
     tracked_second = add(1, 1, _name="only-once")
     assert tracked_second.duplicate is True and records.get(tracked_second.id) is None
 
