@@ -463,3 +463,5 @@ def test_a_queued_task_can_be_deleted_before_it_is_pushed(store: LocalQueueStore
     assert transport.delete_task("default", name) is False  # gone already
     assert transport.delete_task("other", "kept") is False  # names are per queue
     assert [t.name for t in store.tasks()] == ["kept"]
+    store.lease_due("default", time.time(), 10)  # being pushed: the handler's revocation check decides
+    assert transport.delete_task("default", "kept") is False and store.pending() == 1
