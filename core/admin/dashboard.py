@@ -29,7 +29,7 @@ from core.admin.render import error_response, guarded, require_admin, respond, w
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle
+from core.tasks import dispatch, lifecycle, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.runtime import TaskRuntime
@@ -249,6 +249,8 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
                    SIGNATURE_HEADER: sign_request(runtime.settings.tasks_secret, "POST", path, body)}
         dispatch.send(runtime, TaskRequest(queue=queue, path=path, body=body, headers=headers))
         db.delete(key)
+        if letter.get("task_id"):
+            records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push
         return True
 
     return db.run_in_transaction(retry)

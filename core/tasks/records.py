@@ -199,6 +199,20 @@ def cancel(task_id: str) -> tuple[bool, db.Entity | None]:
     return db.run_in_transaction(revoke)
 
 
+def reopen(task_id: str) -> bool:
+    """Make an ended task runnable again (a person retries its dead letter); ``False`` if it has no record.
+
+    Must run in the transaction that sends the task again.
+    """
+    record = get(task_id)
+    if record is None:
+        return False
+    now = clock()
+    record.update({"state": QUEUED, "ended_at": None, "updated_at": now, "lease_until": None, "result": None})
+    db.put(record)
+    return True
+
+
 def purge_expired(*, limit: int = 500) -> int:
     """Delete records whose ``expires_at`` has passed; returns how many."""
     query = db.Query(RECORD_KIND).filter("expires_at <", clock()).keys_only()

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from core import db
-from core.admin.dashboard import discard_dead_letter
+from core.admin.dashboard import discard_dead_letter, retry_dead_letter
 from core.tasks import Constant, Exponential, Linear, TaskFailed, callDeferred
 from core.tasks import records as records_module
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.message import PAYLOAD_KIND
 from core.tasks.retry import RetryPolicy
+from core.tasks.runtime import get_runtime
 from tests.conftest import TaskQueue
 
 START = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
@@ -235,3 +236,26 @@ def test_timeout_sets_the_dispatch_deadline(app, task_queue):
     with_timeout()
     request = task_queue.pending[0].request
     assert request.dispatch_deadline == datetime.timedelta(seconds=45)
+
+
+FIXED: list[bool] = []
+
+
+@callDeferred(track=True, max_attempts=1)
+def works_once_fixed() -> str:
+    _note("fixable")
+    if not FIXED:
+        raise RuntimeError("not fixed yet")
+    return "fixed"
+
+
+def test_retrying_the_dead_letter_of_a_tracked_task_runs_it_again(app, task_queue, clock):
+    FIXED.clear()
+    handle = works_once_fixed()
+    task_queue.run_pending(raise_errors=False)
+    assert handle.status().state == "failed"
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    FIXED.append(True)
+    assert retry_dead_letter(get_runtime(), letter.key)
+    task_queue.run_pending()
+    assert len(ATTEMPTS) == 2 and handle.result(timeout=1) == "fixed"
