@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from deploy.ports import free_port
 
 from core import db
 from core.tasks import TaskCancelled, TaskFailed, TaskHandle
 from core.tasks.executor import DEAD_LETTER_KIND
-from deploy.ports import free_port
 from tests.e2e.conftest import probe_runs, wait_for
 from tests.services.tasks_emulator import start_tasks_emulator
 

@@ -199,7 +199,8 @@ def test_cancel_of_a_scheduled_task_the_queue_cannot_delete_ends_it_cancelled_un
     queued = task_queue.pending[0]
     assert handle.cancel() is True
     task_queue.transport.pending.append(queued)  # as if the queue had refused the delete (501)
-    outcomes = task_queue.run_pending()
+    assert task_queue.run_pending() == []  # not due yet
+    outcomes = task_queue.advance(2 * 3600 + 1)
     assert RUNS == [] and outcomes[0].status == 200 and outcomes[0].skipped == "cancelled; not run"
     assert records.get(handle.id)["ended_at"] is not None
 
