@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from deploy.ports import free_port
 
 from core import db
+from core.devserver.ports import free_port
 from core.tasks import TaskCancelled, TaskFailed, TaskHandle
 from core.tasks.executor import DEAD_LETTER_KIND
 from tests.e2e.conftest import probe_runs, wait_for

@@ -1306,8 +1306,14 @@ class LocalDispatcher:
 
     def _flush(self) -> None:
         if self._done or self._again:
+            retried = bool(self._again)
             self.store.record(self._done, self._ended, self._again)  # cleared only once written
             self._done, self._ended, self._again = [], [], []
+            if retried:
+                # A lease between the retry and this write may have found the queue empty; our own
+                # commit leaves data_version alone, so look again for the retries just written.
+                for q in self._queues.values():
+                    q.empty_version = -1
 
 
 # --- command line -------------------------------------------------------------------------------
