@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from core.files import private_dir, private_file, write_private
+
 
 def project_root() -> Path:
     """The user's project: the working directory the app, the CLI or the local stack runs in.
@@ -28,6 +30,10 @@ def default_queue_yaml(root: Path) -> Path:
         if candidate.exists():
             return candidate
     return root / "queue.yaml"
+
+
+#: How much larger than the task payload limit a request body may be by default.
+REQUEST_SIZE_MARGIN = 65_536
 
 
 def _flag(value: str | None, default: bool = False) -> bool:
@@ -94,6 +100,8 @@ class Settings:
     log_format: str = "auto"
     tasks_default_queue: str = "default"
     tasks_payload_limit: int = 100_000
+    #: Largest request body accepted (413 beyond); ``None``: the payload limit plus 64 KiB.
+    max_request_bytes: int | None = None
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0
@@ -112,6 +120,8 @@ class Settings:
     local_app_url: str = "http://127.0.0.1:8080"
     port: int = 8080
     secret_key: str = ""
+    #: The app's home page, linked from the header of the task pages.
+    tasks_home_url: str = "/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +153,7 @@ class Settings:
             log_format=env.get("LOG_FORMAT", "auto").strip().lower() or "auto",
             tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
+            max_request_bytes=int(env["REQUEST_SIZE_LIMIT"]) if env.get("REQUEST_SIZE_LIMIT") else None,
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
             tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
@@ -156,6 +167,7 @@ class Settings:
             local_app_url=env.get("LOCAL_APP_URL", f"http://127.0.0.1:{port}"),
             port=port,
             secret_key=env.get("SECRET_KEY", ""),
+            tasks_home_url=env.get("TASKS_HOME_URL") or "/",
         )
 
     @property
@@ -167,6 +179,13 @@ class Settings:
     def log_json(self) -> bool:
         """Whether log lines are Cloud Logging structured JSON (``log_format``)."""
         return self.log_format == "json" or (self.log_format == "auto" and self.runtime != "local")
+
+    @property
+    def request_size_limit(self) -> int:
+        """Largest request body accepted: a task body up to the payload limit, with room to spare."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.tasks_payload_limit + REQUEST_SIZE_MARGIN
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -181,18 +200,19 @@ class Settings:
             return self
         if self.runtime != "local":
             raise RuntimeError("TASKS_SECRET and SECRET_KEY must be set outside local development")
-        self.local_data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.local_data_dir)
         path = self.local_data_dir / "secrets"
         if not path.exists():
             # Several processes may start at once: the first link wins, the others read it.
             tmp = path.with_name(f"secrets.{os.getpid()}.tmp")
-            tmp.write_text(f"{secrets.token_hex(32)}\n{secrets.token_hex(32)}\n")
+            write_private(tmp, f"{secrets.token_hex(32)}\n{secrets.token_hex(32)}\n")
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
             finally:
                 tmp.unlink()
+        private_file(path)  # one written by an older version may be readable by all
         task_secret, key = path.read_text().split()[:2]
         return self.replace(tasks_secret=self.tasks_secret or task_secret, secret_key=self.secret_key or key)
 

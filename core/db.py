@@ -1,6 +1,8 @@
 """A thin, typed layer over google-cloud-datastore, in the way ViUR's ``db`` wraps it.
 
-- :class:`Key` and :class:`Entity` are the library's classes with a URL-safe string form.
+- :class:`Key` and :class:`Entity` are the library's classes with a URL-safe string form. A key
+  made without a project (``Key("invoice", 5)``, as ViUR code writes it) takes the project and
+  namespace of the active store; with a ``parent`` it takes the parent's.
 - ``get``/``put``/``delete`` take one value or a list; multi-writes are chunked to 500 mutations
   per commit (the emulator accepts more, production refuses).
 - :class:`Query` pages by cursor: the emulator answers at most 300 entities per call, so a short
@@ -54,7 +56,19 @@ class TransactionFailedError(RuntimeError):
 
 
 class Key(datastore.Key):
-    """A Datastore key with a URL-safe string form (``str(key)``) that round-trips."""
+    """A Datastore key with a URL-safe string form (``str(key)``) that round-trips.
+
+    Without ``project`` and ``parent`` the key belongs to the current store (:func:`get_datastore`:
+    the app's in its context): its project, and its namespace unless one is given.
+    """
+
+    def __init__(self, *path_args: Any, **kwargs: Any) -> None:
+        if kwargs.get("project") is None and kwargs.get("parent") is None:
+            store = get_datastore()
+            kwargs["project"] = store.project
+            if kwargs.get("namespace") is None:
+                kwargs["namespace"] = store.namespace
+        super().__init__(*path_args, **kwargs)
 
     def to_urlsafe(self) -> str:
         if self.is_partial:

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
-from core import current, db, trace
+from core import current, db, safety, trace
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
@@ -98,6 +98,7 @@ class Tasks:
         app.extensions["core.tasks"] = self
         app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
         app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
+        safety.init_app(app, settings)  # before the request hooks: a body too large is refused first
         tree.register_routes(app)
         init_cli(app)
         appcontext_pushed.connect(_bind_app_context, app)

@@ -47,7 +47,7 @@ import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable"]
+__all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable", "SerializationError"]
 
 #: Every tag key starts with this; plain dicts with one such key are escaped.
 TAG_PREFIX = "~"
@@ -64,6 +64,18 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=
 
 # --- encoding -----------------------------------------------------------------------------------
 
+class SerializationError(TypeError):
+    """A value that cannot be encoded: ``reason`` says why, ``location`` where below the root.
+
+    ``location`` is a Python-like suffix (``[1]['user']``, ``.keys[0]``, ``.members[2]``), so a
+    caller can name the root in its own terms.
+    """
+
+    def __init__(self, reason: str, root: str, location: str, message: str | None = None) -> None:
+        super().__init__(message or f"{reason} at {root}{location}")
+        self.reason, self.root, self.location = reason, root, location
+
+
 class _Unserializable(Exception):
     """Raised deep in the encoder; collects the path while unwinding, becomes a TypeError at the top."""
 
@@ -72,8 +84,8 @@ class _Unserializable(Exception):
         self.reason = reason
         self.segments: list[str] = []
 
-    def to_type_error(self, root: str) -> TypeError:
-        return TypeError(f"{self.reason} at {root}{''.join(reversed(self.segments))}")
+    def to_type_error(self, root: str) -> SerializationError:
+        return SerializationError(self.reason, root, "".join(reversed(self.segments)))
 
 
 def _unsupported(value: Any) -> _Unserializable:
@@ -292,7 +304,8 @@ def _to_tree(value: Any, path: str) -> _Tree:
     except _Unserializable as exc:
         raise exc.to_type_error(path) from None
     except RecursionError:
-        raise TypeError(f"cannot serialize {path}: nested too deeply") from None
+        raise SerializationError("nested too deeply to serialize", path, "",
+                                 f"cannot serialize {path}: nested too deeply") from None
 
 
 # --- decoding -----------------------------------------------------------------------------------

@@ -138,19 +138,19 @@ def _make_view(handler: Callable[..., Any]) -> Callable[..., ResponseReturnValue
         return raw_view
     signature = inspect.signature(handler)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    accepts_args = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
     names = {n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = [n for n, p in signature.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
 
     def view(rest: str) -> ResponseReturnValue:
         args = [a for a in rest.split("/") if a] if rest else []
+        # A path segment fills its parameter; a field of the same name must not collide with it.
+        taken = set(positional[:len(args)])
         kwargs = {k: v for k, v in {**request.args.to_dict(), **request.form.to_dict()}.items()
-                  if accepts_any or k in names}
+                  if (accepts_any or k in names) and k not in taken}
         try:
             signature.bind(*args, **kwargs)
         except TypeError:
-            if not accepts_args:
-                abort(404)
-            raise
+            abort(404)  # the request does not fit the handler: too many or too few arguments
         result = handler(*args, **kwargs)
         if isinstance(result, (dict, list)):
             return jsonify(result)

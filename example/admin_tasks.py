@@ -12,7 +12,7 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, StringField
-from wtforms.validators import DataRequired, NumberRange, Regexp
+from wtforms.validators import DataRequired, InputRequired, NumberRange, Regexp
 
 from core import current, db
 from core.tasks.callable import CallableTask, CallableTaskBase
@@ -29,7 +29,8 @@ class GenerateInvoicesForm(FlaskForm):
     month = StringField("Month", validators=[DataRequired(), Regexp(r"^\d{4}-(0[1-9]|1[0-2])$",
                                                                      message="Use the form YYYY-MM, e.g. 2026-10.")],
                         description="The month the invoices belong to (YYYY-MM).", default="2026-10")
-    count = IntegerField("How many", validators=[DataRequired(), NumberRange(min=1, max=500)],
+    # InputRequired, not DataRequired: 0 is input (falsy data), and NumberRange names the range for it.
+    count = IntegerField("How many", validators=[InputRequired(), NumberRange(min=1, max=500)],
                          description="Between 1 and 500.", default=20)
 
 

@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
+
+from flask import abort
 
 from core import current, db
 from core.module import Module, exposed
 from core.tasks import callDeferred
+
+#: A month as ``YYYY-MM``.
+MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
 class Invoices(Module):
     @exposed
     def close_month(self, month: str = "2026-10") -> dict[str, Any]:
         """Returns at once; the totals are recomputed later, in a task."""
+        if not MONTH_RE.fullmatch(month):  # checked here: a task that can never succeed is not queued
+            abort(400, "month must look like 2026-10")
         handle = self.recompute_totals(month)
         return {"queued": handle.id, "month": month}
 
@@ -29,16 +37,6 @@ class Invoices(Module):
             "at": datetime.datetime.now(datetime.UTC),
         })
         db.put(entity)
-
-
-class Index(Module):
-    @exposed
-    def index(self) -> str:
-        user = current.user.get()
-        who = f"signed in as {user.key.name}" if user is not None else "not signed in"
-        return (f"<!doctype html><title>Example</title><h1>Deferred tasks example</h1><p>{who}</p>"
-                "<ul><li><a href=/user/login>Sign in</a></li><li><a href=/_tasks/list>Tasks you may run</a></li>"
-                "<li><a href=/_tasks/admin>Task dashboard</a> (admins)</li></ul>")
 
 
 @callDeferred

@@ -9,16 +9,18 @@ first time it is shown, unless they exist: ``admin`` / ``admin-demo`` (an admini
 """
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Any
 
 import click
-from flask import redirect, request, session
+from flask import abort, redirect, request, session
 from flask.cli import AppGroup
-from markupsafe import escape
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from core import db
 from core.module import Module, exposed
+from example.pages import csrf_ok, page
 
 USER_KIND = "user"
 #: Demo accounts for local use: (name, password, admin).
@@ -56,6 +58,8 @@ class SessionUsers:
 
     #: Where the task pages send anonymous visitors to sign in.
     login_url = "/user/login"
+    #: Where the pages' sign-out button posts (with the CSRF token).
+    logout_url = "/user/logout"
 
     def load_from_request(self, req: Any) -> db.Entity | None:
         name = session.get("user")
@@ -72,43 +76,64 @@ class SessionUsers:
 
 
 class UserModule(Module):
-    """``/user/login`` and ``/user/logout``."""
+    """``/user/login`` (a CSRF-checked form) and ``/user/logout`` (POST with the CSRF token only)."""
 
     @exposed
     def login(self, name: str = "", password: str = "", next: str = "/") -> Any:  # noqa: A002
+        target = safe_next(next)
         if request.method == "POST":
-            user = db.get(db.key(USER_KIND, name)) if name else None
+            if not csrf_ok():
+                return _login_page(target, "The form expired or did not come from this site. Please sign in again.",
+                                   400)
+            user = db.get(db.key(USER_KIND, name)) if _possible_name(name) else None
             if user is not None and check_password_hash(user["password_hash"], password):
                 session.clear()
                 session["user"] = name
-                # Only paths of this site: "//host" and "/\\host" would leave it.
-                return redirect(next if next.startswith("/") and not next.startswith(("//", "/\\")) else "/")
-            return _login_page(next, "<p class=error>Wrong name or password.</p>"), 401
-        return _login_page(next)
+                return redirect(target, code=303)
+            return _login_page(target, "Wrong name or password.", 401)
+        return _login_page(target)
 
-    @exposed
+    @exposed(methods=("POST",))
     def logout(self) -> Any:
+        """Signs out only with the session's CSRF token: a link or an image elsewhere cannot."""
+        if not csrf_ok():
+            abort(400, "The sign-out form expired or did not come from this site.")
         session.clear()
-        return redirect("/")
+        return redirect("/", code=303)
 
 
-def _login_page(next_path: str, error: str = "") -> str:
-    demo = ""
-    if demo_users_allowed():
+#: Characters browsers drop from a URL anywhere in it (tab, newline, carriage return).
+_DROPPED = re.compile(r"[\t\n\r]")
+#: Characters a browser strips from both ends of a URL (C0 controls and space).
+_STRIPPED = "".join(chr(c) for c in range(0x21))
+
+
+def safe_next(target: str) -> str:
+    """``target`` if it is a path of this site, else ``/``.
+
+    Checked as a browser will read it, not as it was sent: tabs and newlines are dropped, ends are
+    trimmed and ``\\`` counts as ``/``, so ``/<tab>/evil.example`` is ``//evil.example`` (another host).
+    The normalised form is what the redirect sends.
+    """
+    path = _DROPPED.sub("", str(target)).strip(_STRIPPED).replace("\\", "/")
+    if len(path) > 2000 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "/"
+    parts = urllib.parse.urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
+        return "/"
+    return path
+
+
+def _possible_name(name: str) -> bool:
+    """Whether ``name`` can be a user's key name (Datastore: at most 1,500 bytes, no ``__x__``)."""
+    return 0 < len(name.encode("utf-8", "surrogatepass")) <= 500 and not (name.startswith("__") and name.endswith("__"))
+
+
+def _login_page(next_path: str, error: str = "", http_status: int = 200) -> Any:
+    demo = demo_users_allowed()
+    if demo:
         seed_demo_users()
-        demo = DEMO_NOTE
-    return LOGIN_FORM.format(error=error, next=escape(next_path), demo=demo)
-
-
-DEMO_NOTE = ("<p>Demo accounts (local only): <b>admin</b> / <code>admin-demo</code> (administrator), "
-             "<b>user</b> / <code>user-demo</code>.</p>")
-
-LOGIN_FORM = """<!doctype html><title>Sign in</title>
-<h1>Sign in</h1>{error}{demo}
-<form method=post><input type=hidden name=next value="{next}">
-<label>Name <input name=name autocomplete=username></label>
-<label>Password <input name=password type=password autocomplete=current-password></label>
-<button type=submit>Sign in</button></form>"""
+    return page("login.html", http_status, title="Sign in", error=error, next=next_path, demo=demo)
 
 
 #: ``flask --app main users create NAME [--admin]`` and ``... users seed-demo`` once the app adds

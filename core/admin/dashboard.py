@@ -5,6 +5,7 @@ each also as JSON with ``?format=json`` or ``Accept: application/json``:
 
 - ``/_tasks/admin``: overview (counts and the newest entries of each page);
 - ``/_tasks/admin/periodic``: periodic tasks, their schedule, last success, next due, last error;
+  ``POST .../periodic/run`` (form field ``task``) queues one now;
 - ``/_tasks/admin/queryiters``: query iterator runs with live progress (the page reloads itself
   while a run is running); ``POST .../queryiters/<run>/stop`` and ``.../resume``;
 - ``/_tasks/admin/failed``: failed tasks (dead letters) with ``POST .../failed/<id>/retry`` and
@@ -28,8 +29,9 @@ from core.admin import forms
 from core.admin.render import error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
+from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, records
+from core.tasks import dispatch, lifecycle, periodic_now, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.runtime import TaskRuntime
@@ -60,13 +62,19 @@ class TaskAdmin(Module):
         return respond("dashboard.html", data, refresh=REFRESH_SECONDS if active else None, base=self._base(),
                        title="Task dashboard")
 
-    @exposed(methods=("GET",))
+    @exposed(methods=("GET", "POST"))
     @guarded
-    def periodic(self, *args: Any, **kwargs: Any) -> Response:
-        """Periodic tasks and their schedule state."""
+    def periodic(self, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """Periodic tasks and their schedule state (GET); run one now (POST ``run``, form field ``task``)."""
         runtime = require_admin()
+        if request.method == "POST":
+            return self._periodic_action(runtime, action)
+        if action is not None:
+            raise NotFound("no such page")
         tasks = periodic_tasks(runtime)
+        pending = any(task.get("pending") for task in tasks or [])
         return respond("periodic.html", {"periodic": tasks or [], "available": tasks is not None},
+                       refresh=REFRESH_SECONDS if pending else None, action_form=forms.ActionForm(),
                        base=self._base(), title="Periodic tasks")
 
     @exposed(methods=("GET", "POST"))
@@ -143,6 +151,18 @@ class TaskAdmin(Module):
             message = f"Run {run_id} resumed." if changed else f"Run {run_id} was neither stopped nor failed."
         return self._done("queryiters", message, changed=changed)
 
+    def _periodic_action(self, runtime: TaskRuntime, action: str | None) -> Response:
+        if action != "run":
+            raise NotFound("no such action")
+        refused = self._checked_action()
+        if refused is not None:
+            return refused
+        name = request.form.get("task", "")
+        outcome = periodic_now.run_now(runtime, name)
+        message = (f"{name} queued to run now." if outcome == periodic_now.ENQUEUED
+                   else f"{name} is queued or running already.")
+        return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
+
     def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
         if letter_id is None or action not in ("retry", "discard"):
             raise NotFound("no such action")
@@ -207,21 +227,26 @@ def describe_dead_letter(entity: db.Entity) -> dict[str, Any]:
 
 
 def payload_summary(body: bytes) -> str:
-    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it."""
+    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it.
+
+    Any stored value renders (a dead letter is often what could not be handled elsewhere).
+    """
     try:
         data = tagged_json.loads(body)
     except Exception:
         return _shorten(body.decode("utf-8", "replace") or "(empty)")
     if not isinstance(data, dict):
-        return _shorten(repr(data))
+        return _shorten(safe_repr(data))
     if "ref" in data:
-        return f"{data.get('kind')} task with a payload stored in Datastore ({len(body)} bytes referenced)"
+        return f"{safe_repr(data.get('kind'))} task with a payload stored in Datastore ({len(body)} bytes referenced)"
     payload = data.get("payload")
-    if isinstance(payload, dict) and "target" in payload:
-        args = [repr(a) for a in payload.get("args") or []]
-        args += [f"{k}={v!r}" for k, v in (payload.get("kwargs") or {}).items()]
-        return _shorten(f"{payload['target']}({', '.join(args)})")
-    return _shorten(repr(payload))
+    if isinstance(payload, dict) and isinstance(payload.get("target"), str):
+        args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
+        shown = [safe_repr(a) for a in args] if isinstance(args, list) else [f"*{safe_repr(args)}"]
+        shown += ([f"{k}={safe_repr(v)}" for k, v in kwargs.items()] if isinstance(kwargs, dict)
+                  else [f"**{safe_repr(kwargs)}"])
+        return _shorten(f"{payload['target']}({', '.join(shown)})")
+    return _shorten(safe_repr(payload))
 
 
 def _shorten(text: str) -> str:
@@ -242,6 +267,8 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
         path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
         if not path.startswith("/"):
             raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
+        if letter.get("payload_truncated"):
+            raise BadTaskRequest(f"failed task {key.id_or_name} was too large to keep whole; it cannot be sent again")
         queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
         if not QUEUE_NAME_RE.match(queue):
             queue = runtime.settings.tasks_default_queue

@@ -2,7 +2,8 @@
 
 Templates live next to this file and are rendered by an overlay of the app's own Jinja
 environment (so ``url_for`` and flashed messages work) that only this package uses: the pages
-need no blueprint and no change to the app factory.
+need no blueprint and no change to the app factory. An app's own pages may share the look: pass
+their template folder as ``search_path`` to :func:`render` and extend ``base.html``.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import Any, TypeVar
 
 import jinja2
 from flask import Response, current_app, jsonify, request
+from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
 from core import current
+from core.reprs import safe_repr, too_long_for_text
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
 from core.tasks.runtime import TaskRuntime, get_runtime
 
@@ -82,24 +85,39 @@ def login_url() -> str | None:
     return f"{url}{separator}{urllib.parse.urlencode({'next': request.full_path.rstrip('?')}, safe='/')}"
 
 
-def _environment() -> jinja2.Environment:
-    env = current_app.extensions.get(_ENV_KEY)
+def logout_url() -> str | None:
+    """The sign-out page (POST with a CSRF token), if the app's user provider names one (``logout_url``)."""
+    url = getattr(get_runtime().users, "logout_url", None)
+    return url if isinstance(url, str) and url else None
+
+
+def _environment(search_path: tuple[Path, ...] = ()) -> jinja2.Environment:
+    """This package's templates, after those of ``search_path`` (an app's pages extending ``base.html``)."""
+    envs = current_app.extensions.setdefault(_ENV_KEY, {})
+    env = envs.get(search_path)
     if env is None:
-        env = current_app.jinja_env.overlay(loader=jinja2.FileSystemLoader(str(TEMPLATES)))
+        loader = jinja2.FileSystemLoader([str(path) for path in search_path] + [str(TEMPLATES)])
+        env = current_app.jinja_env.overlay(loader=loader)
         env.filters["when"] = format_time
         env.filters["ago"] = format_age
         env.filters["due"] = format_due
         env.filters["sentence"] = sentence
         env.filters["breakable"] = breakable
-        current_app.extensions[_ENV_KEY] = env
+        envs[search_path] = env
     return env
 
 
-def render(template: str, http_status: int = 200, /, **context: Any) -> Response:
-    """An HTML page from this package's templates, with the page chrome's context filled in."""
-    base = {"user": current.user.get(), "user_id": user_id(), "is_admin": is_admin(),
-            "dashboard": dashboard_path(), "login_url": login_url(), "request": request}
-    html = _environment().get_template(template).render(**base, **context)
+def page_context() -> dict[str, Any]:
+    """What ``base.html`` needs: who is signed in, where to sign in and out, the app's home."""
+    return {"user": current.user.get(), "user_id": user_id(), "is_admin": is_admin(),
+            "dashboard": dashboard_path(), "login_url": login_url(), "logout_url": logout_url(),
+            "home_url": get_runtime().settings.tasks_home_url, "page_csrf_token": generate_csrf, "request": request}
+
+
+def render(template: str, http_status: int = 200, /, *, search_path: tuple[Path, ...] = (),
+           **context: Any) -> Response:
+    """An HTML page from this package's templates (or ``search_path``'s), with the page chrome filled in."""
+    html = _environment(search_path).get_template(template).render({**page_context(), **context})
     return Response(html, status=http_status, mimetype="text/html")
 
 
@@ -144,9 +162,14 @@ def to_json(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, int) and not isinstance(value, bool) and too_long_for_text(value):
+        return safe_repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return str(value)
+    try:
+        return str(value)
+    except Exception:
+        return safe_repr(value)
 
 
 def format_time(value: Any) -> str:

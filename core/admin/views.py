@@ -9,15 +9,27 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Response, redirect, request
 
 from core.admin import forms
-from core.admin.render import error_response, guarded, is_admin, require_user, respond, user_id, wants_json
+from core.admin.render import (
+    dashboard_path,
+    error_response,
+    guarded,
+    is_admin,
+    require_user,
+    respond,
+    user_id,
+    wants_json,
+)
 from core.tasks import callable as callable_tasks
+from core.tasks import queryiter
 from core.tasks.errors import Forbidden, NotFound
 from core.tasks.runtime import get_runtime
+from core.tasks.started import StartedWork
 
 LIST_PATH = "/_tasks/list"
 EXECUTE_PATH = "/_tasks/execute"
@@ -39,7 +51,26 @@ def describe_run(run: Any) -> dict[str, Any]:
             "retrying": bool(run.get("retrying")), "attempts": run.get("attempts") or 0,
             "created": run.get("created"), "started": run.get("started"), "finished": run.get("finished"),
             "error": run.get("error"), "task_id": run.get("task_id"),
+            "started_work": [dataclasses.asdict(work) for work in map(StartedWork.from_text,
+                                                                                     run.get("started_work") or [])
+                             if work is not None],
             "url": f"{EXECUTE_PATH}/{run.get('task')}?run={run.key.name}"}
+
+
+def follow_started_work(started_work: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a run started, with each piece's current status and where to watch it."""
+    dashboard = dashboard_path()
+    followed = []
+    for work in started_work:
+        entry = {**work, "status": None, "processed": None, "url": None}
+        if work["kind"] == "queryiter":
+            info = queryiter.get_run(work["id"])
+            if info is not None:
+                entry.update(status=info.status, processed=info.processed)
+            if dashboard is not None:
+                entry["url"] = f"{dashboard}/queryiters#run-{work['id']}"
+        followed.append(entry)
+    return followed
 
 
 def run_is_active(run: dict[str, Any]) -> bool:
@@ -98,6 +129,8 @@ def _show_run(task: callable_tasks.CallableTaskBase, run_id: str) -> Response:
     if run is None or run.get("task") != task.key or (run.get("user") != user_id() and not is_admin()):
         raise NotFound("there is no such run")
     described = describe_run(run)
+    described["started_work"] = follow_started_work(described["started_work"])
+    watching = run_is_active(described) or any(w["status"] == queryiter.RUNNING for w in described["started_work"])
     return respond("run.html", {"run": described, "task": describe_task(task)},
-                   refresh=RUN_REFRESH if run_is_active(described) else None,
+                   refresh=RUN_REFRESH if watching else None,
                    title=f"Run of {task.name or task.key}")

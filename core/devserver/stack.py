@@ -30,6 +30,10 @@ log = logging.getLogger("devserver")
 #: Written into the data folder while a stack runs: where its emulator and app listen.
 STATE_FILE = "stack.json"
 
+#: A dispatcher that dies more often than this within the window is not restarted again.
+DISPATCHER_RESTARTS = 5
+DISPATCHER_RESTART_WINDOW = 60
+
 
 @dataclasses.dataclass
 class LocalStack:
@@ -64,6 +68,7 @@ class LocalStack:
         self.gunicorn: subprocess.Popen[bytes] | None = None
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.cron_pinger: Any = None
+        self._restarts: list[float] = []
 
     @property
     def url(self) -> str:
@@ -147,7 +152,9 @@ class LocalStack:
     def start_gunicorn(self, timeout: float = 60) -> None:
         args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                 "--worker-class", self.worker_class, "--threads", str(self.threads),
-                "--graceful-timeout", "5", "--timeout", "120", self.app_module]
+                "--graceful-timeout", "5", "--timeout", "120",
+                # Its default path is one per user: parallel stacks would share (and steal) it.
+                "--no-control-socket", self.app_module]
         with self._log("gunicorn") as out:
             self.gunicorn = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                              stderr=subprocess.STDOUT, start_new_session=True)
@@ -188,6 +195,28 @@ class LocalStack:
         assert self.data_dir is not None
         path = (self.log_dir or self.data_dir / "logs") / f"{name}.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+    def supervise(self) -> bool:
+        """Restart a dispatcher that died (its tasks are safe in SQLite); ``False`` when the stack must stop.
+
+        The stack stops when gunicorn died, or when the dispatcher keeps dying right after its start.
+        """
+        if self.gunicorn is not None and self.gunicorn.poll() is not None:
+            log.error("gunicorn exited with %s:\n%s", self.gunicorn.returncode, self.log_tail("gunicorn"))
+            return False
+        if self.dispatcher is None or self.dispatcher.poll() is None:
+            return True
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < DISPATCHER_RESTART_WINDOW] + [now]
+        if len(self._restarts) > DISPATCHER_RESTARTS:
+            log.error("dispatcher exited with %s %d times within %d s; stopping:\n%s", self.dispatcher.returncode,
+                      len(self._restarts), DISPATCHER_RESTART_WINDOW, self.log_tail("dispatcher"))
+            return False
+        log.warning("dispatcher exited with %s; restarting it (queued tasks are kept in %s)",
+                    self.dispatcher.returncode, self.queue_db)
+        self.start_dispatcher()
+        log.info("dispatcher restarted (pid %d)", self.dispatcher.pid)
+        return True
 
     def stop_dispatcher(self, sig: int = signal.SIGTERM) -> None:
         stop_process_group(self.dispatcher, sig)
@@ -237,11 +266,7 @@ def run_local(app_module: str = "main:app", *, root: Path | None = None, port: i
     log.info("serving %s at %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
              stack.url, stack.datastore.host if stack.datastore else "?", stack.queue_db, data_dir / "logs")
     try:
-        while not stopping:
-            for name, process in (("gunicorn", stack.gunicorn), ("dispatcher", stack.dispatcher)):
-                if process is not None and process.poll() is not None:
-                    log.error("%s exited with %s:\n%s", name, process.returncode, stack.log_tail(name))
-                    stopping = True
+        while not stopping and stack.supervise():
             time.sleep(0.5)
     finally:
         log.info("stopping")

@@ -43,7 +43,8 @@ _EXPORTS: dict[str, str] = {
     **{name: "core.tasks.errors" for name in (
         "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
         "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
-        "InvalidScheduleSpecification", "LockHeld", "TaskFailed", "TaskCancelled", "UntrackedTask")},
+        "InvalidScheduleSpecification", "LockHeld", "TaskFailed", "TaskCancelled", "UntrackedTask",
+        "UnsupportedTargetError")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
         TaskError,
         TaskFailed,
         TaskNotFound,
+        UnsupportedTargetError,
         UntrackedTask,
     )
     from core.tasks.handle import TaskHandle, TaskStatus

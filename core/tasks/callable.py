@@ -21,7 +21,9 @@ The admin pages (``/_tasks/list``, ``/_tasks/execute/<key>``) show the form; a v
 is not run inside the request (ViUR did that) but queued: :func:`queue_run` records a run
 (kind ``_tasks_callable_run``) and defers :func:`run_callable_task`, which runs in a task with the
 submitting user restored, checks ``canCall()`` again and keeps the run record's status current
-(``queued`` → ``running`` → ``done`` or ``failed``).
+(``queued`` → ``running`` → ``done`` or ``failed``). ``done`` means the run's own part is done: work it
+started (a query iterator run) is listed in ``started_work`` and followed on its own page.
+Its ``attempts`` count every execution of the run, a retried dead letter's included.
 
 Field values travel through ``core.json``: strings, numbers, booleans, dates, datetimes, Decimals
 and lists of them are fine; a file upload is not (store it first and pass its key).
@@ -35,6 +37,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from core import current, db
+from core.tasks import aio, started
 from core.tasks.deferred import TaskHandle, callDeferred
 from core.tasks.errors import ConfigurationError, PermanentTaskFailure, TaskNotFound
 from core.tasks.registry import active_registry
@@ -51,6 +54,7 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MAX_SUMMARY = 500
 _MAX_ERROR = 2000
+_UNINDEXED = ("data_summary", "error", "started_work")
 
 
 class CallableTaskBase:
@@ -88,6 +92,9 @@ def CallableTask(cls: type[CallableTaskBase]) -> type[CallableTaskBase]:  # noqa
         raise ConfigurationError(f"{cls.__qualname__}.key must match {KEY_RE.pattern}, got {cls.key!r}")
     if not isinstance(cls.max_attempts, int) or cls.max_attempts < 1:
         raise ConfigurationError(f"{cls.__qualname__}.max_attempts must be an int >= 1")
+    aio.check_synchronous(cls.canCall, "callable task canCall")
+    aio.check_synchronous(cls.dataSkel, "callable task dataSkel")
+    aio.check_runnable(cls.execute, "callable task execute")
     registry = active_registry()
     registry.callable.add(cls.key, cls)
     # The runner registered itself where it was imported; a registry made later (tests) needs it too.
@@ -138,7 +145,7 @@ def queue_run(runtime: TaskRuntime, task: CallableTaskBase, data: dict[str, Any]
 
     def record_and_queue() -> db.Entity:
         handle: TaskHandle = run_callable_task(run_id, str(task.key), data)
-        entity = db.Entity(db.key(RUN_KIND, run_id), exclude_from_indexes=("data_summary", "error"))
+        entity = db.Entity(db.key(RUN_KIND, run_id), exclude_from_indexes=_UNINDEXED)
         entity.update({
             "task": task.key, "task_name": task.name or task.key,
             "user": runtime.users.id_of(user) if user is not None else None,
@@ -175,8 +182,7 @@ def summarize(data: dict[str, Any]) -> str:
 def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
     """Run one queued run of a callable task, as the user who started it."""
     runtime = get_runtime()
-    info = current.task.get()
-    attempt = (info.execution_count if info is not None else 0) + 1
+    attempt = _next_attempt(run_id)
     cls = runtime.registry.callable.find(task_key)
     if cls is None:
         _update(run_id, task_key, status=FAILED, finished=_now(), attempts=attempt,
@@ -188,9 +194,10 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
         _update(run_id, task_key, status=FAILED, finished=_now(), attempts=attempt, error=reason)
         raise PermanentTaskFailure(f"{task_key}: {reason}")
     _update(run_id, task_key, status=RUNNING, started=_now(), finished=None, attempts=attempt, error=None,
-            retrying=False)
+            retrying=False, started_work=[])
     try:
-        task.execute(**data)
+        with started.collecting() as work:
+            aio.call(task.execute, **data)
     except Exception as exc:
         final = isinstance(exc, PermanentTaskFailure) or attempt >= cls.max_attempts
         _update(run_id, task_key, status=FAILED, finished=_now(), error=f"{type(exc).__name__}: {exc}",
@@ -199,7 +206,23 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
             raise PermanentTaskFailure(f"{task_key} failed on attempt {attempt} of {cls.max_attempts}: "
                                        f"{exc!r}") from exc
         raise
-    _update(run_id, task_key, status=DONE, finished=_now(), error=None, retrying=False)
+    # Done means this run's own part is done; what it started is linked and watched on its own.
+    _update(run_id, task_key, status=DONE, finished=_now(), error=None, retrying=False,
+            started_work=[item.to_text() for item in work])
+
+
+def _next_attempt(run_id: str) -> int:
+    """This execution's number among all of the run's: the queue's count restarts when a dead
+    letter is sent again, the run record's does not."""
+    info = current.task.get()
+    queued = (info.execution_count if info is not None else 0) + 1
+    try:
+        record = db.get(db.key(RUN_KIND, run_id))
+    except Exception:  # the record is for people to watch; the queue's count still holds
+        log.exception("could not read the record of callable run %s", run_id)
+        record = None
+    recorded = int(record.get("attempts") or 0) + 1 if record is not None else 0
+    return max(queued, recorded)
 
 
 def _update(run_id: str, task_key: str, **fields: Any) -> None:
@@ -207,7 +230,7 @@ def _update(run_id: str, task_key: str, **fields: Any) -> None:
     try:
         entity = db.get(db.key(RUN_KIND, run_id))
         if entity is None:
-            entity = db.Entity(db.key(RUN_KIND, run_id), exclude_from_indexes=("data_summary", "error"))
+            entity = db.Entity(db.key(RUN_KIND, run_id), exclude_from_indexes=_UNINDEXED)
             entity.update({"task": task_key, "task_name": task_key, "user": None, "data_summary": "",
                            "created": _now(), "started": None, "task_id": None, "retrying": False})
         if isinstance(fields.get("error"), str):

@@ -9,8 +9,11 @@ module tree; a method runs on the live instance mounted at the same path, never 
 ``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
 ``_track`` (give this call a task record, or not, whatever the function and queue say).
+An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
-here, at the call, naming the value. The call returns a :class:`TaskHandle`.
+here, at the call, naming the argument as the caller wrote it and where in it the value sits
+(``send_mail(attachment=...)[1]: cannot serialize object of type TextIOWrapper``). The call
+returns a :class:`TaskHandle`.
 
 Options of the decorator: ``queue=`` or ``priority=`` (a queue through the priority mapping),
 ``tags=`` and ``description=`` (carried in the task's payload), ``hooks=`` (this task's own
@@ -25,7 +28,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from core import current, db
-from core.tasks import dispatch, message, records, telemetry
+from core import json as tagged_json
+from core.tasks import aio, dispatch, message, records, telemetry
 from core.tasks.errors import ConfigurationError, DeferredArgumentError
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
@@ -82,6 +86,7 @@ class DeferredFunction:
             kind = "method"
         if not callable(func):
             raise TypeError(f"@callDeferred needs a function, got {func!r}")
+        aio.check_runnable(func, "deferred function")
         name = qualified_name(func)
         policy = RetryPolicy.build(f"@callDeferred on {name}", max_attempts=max_attempts, retry_on=retry_on,
                                    backoff=backoff)
@@ -110,8 +115,8 @@ class DeferredFunction:
         options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
         if options.get("_call_deferred", True) is False:
             if bound is None:
-                return self.target.func(*args, **kwargs)
-            return self.target.func(bound, *args, **kwargs)
+                return aio.call(self.target.func, *args, **kwargs)
+            return aio.call(self.target.func, bound, *args, **kwargs)
         if self.target.lock is not None:  # a template the arguments cannot fill fails here, not in the task
             lock_name(self.target.lock, self.target.func, self.target.name,
                       args if bound is None else (bound, *args), kwargs)
@@ -277,7 +282,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         request = build_request(runtime, envelope, DEFERRED_PATH, name=name, eta=eta,
                                 target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
-        raise DeferredArgumentError(f"cannot defer {target.name}: {exc}") from None
+        raise argument_error(target, args, kwargs, envelope.env, exc) from None
     before_enqueue(runtime, target.hooks, envelope, target.name, name=_name, eta=eta)
     handle = TaskHandle(envelope.id, queue, _name, eta, tracked=tracked, queue_task=name)
     on_result: Any = handle._created
@@ -300,3 +305,27 @@ def _forget_duplicate(handle: TaskHandle) -> Any:
         if result.status is EnqueueStatus.DUPLICATE:
             db.delete(records.record_key(handle.id))
     return report
+
+
+def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[str, Any],
+                   error: TypeError) -> DeferredArgumentError:
+    """The error for a call whose envelope could not be encoded, naming the argument at fault.
+
+    Runs only after encoding failed: each argument is checked on its own to find the culprit, so
+    the message speaks of the call (``f(args[0])['k']``), not of the envelope around it.
+    """
+    call = getattr(target.func, "__qualname__", target.name)
+    labelled = [(f"args[{i}]", value) for i, value in enumerate(args)]
+    labelled += [(f"{name}=...", value) for name, value in kwargs.items()]
+    for label, value in labelled:
+        try:
+            tagged_json.check_serializable(value)
+        except tagged_json.SerializationError as exc:
+            return DeferredArgumentError(f"{call}({label}){exc.location}: {exc.reason}", function=call,
+                                         argument=label)
+    try:
+        tagged_json.check_serializable(env.get("custom"))
+    except tagged_json.SerializationError as exc:
+        return DeferredArgumentError(f"cannot defer {call}: the app's environment serialize() gave a value that "
+                                     f"cannot travel: {exc.reason} at serialize(){exc.location}", function=call)
+    return DeferredArgumentError(f"cannot defer {call}: {error}", function=call)

@@ -103,8 +103,20 @@ class InvalidScheduleSpecification(ConfigurationError, ValueError):
     """A periodic task's schedule is contradictory or out of range."""
 
 
+class UnsupportedTargetError(ConfigurationError, TypeError):
+    """A task target no runner can run (a generator function, an ``async`` ``canCall``, ...)."""
+
+
 class DeferredArgumentError(TaskError, TypeError):
-    """An argument of a deferred call cannot travel in a task; raised at the call site."""
+    """An argument of a deferred call cannot travel in a task; raised at the call site.
+
+    ``function`` and ``argument`` name the call and the argument as the caller wrote them
+    (``send_mail``, ``attachment=...`` or ``args[0]``), when the error is about one argument.
+    """
+
+    def __init__(self, message: str, *, function: str | None = None, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.function, self.argument = function, argument
 
 
 class EnqueueError(TaskError):

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import logging
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from core import current, db
-from core.tasks import dispatch, hooks, lifecycle, message, telemetry
+from core.reprs import safe_repr
+from core.tasks import aio, arguments, dispatch, hooks, lifecycle, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -30,6 +32,10 @@ from core.tasks.security import TaskInfo
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_KIND = "_tasks_dead_letter"
+#: Bytes of a task body a dead letter keeps (an entity holds at most 1 MiB); the rest is cut off.
+DEAD_LETTER_PAYLOAD_BYTES = 900_000
+#: Characters of error text and traceback a dead letter keeps.
+DEAD_LETTER_TEXT_CHARS = 20_000
 #: ViUR's ``TaskHandler.retryCountWarningThreshold``: from this retry on, each failure is an error log.
 RETRY_WARNING_THRESHOLD = 25
 
@@ -157,11 +163,15 @@ def _permanent(runtime: TaskRuntime, exc: PermanentTaskFailure, info: TaskInfo, 
     """Record a dead letter and answer 2xx so the queue stops retrying."""
     target = _target_of(envelope) if envelope is not None else None
     log.error("task %s (%s) failed permanently: %s", envelope.id if envelope else "?", target, exc)
-    key = None
     try:
         key = record_dead_letter(path=path, body=body, error=exc, info=info, envelope=envelope)
-    except Exception:
-        log.exception("could not record the dead letter")
+    except Exception as store_error:
+        # Answering 2xx now would lose the evidence: the queue delivers the task again instead.
+        log.exception("could not record the dead letter of task %s; the queue will deliver it again",
+                      envelope.id if envelope else "?")
+        return Outcome(500, f"permanent failure, dead letter not stored: {store_error!r}",
+                       task_id=envelope.id if envelope else None, kind=envelope.kind if envelope else None,
+                       target=target, error=store_error, info=info)
     return Outcome(http_status_for(exc), f"permanent failure: {exc}", task_id=envelope.id if envelope else None,
                    kind=envelope.kind if envelope else None, target=target, error=exc, info=info,
                    dead_letter=key)
@@ -169,21 +179,32 @@ def _permanent(runtime: TaskRuntime, exc: PermanentTaskFailure, info: TaskInfo, 
 
 def record_dead_letter(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
                        envelope: message.Envelope | None) -> db.Key:
-    entity = db.Entity(db.key(DEAD_LETTER_KIND), exclude_from_indexes=("payload", "traceback", "error"))
+    """Store a dead letter; what does not fit in one entity is kept truncated, with its size and SHA-256."""
+    entity = db.Entity(db.key(DEAD_LETTER_KIND), exclude_from_indexes=("payload", "traceback", "error",
+                                                                        "payload_sha256"))
+    stored = body[:DEAD_LETTER_PAYLOAD_BYTES]
     entity.update({
-        "task_id": envelope.id if envelope else None,
-        "kind": envelope.kind if envelope else None,
-        "target": _target_of(envelope) if envelope else None,
-        "queue": info.queue or (envelope.queue if envelope else None),
-        "path": path,
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": "".join(traceback.format_exception(error))[-20_000:],
+        "task_id": _clip(envelope.id, 300) if envelope else None,
+        "kind": _clip(envelope.kind, 300) if envelope else None,
+        "target": _clip(_target_of(envelope), 300) if envelope else None,
+        "queue": _clip(info.queue or (envelope.queue if envelope else None), 300),
+        "path": _clip(path, 300),
+        "error": _clip(f"{type(error).__name__}: {error}", DEAD_LETTER_TEXT_CHARS),
+        "traceback": "".join(traceback.format_exception(error))[-DEAD_LETTER_TEXT_CHARS:],
         "attempts": info.execution_count + 1,
         "created": datetime.datetime.now(datetime.UTC),
-        "payload": body,
+        "payload": stored,
+        "payload_size": len(body),
+        "payload_sha256": hashlib.sha256(body).hexdigest(),
+        "payload_truncated": len(stored) < len(body),
     })
     db.put(entity)
     return entity.key  # type: ignore[no-any-return]
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters (indexed strings may not exceed 1,500 bytes)."""
+    return text if text is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
 @contextlib.contextmanager
@@ -207,7 +228,10 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
     from core.tasks.deferred import DeferredTarget
 
     call = envelope.payload
-    target: DeferredTarget = runtime.registry.deferred.get(str(call.get("target")))
+    name = call.get("target")
+    if not isinstance(name, str):
+        raise TaskNotFound(f"a deferred call names no target but {safe_repr(name)}")
+    target: DeferredTarget = runtime.registry.deferred.get(name)
     args, kwargs = call.get("args") or [], call.get("kwargs") or {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise PayloadError("deferred call arguments are malformed")
@@ -219,7 +243,7 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         path = call.get("instance")
         instance = runtime.modules.get(path) if runtime.modules is not None and isinstance(path, str) else None
         if instance is None:
-            raise TaskNotFound(f"no module is mounted at {path!r} for {target.name}")
+            raise TaskNotFound(f"no module is mounted at {safe_repr(path)} for {target.name}")
         owner = target.owner
         if owner is not None and not isinstance(instance, owner):
             raise TaskNotFound(f"the module at {path!r} is not a {owner.__qualname__}")
@@ -228,8 +252,9 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         if target.owner is None:
             raise TaskNotFound(f"{target.name} has no class")
         bound = (target.owner,)
+    arguments.check_call(target.func, target.name, bound, args, kwargs)
     try:
-        return target.func(*bound, *args, **kwargs)
+        return aio.call(target.func, *bound, *args, **kwargs)
     except PermanentTaskFailure:
         raise
     except Exception as exc:

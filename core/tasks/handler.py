@@ -11,6 +11,7 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from core.module import Module, exposed
+from core.safety import read_body
 from core.tasks import executor
 from core.tasks.runtime import get_runtime
 
@@ -25,7 +26,7 @@ def outcome_response(outcome: executor.Outcome) -> Response:
 def run_task_request(*kinds: str) -> Response:
     """Hand the current Flask request to the executor."""
     outcome = executor.execute(get_runtime(), method=request.method, path=request.path,
-                               headers=request.headers, body=request.get_data(cache=False),
+                               headers=request.headers, body=read_body(),
                                expected_kinds=kinds or None)
     return outcome_response(outcome)
 
@@ -52,7 +53,7 @@ class TaskHandler(Module):
         from core.tasks.periodic import cron_request
 
         status, body = cron_request(get_runtime(), cron_name=cronName, method=request.method, path=request.path,
-                                    headers=request.headers, body=request.get_data(cache=False))
+                                    headers=request.headers, body=read_body())
         response = jsonify(body)
         response.status_code = status
         return response

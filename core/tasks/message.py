@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import re
 import time
 import uuid
 from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.reprs import safe_repr
 from core.tasks.errors import PayloadError
 
 ENVELOPE_VERSION = 1
 PAYLOAD_KIND = "_tasks_payload"
 #: Bytes stored per payload entity (Datastore refuses entities over 1 MiB).
 PAYLOAD_CHUNK = 900_000
+#: Most entities one stored payload may span (a reference asking for more is malformed).
+MAX_CHUNKS = 64
+#: Longest user id an envelope may carry (a Datastore key name is at most 1,500 bytes).
+MAX_USER_ID = 500
+#: Task ids as :class:`Envelope` makes them, and as Cloud Tasks accepts them.
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
 
 @dataclasses.dataclass
@@ -77,14 +86,53 @@ def decode(body: bytes) -> Envelope:
     if reference is not None:
         if not isinstance(reference, dict):
             raise PayloadError("malformed payload reference")
+        stored, chunks, _ = _reference_fields(reference)
         data = _parse(_load_stored(reference))
-        stored, chunks = str(reference["id"]), int(reference["chunks"])
+    for field in ("kind", "payload", "queue", "id", "created"):
+        if field not in data:
+            raise PayloadError(f"incomplete task envelope: no {field!r}")
+    return Envelope(kind=data["kind"], payload=_checked_payload(data["payload"]), queue=_checked_queue(data["queue"]),
+                    env=_checked_env(data.get("env")), id=data["id"], created=_checked_created(data["created"]),
+                    stored_payload=stored, stored_chunks=chunks)
+
+
+def _checked_payload(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise PayloadError(f"task payload is a {type(payload).__name__}, not an object")
+    return payload
+
+
+def _checked_queue(queue: Any) -> str:
+    if not isinstance(queue, str):
+        raise PayloadError(f"task queue is a {type(queue).__name__}, not a string")
+    return queue
+
+
+def _checked_created(created: Any) -> float:
+    if type(created) not in (int, float):
+        raise PayloadError(f"task creation time is a {type(created).__name__}, not a number")
     try:
-        return Envelope(kind=data["kind"], payload=data["payload"], queue=data["queue"],
-                        env=data.get("env") or {}, id=data["id"], created=float(data["created"]),
-                        stored_payload=stored, stored_chunks=chunks)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadError(f"incomplete task envelope: {exc!r}") from None
+        value = float(created)
+    except OverflowError:
+        raise PayloadError("task creation time is out of range") from None
+    if not math.isfinite(value):
+        raise PayloadError("task creation time is not finite")
+    return value
+
+
+def _checked_env(env: Any) -> dict[str, Any]:
+    """The caller's environment: an object whose user id and language have the types a caller sends."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise PayloadError(f"task environment is a {type(env).__name__}, not an object")
+    user = env.get("user")
+    if user is not None and (type(user) not in (str, int) or (isinstance(user, str) and not user)
+                             or len(str(user)) > MAX_USER_ID):
+        raise PayloadError("task environment has a malformed user id")
+    if env.get("language") is not None and not isinstance(env["language"], str):
+        raise PayloadError("task environment has a malformed language")
+    return env
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -95,20 +143,25 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PayloadError("task body is not an object")
     if data.get("v") != ENVELOPE_VERSION:
-        raise PayloadError(f"unsupported task envelope version {data.get('v')!r}")
-    for field, kind in (("kind", str), ("id", str)):
-        if not isinstance(data.get(field), kind):
-            raise PayloadError(f"task envelope lacks {field!r}")
+        raise PayloadError(f"unsupported task envelope version {safe_repr(data.get('v'))}")
+    if not isinstance(data.get("kind"), str):
+        raise PayloadError("task envelope lacks 'kind'")
+    if not (isinstance(data.get("id"), str) and _ID_RE.fullmatch(data["id"])):
+        raise PayloadError("task envelope lacks a well-formed 'id'")
     return data
 
 
-def _load_stored(reference: dict[str, Any]) -> bytes:
-    try:
-        payload_id, count, digest = str(reference["id"]), int(reference["chunks"]), str(reference["sha256"])
-    except (KeyError, TypeError, ValueError):
-        raise PayloadError("malformed payload reference") from None
-    if not 0 < count <= 64:
+def _reference_fields(reference: dict[str, Any]) -> tuple[str, int, str]:
+    """Id, chunk count and digest of a stored-payload reference, checked."""
+    payload_id, count, digest = reference.get("id"), reference.get("chunks"), reference.get("sha256")
+    if not (isinstance(payload_id, str) and _ID_RE.fullmatch(payload_id) and type(count) is int
+            and 0 < count <= MAX_CHUNKS and isinstance(digest, str)):
         raise PayloadError("malformed payload reference")
+    return payload_id, count, digest
+
+
+def _load_stored(reference: dict[str, Any]) -> bytes:
+    payload_id, count, digest = _reference_fields(reference)
     # One lookup per chunk: a gRPC answer is capped at 4 MiB.
     entities = [db.get(db.key(PAYLOAD_KIND, f"{payload_id}-{i}")) for i in range(count)]
     if any(e is None for e in entities):

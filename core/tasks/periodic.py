@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import dispatch, locks, records
+from core.tasks import aio, dispatch, locks, records
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import (
     ConfigurationError,
@@ -141,6 +141,7 @@ def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | No
     schedule = build_schedule(interval, at, crontab)
     is_method = "." in func.__qualname__
     check_no_arguments(func, is_method, "periodic task")
+    aio.check_runnable(func, "periodic task")
     if not isinstance(lock, bool):
         raise ConfigurationError(f"periodic task {func.__qualname__}: lock must be True or False, got {lock!r}")
     spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
@@ -481,7 +482,7 @@ def run_periodic(task: str, instance: str | None, slot: datetime.datetime, gener
     try:
         with locks.periodic_run(runtime, binding.state_id, key, generation, lock=binding.spec.lock,
                                 stale_after=STALE_PENDING):
-            binding.call()
+            aio.call(binding.call)
     except LockHeld:
         raise
     except Exception as exc:
@@ -549,7 +550,8 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
     ``schedule``, ``next_due``, ``pending`` and the recorded ``last_success`` (slot of the last
     successful run), ``last_run_started``, ``last_run_finished``, ``last_error``,
     ``last_error_at``, ``pending_since``, ``pending_task``, ``runs``, ``failures``,
-    ``last_outcome``; ``registered`` is False for states of tasks no longer declared.
+    ``last_outcome``; ``every_ping`` for tasks that run on every ping; ``registered`` is False
+    for states of tasks no longer declared.
     """
     install_builtins(runtime.registry)
     now = now or now_utc()
@@ -566,6 +568,7 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
                 "schedule": describe(schedule, tz if isinstance(schedule, CalendarSchedule) else None),
                 "next_due": next_due(schedule, _baseline(schedule, state), now, tz),
                 "pending": state.get("pending_generation") is not None, "registered": True,
+                "every_ping": isinstance(schedule, IntervalSchedule) and not schedule.every,
             }
             row.update({field: state.get(field) for field in _OVERVIEW_FIELDS})
             rows.append(row)

@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from typing import Any, ClassVar
 
 from core import db
 from core import json as tagged_json
-from core.tasks import dispatch, executor, lease, message
+from core.tasks import aio, dispatch, executor, lease, message, started
 from core.tasks.deferred import build_request, capture_environment
 from core.tasks.errors import (
     ConfigurationError,
@@ -81,6 +82,7 @@ MAX_RECORD_DATA_BYTES = 900_000
 #: Error texts kept on the run record are cut to this length.
 MAX_ERROR_CHARS = 4_000
 _UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
 
 
 # --- classes ----------------------------------------------------------------------------------
@@ -96,6 +98,7 @@ class MetaQueryIter(type):
     def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(name, bases, namespace, **kwargs)
         cls.iter_id = qualified_name(cls)
+        aio.check_hooks(cls, ("handleEntry", "handleEntries", "handleFinish", "handleError"), "QueryIter hook")
         active_registry().query_iters.add(cls.iter_id, cls)
 
 
@@ -325,6 +328,7 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
 
     db.run_in_transaction(create)
     log.info("started query run %s of %s over %r", run_id, cls.iter_id, query)
+    started.note("queryiter", run_id, cls.__name__)
     return run_id
 
 
@@ -501,7 +505,7 @@ class _Chunk:
         entities = [entity for entity, _ in batch]
         started = time.monotonic()
         try:
-            self.batch(entities, self.custom)
+            aio.call(self.batch, entities, self.custom)
         except Exception as exc:  # handled again one by one, where handleError can judge each
             log.info("%s: a batch of %d failed (%r); handling them one by one", self.cls.iter_id, len(entities), exc)
             return False
@@ -539,7 +543,7 @@ class _Chunk:
         try:
             for attempt in range(self.cls.entryRetries + 1):
                 try:
-                    self.cls.handleEntry(entity, self.custom)
+                    aio.call(self.cls.handleEntry, entity, self.custom)
                     return True
                 except Exception as exc:  # any failure of user code goes to handleError
                     error = exc
@@ -547,7 +551,7 @@ class _Chunk:
                         log.info("%s: retrying %r after %r", self.cls.iter_id, entity.key, exc)
             assert error is not None
             try:
-                go_on = self.cls.handleError(entity, self.custom, error)
+                go_on = aio.call(self.cls.handleError, entity, self.custom, error)
             except BaseException as raised:
                 self._save(error=f"{type(raised).__name__}: {raised} (at {entity.key!r})")
                 raise
@@ -642,7 +646,7 @@ class _Chunk:
         try:
             with lease.Heartbeat(self._finish_keeper(token), lease.renew_interval(lease_time),
                                  what=f"handleFinish of query run {self.run_id}"):
-                self.cls.handleFinish(total, self.custom)
+                aio.call(self.cls.handleFinish, total, self.custom)
         except BaseException as exc:
             self._release_claim(token, f"handleFinish: {type(exc).__name__}: {exc}")
             raise
@@ -695,7 +699,7 @@ def _parse_step(payload: Any) -> tuple[str, str, int, int]:
         generation, step = payload["gen"], payload["step"]
     except (KeyError, TypeError):
         raise PayloadError("malformed query iterator step") from None
-    if not (isinstance(run_id, str) and run_id and isinstance(iter_id, str)
+    if not (isinstance(run_id, str) and _RUN_ID_RE.fullmatch(run_id) and isinstance(iter_id, str)
             and type(generation) is int and type(step) is int):
         raise PayloadError("malformed query iterator step")
     return run_id, iter_id, generation, step
@@ -708,6 +712,9 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
     record = db.get(key)
     if record is None:
         raise PermanentTaskFailure(f"query run {run_id} does not exist")
+    # The run record decides the class: a step only says which run it belongs to.
+    if record.get("class") != iter_id:
+        raise PayloadError(f"a step of query run {run_id} names {iter_id!r}, its run is of {record.get('class')!r}")
     cls = runtime.registry.query_iters.find(iter_id)
     if not (isinstance(cls, type) and issubclass(cls, QueryIter)):
         error = f"no query iterator is registered as {iter_id!r}"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
+from core.tasks import aio
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -42,6 +43,7 @@ def StartupTask(fn: Callable[[], Any]) -> Callable[[], Any]:  # noqa: N802 - ViU
     from core.tasks.periodic import check_no_arguments
 
     check_no_arguments(fn, False, "startup task")
+    aio.check_runnable(fn, "startup task")
     spec = StartupSpec(qualified_name(fn), fn)
     active_registry().startup.add(spec.name, spec, same=lambda a, b: a.func is b.func)
     return fn
@@ -155,7 +157,7 @@ def run_startup_task(name: str, version: str) -> None:
         log.info("startup task %s of version %s already ran", name, version)
         return
     try:
-        spec.func()
+        aio.call(spec.func)
     except Exception as exc:
         try:
             db.run_in_transaction(_mark, key, name, f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_LIMIT])

@@ -177,3 +177,88 @@ def test_put_rejects_non_entities_without_partial_write(datastore):
     with pytest.raises(TypeError, match="dict"):
         db.put([make("pw", 1), {"not": "an entity"}])
     assert db.get(db.key("pw", 1)) is None
+
+
+# --- keys without a project, as ViUR code writes them ------------------------------------------
+
+@pytest.fixture
+def tenant_store(datastore, settings):
+    """The active store in namespace ``tenant-a``; the plain one is active again afterwards."""
+    store = db.configure(settings.replace(namespace="tenant-a"))
+    yield store
+    db.configure(settings)
+
+
+def test_key_without_project_takes_project_and_namespace_of_the_active_store(tenant_store):
+    key = db.Key("Invoice", 5)
+    assert (key.project, key.namespace, key.flat_path) == ("test-project", "tenant-a", ("Invoice", 5))
+    assert key == db.key("Invoice", 5) and type(key) is db.Key
+    entity = db.Entity(key)
+    entity["total"] = 12
+    db.put(entity)
+    assert db.get(db.Key("Invoice", 5))["total"] == 12
+    assert [e.key for e in db.Query("Invoice").run()] == [key]  # the query runs in the store's namespace
+
+
+def test_key_with_a_parent_takes_the_parents_project_and_namespace(tenant_store):
+    parent = db.Key("Invoice", 5)
+    child = db.Key("Line", "first", parent=parent)
+    assert type(child) is db.Key and child.parent == parent
+    assert (child.project, child.namespace, child.flat_path) == ("test-project", "tenant-a",
+                                                                 ("Invoice", 5, "Line", "first"))
+    line = db.Entity(child)
+    line["n"] = 1
+    db.put(line)
+    assert db.get(db.Key("Line", "first", parent=db.Key("Invoice", 5)))["n"] == 1
+    assert [e.key for e in db.Query("Line").ancestor(parent).run()] == [child]
+    assert db.Key("Line", "first", parent=parent, namespace="tenant-a") == child
+
+
+def test_explicit_project_or_namespace_is_kept(tenant_store):
+    assert db.Key("Invoice", 5, namespace="other").namespace == "other"
+    explicit = db.Key("Invoice", 5, project="elsewhere")
+    assert (explicit.project, explicit.namespace) == ("elsewhere", None)
+
+
+def test_keys_follow_the_store_configured_when_they_are_made(datastore, settings):
+    before = db.Key("Invoice", 5)
+    db.configure(settings.replace(project="second-project", namespace="b"))
+    try:
+        after = db.Key("Invoice", 5)
+    finally:
+        db.configure(settings)
+    assert (before.project, before.namespace) == ("test-project", None)
+    assert (after.project, after.namespace) == ("second-project", "b")
+
+
+def test_keys_without_project_round_trip_through_core_json(tenant_store, settings):
+    from core import json as tagged_json
+
+    parent = db.Key("Invoice", 5)
+    keys = [parent, db.Key("Line", "first", parent=parent), db.Key("Invoice"), db.Key("Invoice", "x", namespace="b"),
+            db.Key("Invoice", 7, namespace="")]
+    texts = [tagged_json.dumps(key) for key in keys]
+    db.configure(settings.replace(project="other-project"))  # decoding must not take the active store's parts
+    decoded = [tagged_json.loads(text) for text in texts]
+    def parts(key: db.Key) -> tuple:
+        return key.project, key.namespace, key.flat_path  # partial keys never compare equal
+
+    assert [parts(k) for k in decoded] == [parts(k) for k in keys] and {type(k) for k in decoded} == {db.Key}
+    assert parts(decoded[0]) == ("test-project", "tenant-a", ("Invoice", 5)) and decoded[1].parent == parent
+
+
+def test_in_an_app_context_keys_take_that_apps_project_and_namespace(make_app, settings):
+    first = make_app({}, settings=settings.replace(project="first-project", namespace="one"))
+    second = make_app({}, settings=settings.replace(project="second-project", namespace="two"))
+    with first.app_context():
+        invoice = db.Key("Invoice", 5)
+        entity = db.Entity(invoice)
+        entity["app"] = "first"
+        db.put(entity)
+    with second.app_context():
+        other = db.Key("Invoice", 5)
+        assert db.get(other) is None  # another project: the first app's entity is not there
+    assert (invoice.project, invoice.namespace) == ("first-project", "one")
+    assert (other.project, other.namespace) == ("second-project", "two")
+    with first.app_context():
+        assert db.get(db.Key("Invoice", 5))["app"] == "first"

@@ -457,3 +457,22 @@ def test_offsets_under_one_second_survive(micros: int) -> None:
         back = round_trip(value)
         assert back.utcoffset() == datetime.timedelta(microseconds=micros)
         assert_same(back, value)
+
+
+def test_the_error_carries_reason_and_location_apart_so_a_caller_can_name_the_root() -> None:
+    from core.json import SerializationError
+
+    with pytest.raises(SerializationError) as caught:
+        dumps({"a": [1, {Foo()}]}, path="args")
+    error = caught.value
+    assert isinstance(error, TypeError)
+    assert (error.reason, error.root, error.location) == (
+        "cannot serialize object of type Foo", "args", "['a'][1].members[0]")
+    assert str(error) == "cannot serialize object of type Foo at args['a'][1].members[0]"
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(SerializationError) as deep:
+        check_serializable(nested, path="x")
+    assert (deep.value.reason, deep.value.location, str(deep.value)) == (
+        "nested too deeply to serialize", "", "cannot serialize x: nested too deeply")

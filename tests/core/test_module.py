@@ -94,3 +94,32 @@ def test_production_refuses_missing_secrets(settings):
 
     with pytest.raises(RuntimeError, match="TASKS_SECRET"):
         create_app({}, settings=settings.replace(runtime="appengine", tasks_secret=""))
+
+
+class Clash(Module):
+    @exposed
+    def open(self, taskID=None, *args, **kwargs):  # noqa: N803 - as the task handler names it
+        return {"taskID": taskID, "args": list(args)}
+
+    @exposed
+    def pair(self, first, second="b"):
+        return {"first": first, "second": second}
+
+
+def test_a_parameter_named_like_a_path_argument_does_not_collide(make_app):
+    client = make_app({"clash": Clash}).test_client()
+    assert client.get("/clash/open/x?taskID=y").json == {"taskID": "x", "args": []}
+    assert client.post("/clash/open/x/z", data={"taskID": "y"}).json == {"taskID": "x", "args": ["z"]}
+    assert client.get("/clash/open?taskID=y").json == {"taskID": "y", "args": []}
+    assert client.get("/clash/pair/1?first=2&second=3").json == {"first": "1", "second": "3"}
+    assert client.get("/clash/pair").status_code == 404  # a required argument is missing
+    assert client.get("/clash/pair/1/2/3").status_code == 404  # one too many
+
+
+def test_task_routes_with_colliding_parameters_answer_4xx(make_app):
+    client = make_app().test_client()
+    assert client.get("/_tasks/cron/default?cronName=x").status_code in (401, 403)
+    assert client.get("/_tasks/execute/generate_invoices?taskID=x").status_code == 401
+    assert client.post("/_tasks/execute/generate_invoices", data={"taskID": "x"}).status_code == 401
+    assert client.get("/_tasks/admin/failed/1?letter_id=2").status_code == 401
+    assert client.get("/_tasks/admin/queryiters/a?run_id=b").status_code == 401

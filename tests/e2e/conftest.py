@@ -1,11 +1,13 @@
 """Fixtures for end-to-end tests: ``make_stack`` and ``live_stack`` come from ``core.testing``."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
 from core import db
 from core.devserver.stack import LocalStack
@@ -30,3 +32,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
 
 def probe_runs(token: str) -> list[db.Entity]:
     return db.Query("probe_run").filter("token =", token).run()
+
+
+def sign_in(session: requests.Session, url: str, name: str, password: str) -> requests.Response:
+    """Sign in through the example's form (its CSRF token first); returns the 303 to the next page."""
+    form = session.get(url + "/user/login")
+    match = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert match, "the sign-in page has no CSRF token"
+    response = session.post(url + "/user/login", data={"name": name, "password": password, "csrf_token": match[1]},
+                            allow_redirects=False)
+    assert response.status_code == 303, response.text
+    return response

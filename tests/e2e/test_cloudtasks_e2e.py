@@ -8,7 +8,7 @@ import requests
 from core import db
 from core.devserver.ports import free_port
 from example.users import create_user
-from tests.e2e.conftest import probe_runs, wait_for
+from tests.e2e.conftest import probe_runs, sign_in, wait_for
 from tests.services.tasks_emulator import start_tasks_emulator
 
 PROJECT, LOCATION = "local-project", "europe-west1"
@@ -23,8 +23,7 @@ def test_deferred_call_travels_through_cloud_tasks(make_stack):
                                       "GOOGLE_CLOUD_PROJECT": PROJECT, "TASKS_REGION": LOCATION})
         create_user("grace", "pass-word-1")
         session = requests.Session()
-        session.post(stack.url + "/user/login", data={"name": "grace", "password": "pass-word-1"},
-                     allow_redirects=False).raise_for_status()
+        sign_in(session, stack.url, "grace", "pass-word-1")
         session.post(stack.url + "/invoices/close_month", data={"month": "2031-01"},
                      headers={"Accept-Language": "de"}).raise_for_status()
         total = wait_for(lambda: db.get(db.key("invoice_total", "2031-01")), message="the task via Cloud Tasks")

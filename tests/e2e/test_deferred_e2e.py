@@ -11,15 +11,13 @@ from core import db
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from example.users import create_user
-from tests.e2e.conftest import probe_runs, wait_for
+from tests.e2e.conftest import probe_runs, sign_in, wait_for
 
 
 def test_deferred_call_over_http_runs_with_user_and_language(live_stack):
     create_user("ada", "s3cret-pass", admin=False)
     session = requests.Session()
-    response = session.post(live_stack.url + "/user/login", data={"name": "ada", "password": "s3cret-pass"},
-                            allow_redirects=False)
-    assert response.status_code == 302
+    sign_in(session, live_stack.url, "ada", "s3cret-pass")
     response = session.post(live_stack.url + "/invoices/close_month", data={"month": "2026-10"},
                             headers={"Accept-Language": "de-DE,de;q=0.9"})
     assert response.status_code == 200 and response.json()["month"] == "2026-10"

@@ -29,7 +29,7 @@ from core.tasks.queryiter import (
     start_run,
 )
 from core.tasks.security import SIGNATURE_HEADER, sign_request
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import sign_in, wait_for
 
 PROBE_APP = f"{__name__}:probe_app()"
 ITEM = "qi_item"
@@ -176,9 +176,7 @@ def test_five_thousand_entities_are_each_handled_once_with_the_callers_context(m
     put_items(5000)
     create_user("ada", "s3cret-pass")
     session = requests.Session()
-    login = session.post(stack.url + "/user/login", data={"name": "ada", "password": "s3cret-pass"},
-                         allow_redirects=False)
-    assert login.status_code == 302
+    sign_in(session, stack.url, "ada", "s3cret-pass")
     run_id, token = start(stack, "touch", session=session)
     run = wait_status(run_id, FINISHED)
     seen = items()

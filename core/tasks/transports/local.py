@@ -58,6 +58,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
+from core.files import private_file
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueConfig, backoff_delay, load_queue_config
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
@@ -198,7 +199,7 @@ class LocalQueueStore:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # it holds signed task bodies; SQLite gives -wal and -shm the same mode
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         if not self._schema_ready:

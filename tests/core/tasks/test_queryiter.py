@@ -463,6 +463,9 @@ def test_raising_in_handle_error_retries_the_chunk_from_the_failed_entity(app, t
 def test_an_unknown_class_is_a_recorded_permanent_failure(app, client, task_queue):
     put_things(3)
     run_id = Recorder.startIterOnQuery(db.Query("thing"))
+    record = db.get(db.key(RUN_KIND, run_id))
+    record["class"] = "gone.module.Vanished"  # a class removed while its run was queued
+    db.put(record)
     task = task_queue.pending.pop()
     body = task.request.body.replace(Recorder.iter_id.encode(), b"gone.module.Vanished")
     headers = dict(InlineTransport._headers(task))
@@ -471,8 +474,24 @@ def test_an_unknown_class_is_a_recorded_permanent_failure(app, client, task_queu
     run = get_run(run_id)
     assert run.status == FAILED and "gone.module.Vanished" in run.last_error
     (letter,) = db.Query(DEAD_LETTER_KIND).run()
-    assert letter["kind"] == "queryIter" and letter["target"] == "gone.module.Vanished"
+    assert letter["kind"] == "queryIter" and "gone.module.Vanished" in letter["error"]
     assert entries() == []
+
+
+def test_a_step_naming_another_class_than_its_run_is_a_dead_letter_and_runs_nothing(app, client, task_queue):
+    keys = put_things(3)
+    run_id = Recorder.startIterOnQuery(db.Query("thing"))
+    task = task_queue.pending.pop()
+    body = task.request.body.replace(Recorder.iter_id.encode(), DeleteEntitiesIter.iter_id.encode())
+    headers = dict(InlineTransport._headers(task))
+    headers[SIGNATURE_HEADER] = sign_request("test-task-secret", "POST", QUERY_ITER_PATH, body)
+    assert client.post(QUERY_ITER_PATH, data=body, headers=headers).status_code == 200
+    assert all(entity is not None for entity in db.get(keys)), "the run record decides the class"
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["error"].startswith("PayloadError") and get_run(run_id).status == RUNNING
+    assert client.post(QUERY_ITER_PATH, data=task.request.body,
+                       headers=InlineTransport._headers(task)).status_code == 200
+    assert sorted(entries()) == [1, 2, 3]
 
 
 def test_forged_and_tampered_chunk_requests_run_nothing(app, client, task_queue):
@@ -701,6 +720,7 @@ def test_example_reindex_module(make_app):
     from example.reindex import REPORT_KIND
     from example.users import create_user
     from tests.conftest import TaskQueue
+    from tests.example.test_users import sign_in
 
     app = make_app(MODULES, users=SessionUsers(), languages=("en", "de"))
     queue = TaskQueue(app)
@@ -711,9 +731,9 @@ def test_example_reindex_module(make_app):
     create_user("root", "pw-123456", admin=True)
     create_user("bob", "pw-123456")
     client = app.test_client()
-    client.post("/user/login", data={"name": "bob", "password": "pw-123456"})
+    sign_in(client, "bob", "pw-123456")
     assert client.post("/reindex/start", data={"year": "2026"}).status_code == 403
-    client.post("/user/login", data={"name": "root", "password": "pw-123456"})
+    sign_in(client, "root", "pw-123456")
     started = client.post("/reindex/start", data={"year": "2026"}, headers={"Accept-Language": "de"}).get_json()
     queue.run_pending()
     assert client.get(f"/reindex/status/{started['run']}").get_json()["status"] == FINISHED

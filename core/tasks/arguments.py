@@ -1,0 +1,73 @@
+"""Checks a decoded call against its target before it runs: what does not fit is a bad payload.
+
+A signed task whose arguments the target cannot take (wrong count, unknown keyword, a value of
+another type than annotated) can never succeed; calling it would raise ``TypeError`` somewhere
+inside the target, which looks like an ordinary failure and is retried forever. Checked here,
+before the call, it ends as a :class:`PayloadError`: a dead letter.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from core.tasks.errors import PayloadError
+
+
+def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args: list[Any],
+               kwargs: dict[str, Any]) -> None:
+    """Raise :class:`PayloadError` naming ``name`` unless ``func(*bound, *args, **kwargs)`` fits its signature."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # no signature to check against (a builtin): the call itself decides
+    try:
+        call = signature.bind(*bound, *args, **kwargs)
+    except TypeError as exc:
+        raise PayloadError(f"the arguments of {name} do not fit it: {exc}") from None
+    hints = _hints(func)
+    for parameter, value in list(call.arguments.items())[len(bound):]:
+        expected = hints.get(parameter)
+        kind = signature.parameters[parameter].kind
+        values = (value if kind is inspect.Parameter.VAR_POSITIONAL
+                  else value.values() if kind is inspect.Parameter.VAR_KEYWORD else (value,))
+        for item in values:
+            if expected is not None and not _matches(item, expected):
+                raise PayloadError(f"argument {parameter!r} of {name} is a {type(item).__name__}, "
+                                   f"not {_describe(expected)}")
+
+
+def _hints(func: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # annotations naming what only a type checker imports: nothing to check
+        return {}
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` can be an instance of the annotation ``expected`` (checked shallowly)."""
+    if expected is Any or expected is object:
+        return True
+    if expected is None or expected is type(None):
+        return value is None
+    origin = typing.get_origin(expected)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if origin is not None:
+        expected = origin
+    if not isinstance(expected, type):
+        return True  # a TypeVar, a Protocol, ...: nothing shallow to check
+    if expected is float and type(value) is int:
+        return True  # the numeric tower: an int is a fine float
+    try:
+        return isinstance(value, expected)
+    except TypeError:  # a generic or protocol isinstance cannot test
+        return True
+
+
+def _describe(expected: Any) -> str:
+    return getattr(expected, "__name__", None) or str(expected)

@@ -1,0 +1,68 @@
+"""Run a periodic task now, whether it is due or not: the admin's "run now" button.
+
+The run is claimed like a cron ping claims one (a new generation, pending until it ends, queued
+through the outbox in the same transaction), so a ping meanwhile does not queue it twice and the
+run is recorded on the task's state as any other.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+
+from core import current, db
+from core.tasks import periodic
+from core.tasks.deferred import defer
+from core.tasks.errors import NotFound
+from core.tasks.runtime import TaskRuntime
+
+log = logging.getLogger(__name__)
+
+ENQUEUED, PENDING = "enqueued", "pending"
+
+
+def _claim_now(runtime: TaskRuntime, binding: periodic.PeriodicBinding, now: datetime.datetime,
+               tz: datetime.tzinfo) -> str:
+    key = periodic.state_key(binding)
+    state = db.get(key) or periodic._new_state(key, binding, now)
+    verdict, _slot = periodic._assess(binding, state, now, tz)
+    if verdict == "pending":
+        return PENDING  # a run is queued or running already: one at a time
+    generation = int(state.get("generation") or 0) + 1
+    name = periodic.run_task_name(binding, now, generation)
+    state.update({"generation": generation, "pending_generation": generation, "pending_slot": now,
+                  "pending_since": now, "pending_task": name})
+    periodic._describe_into(state, binding, tz, now)
+    db.put(state)
+    defer(runtime, periodic.RUN_TARGET, (binding.spec.name, binding.instance_path, now, generation), {},
+          _name=name, _queue=binding.spec.queue)
+    return ENQUEUED
+
+
+def _bindings(runtime: TaskRuntime) -> list[periodic.PeriodicBinding]:
+    periodic.install_builtins(runtime.registry)
+    return [binding for spec in runtime.registry.periodic.values() for binding in periodic.bindings_of(runtime, spec)]
+
+
+def run_now(runtime: TaskRuntime, name: str, *, now: datetime.datetime | None = None) -> str:
+    """Queue the periodic task ``name`` (as the periodic page names it: ``task`` or ``task@module``)
+    now: ``"enqueued"``, or ``"pending"`` when a run of it is queued or running already."""
+    found = [binding for binding in _bindings(runtime) if binding.state_id == name]
+    if not found:
+        raise NotFound(f"there is no periodic task {name!r}")
+    # It runs as a cron ping's run does, on behalf of nobody: not as the admin who pressed the button.
+    token = current.user.set(None)
+    try:
+        outcome = db.run_in_transaction(_claim_now, runtime, found[0], now or periodic.now_utc(),
+                                        periodic.app_timezone(runtime))
+    finally:
+        current.user.reset(token)
+    log.info("periodic task %s run now: %s", name, outcome)
+    return str(outcome)
+
+
+def run_group_now(runtime: TaskRuntime, cron_name: str) -> list[str]:
+    """Queue every periodic task of a cron group now; returns the names queued."""
+    names = [binding.state_id for binding in _bindings(runtime) if binding.spec.cron_name == cron_name]
+    if not names:
+        raise NotFound(f"no periodic task is declared in cron group {cron_name!r}")
+    return [name for name in names if run_now(runtime, name) == ENQUEUED]
