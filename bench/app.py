@@ -14,10 +14,10 @@ COUNTER = Path(os.environ.get("BENCH_COUNTER_FILE", os.devnull))
 
 class Bench(Module):
     @exposed
-    def defer(self, count: str = "1") -> str:
-        """Defer ``count`` no-op calls in one request."""
+    def defer(self, count: str = "1", track: str = "0") -> str:
+        """Defer ``count`` no-op calls in one request (tracked ones with ``track=1``)."""
         for i in range(int(count)):
-            noop(i)
+            noop(i, _track=track == "1")
         return "ok"
 
 

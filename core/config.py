@@ -109,6 +109,10 @@ class Settings:
     tasks_lock_lease_seconds: float = 60.0
     #: ``priority=`` of a deferred function -> queue (``None``: the default queue).
     tasks_priority_queues: tuple[tuple[str, str | None], ...] = DEFAULT_PRIORITY_QUEUES
+    #: Seconds a task record (state and result) is kept after its task ended.
+    tasks_result_ttl: float = 7 * 24 * 3600.0
+    #: Queues whose every deferred call is tracked (has a task record).
+    tasks_tracked_queues: frozenset[str] = frozenset()
     queue_yaml: Path = dataclasses.field(default_factory=lambda: default_queue_yaml(project_root()))
     cron_yaml: Path = dataclasses.field(default_factory=lambda: project_root() / "cron.yaml")
     local_data_dir: Path = dataclasses.field(default_factory=lambda: project_root() / ".local-data")
@@ -154,6 +158,9 @@ class Settings:
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
             tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
             tasks_priority_queues=parse_priority_queues(env.get("TASKS_PRIORITY_QUEUES", "")),
+            tasks_result_ttl=float(env.get("TASKS_RESULT_TTL", str(7 * 24 * 3600))),
+            tasks_tracked_queues=frozenset(q.strip() for q in env.get("TASKS_TRACKED_QUEUES", "").split(",")
+                                           if q.strip()),
             queue_yaml=Path(env.get("QUEUE_YAML") or default_queue_yaml(root)).absolute(),
             cron_yaml=Path(env.get("CRON_YAML") or root / "cron.yaml").absolute(),
             local_data_dir=data_dir,

@@ -35,7 +35,7 @@ from core.admin.views import describe_run, run_is_active
 from core.module import Module, exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, periodic_now
+from core.tasks import dispatch, lifecycle, periodic_now, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
@@ -328,6 +328,8 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
                    SIGNATURE_HEADER: sign_request(runtime.settings.tasks_secret, "POST", path, body)}
         dispatch.send(runtime, TaskRequest(queue=queue, path=path, body=body, headers=headers))
         db.delete(key)
+        if letter.get("task_id"):
+            records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push
         return True
 
     return db.run_in_transaction(retry)
@@ -336,9 +338,11 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
 def discard_dead_letter(key: db.Key) -> bool:
     """Delete a dead letter; ``False`` when it is gone already."""
     def discard() -> bool:
-        if db.get(key) is None:
+        letter = db.get(key)
+        if letter is None:
             return False
         db.delete(key)
+        lifecycle.discard_stored_payload(bytes(letter.get("payload") or b""))
         return True
 
     return db.run_in_transaction(discard)

@@ -13,7 +13,8 @@ _EXPORTS: dict[str, str] = {
     # deferred calls
     "callDeferred": "core.tasks.deferred", "CallDeferred": "core.tasks.deferred",
     "call_deferred": "core.tasks.deferred", "noRetry": "core.tasks.deferred", "no_retry": "core.tasks.deferred",
-    "retry_n_times": "core.tasks.deferred", "TaskHandle": "core.tasks.deferred",
+    "retry_n_times": "core.tasks.deferred", "TaskHandle": "core.tasks.handle", "TaskStatus": "core.tasks.handle",
+    "Constant": "core.tasks.retry", "Linear": "core.tasks.retry", "Exponential": "core.tasks.retry",
     "sweep_outbox": "core.tasks.dispatch",
     # the codec, under its ViUR names
     "JsonKeyEncoder": "core.json", "jsonDecodeObjectHook": "core.json",
@@ -42,7 +43,8 @@ _EXPORTS: dict[str, str] = {
     **{name: "core.tasks.errors" for name in (
         "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
         "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
-        "InvalidScheduleSpecification", "LockHeld", "UnsupportedTargetError")},
+        "InvalidScheduleSpecification", "LockHeld", "TaskFailed", "TaskCancelled", "UntrackedTask",
+        "UnsupportedTargetError")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -67,7 +69,6 @@ if TYPE_CHECKING:
     from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
     from core.tasks.deferred import (
         CallDeferred,
-        TaskHandle,
         call_deferred,
         callDeferred,
         no_retry,
@@ -87,10 +88,14 @@ if TYPE_CHECKING:
         PayloadError,
         PermanentTaskFailure,
         RetryTask,
+        TaskCancelled,
         TaskError,
+        TaskFailed,
         TaskNotFound,
         UnsupportedTargetError,
+        UntrackedTask,
     )
+    from core.tasks.handle import TaskHandle, TaskStatus
     from core.tasks.handler import TaskHandler
     from core.tasks.hooks import TaskCall, TaskHook
     from core.tasks.periodic import (
@@ -103,6 +108,7 @@ if TYPE_CHECKING:
     )
     from core.tasks.queryiter import DeleteEntitiesIter, MetaQueryIter, QueryIter
     from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
+    from core.tasks.retry import Constant, Exponential, Linear
     from core.tasks.runtime import TaskRuntime, get_runtime
     from core.tasks.schedule import Crontab, Month, Weekday
     from core.tasks.startup import StartupTask, run_startup_tasks, runStartupTasks, startup_task

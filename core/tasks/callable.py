@@ -178,7 +178,7 @@ def summarize(data: dict[str, Any]) -> str:
     return text if len(text) <= _MAX_SUMMARY else text[:_MAX_SUMMARY - 1] + "…"
 
 
-@callDeferred
+@callDeferred(track=True)
 def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
     """Run one queued run of a callable task, as the user who started it."""
     runtime = get_runtime()

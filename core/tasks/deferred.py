@@ -7,7 +7,8 @@ module tree; a method runs on the live instance mounted at the same path, never 
     recompute_totals(month="2026-10", _queue="background", _countdown=60)
 
 ``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
-``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process).
+``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
+``_track`` (give this call a task record, or not, whatever the function and queue say).
 An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
@@ -26,33 +27,24 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from core import current
+from core import current, db
 from core import json as tagged_json
-from core.tasks import aio, dispatch, message, telemetry
+from core.tasks import aio, dispatch, message, records, telemetry
 from core.tasks.errors import ConfigurationError, DeferredArgumentError
+from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_for
 from core.tasks.registry import active_registry, qualified_name
+from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, TaskRequest
+from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
+
+__all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "DeferredTarget", "DeferredFunction",
+           "defer", "build_request", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
-_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskHandle:
-    """What a deferred call returns: the task's id (and dedupe name), queue and schedule."""
-
-    id: str
-    queue: str
-    name: str | None = None
-    eta: datetime.datetime | None = None
-
-    @property
-    def task_name(self) -> str:
-        return self.name or self.id
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track")
 
 
 @dataclasses.dataclass
@@ -72,12 +64,19 @@ class DeferredTarget:
     priority: str | None = None
     tags: tuple[str, ...] = ()
     description: str | None = None
+    #: Every call gets a task record (``@callDeferred(track=True)``).
+    track: bool = False
+    #: ``max_attempts``, ``retry_on`` and ``backoff`` of the decorator.
+    policy: RetryPolicy | None = None
+    #: Seconds the queue waits for one attempt's answer (its dispatch deadline).
+    timeout: float | None = None
 
 
 class DeferredFunction:
     """The object ``@callDeferred`` returns; a descriptor so that methods bind like methods."""
 
-    def __init__(self, func: Any, *, queue: str | None = None, **options: Any) -> None:
+    def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
+                 retry_on: Any = None, backoff: Any = None, timeout: float | None = None, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -88,8 +87,11 @@ class DeferredFunction:
         if not callable(func):
             raise TypeError(f"@callDeferred needs a function, got {func!r}")
         aio.check_runnable(func, "deferred function")
-        self.target = DeferredTarget(qualified_name(func), func, kind, queue,
-                                     max_executions=getattr(func, "_max_executions", None))
+        name = qualified_name(func)
+        policy = RetryPolicy.build(f"@callDeferred on {name}", max_attempts=max_attempts, retry_on=retry_on,
+                                   backoff=backoff)
+        self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
+                                     track=bool(track), policy=policy, timeout=_check_timeout(name, timeout))
         _configure(self.target, **options)
         active_registry().deferred.add(self.target.name, self.target)
         functools.update_wrapper(self, func)
@@ -126,13 +128,19 @@ class DeferredFunction:
 
 def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | None = None,  # noqa: N802
                  tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
-                 lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None) -> Any:
+                 lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
+                 track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
+                 timeout: float | None = None) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
-    ViUR's name. A bad option raises here, at decoration, naming the function.
+    ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
+    call a task record (status, result, cancel through its handle); ``max_attempts``, ``retry_on``
+    and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
+    dispatch deadline of each attempt.
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
-               "lock_lease": lock_lease}
+               "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
+               "backoff": backoff, "timeout": timeout}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -150,6 +158,16 @@ def _configure(target: DeferredTarget, *, priority: str | None, tags: Iterable[s
     target.lock = lock_spec(lock, target.func, target.name, lock_lease=lock_lease)
     if target.lock is not None:
         target.func = locked(target.func, target.lock, target.name)
+
+
+def _check_timeout(name: str, timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, datetime.timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"@callDeferred on {name}: timeout must be a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
 
 
 CallDeferred = callDeferred
@@ -214,7 +232,8 @@ def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
 
 def build_request(runtime: TaskRuntime, envelope: message.Envelope, path: str, *,
                   name: str | None = None, eta: datetime.datetime | None = None,
-                  target_version: str | None = None) -> TaskRequest:
+                  target_version: str | None = None,
+                  dispatch_deadline: datetime.timedelta | None = None) -> TaskRequest:
     """Encode, sign and address an envelope: the request a queue will push back to ``path``."""
     from core.tasks.security import SIGNATURE_HEADER, sign_request
 
@@ -223,13 +242,14 @@ def build_request(runtime: TaskRuntime, envelope: message.Envelope, path: str, *
     headers = {"Content-Type": "application/json",
                SIGNATURE_HEADER: sign_request(settings.tasks_secret, "POST", path, body)}
     return TaskRequest(queue=envelope.queue, path=path, body=body, headers=headers, name=name, eta=eta,
-                       target_version=target_version)
+                       target_version=target_version, dispatch_deadline=dispatch_deadline)
 
 
 def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], *,
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
-          _target_version: str | None = None, _call_deferred: bool = True) -> TaskHandle:
+          _target_version: str | None = None, _call_deferred: bool = True,
+          _track: bool | None = None) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent."""
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
@@ -243,21 +263,48 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                 f"{instance!r} is not mounted in the app's module tree")
     queue = _queue or target.queue or queue_for(runtime, target.priority, target.name)
     eta = _schedule(_countdown, _eta)
+    tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
     if target.tags:
         call["tags"] = list(target.tags)
     if target.description is not None:
         call["description"] = target.description
+    if tracked:
+        call["track"] = True
+    if target.timeout is not None:
+        call["timeout"] = target.timeout
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
                                 env=capture_environment(runtime, target.name, queue))
+    # A tracked task is named after its id, so a cancel can find it in the queue.
+    name = _name or (envelope.id if tracked else None)
+    deadline = datetime.timedelta(seconds=target.timeout) if target.timeout is not None else None
     try:
-        request = build_request(runtime, envelope, DEFERRED_PATH, name=_name, eta=eta,
-                                target_version=_target_version or None)
+        request = build_request(runtime, envelope, DEFERRED_PATH, name=name, eta=eta,
+                                target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
     before_enqueue(runtime, target.hooks, envelope, target.name, name=_name, eta=eta)
-    dispatch.send(runtime, request)
-    return TaskHandle(envelope.id, queue, _name, eta)
+    handle = TaskHandle(envelope.id, queue, _name, eta, tracked=tracked, queue_task=name)
+    on_result: Any = handle._created
+    if tracked:
+        record = records.new_record(envelope.id, target=target.name, queue=queue, kind="deferred",
+                                    queue_task=name, eta=eta,
+                                    ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
+                                    payload=envelope.payload)
+        db.put(record)  # inside a transaction: written if and only if the task is queued
+        on_result = _forget_duplicate(handle)
+    # A named call is created at once (outside a transaction), so the handle knows if it was a duplicate.
+    dispatch.send(runtime, request, on_result=on_result, now=_name is not None)
+    return handle
+
+
+def _forget_duplicate(handle: TaskHandle) -> Any:
+    """The result callback of a tracked call: a name that was taken queued nothing, so no record."""
+    def report(result: EnqueueResult) -> None:
+        handle._created(result)
+        if result.status is EnqueueStatus.DUPLICATE:
+            db.delete(records.record_key(handle.id))
+    return report
 
 
 def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[str, Any],

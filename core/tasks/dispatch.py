@@ -26,7 +26,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from core import db
@@ -46,24 +46,46 @@ INLINE_CREATE_LIMIT = 16
 OUTBOX_ENTITY_BYTES = 800_000
 
 
+#: Told how the queue answered one request (a task handle learns whether its name was taken).
+ResultCallback = Callable[[EnqueueResult], None]
+
+
 @dataclasses.dataclass
 class _Pending:
     request: TaskRequest
     #: The outbox entity already holding this request (made inside a transaction).
     outbox_key: db.Key | None = None
+    on_result: ResultCallback | None = None
+
+
+def _report(batch: Sequence[_Pending], results: Sequence[EnqueueResult]) -> None:
+    for pending, result in zip(batch, results):
+        if pending.on_result is not None:
+            try:
+                pending.on_result(result)
+            except Exception:
+                log.exception("enqueue result callback failed")
 
 
 _batch: contextvars.ContextVar[list[_Pending] | None] = contextvars.ContextVar("core_task_batch", default=None)
 
 
-def send(runtime: TaskRuntime, request: TaskRequest) -> None:
-    """Send one task request the way the current context asks for."""
+def send(runtime: TaskRuntime, request: TaskRequest, *, on_result: ResultCallback | None = None,
+         now: bool = False) -> TaskRequest:
+    """Send one task request the way the current context asks for (``now``: not batched).
+
+    Returns the request as it is sent: inside a transaction an unnamed one gets its outbox name.
+    """
     if db.is_in_transaction():
         keys, (named,) = _write_outbox([request])
-        pending = _Pending(named, keys[0])
+        pending = _Pending(named, keys[0], on_result)
         db.on_commit(lambda: _submit(runtime, pending))
+        return named
+    if now:
+        _flush(runtime, [_Pending(request, on_result=on_result)])
     else:
-        _submit(runtime, _Pending(request))
+        _submit(runtime, _Pending(request, on_result=on_result))
+    return request
 
 
 def _submit(runtime: TaskRuntime, pending: _Pending) -> None:
@@ -115,6 +137,7 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
     if not batch:
         return []
     results = _create(runtime, [p.request for p in batch])
+    _report(batch, results)
     to_keep = [p.request for p, res in zip(batch, results) if not res.ok and p.outbox_key is None]
     done = [p.outbox_key for p, res in zip(batch, results) if res.ok and p.outbox_key is not None]
     if to_keep:
@@ -138,13 +161,14 @@ def _flush_through_outbox(runtime: TaskRuntime, batch: Sequence[_Pending]) -> No
         _flush(runtime, batch)
         return
     _background().submit(_create_from_outbox, runtime, named, keys,
-                         [p for p in batch if p.outbox_key is not None])
+                         [p for p in batch if p.outbox_key is not None], [p for p in batch if p.outbox_key is None])
 
 
 def _create_from_outbox(runtime: TaskRuntime, named: list[TaskRequest], keys: list[db.Key],
-                        transactional: list[_Pending]) -> None:
+                        transactional: list[_Pending], fresh: list[_Pending]) -> None:
     try:
         results = _create(runtime, named)
+        _report(fresh, results)
         if all(r.ok for r in results):
             _delete_quietly(list(dict.fromkeys(keys)))
         if transactional:
@@ -169,13 +193,13 @@ def _task_name(outbox_id: str, index: int) -> str:
 def _encode_request(request: TaskRequest) -> dict[str, Any]:
     return {"queue": request.queue, "path": request.path, "body": request.body, "headers": dict(request.headers),
             "name": request.name, "eta": request.eta, "target_version": request.target_version,
-            "method": request.method}
+            "method": request.method, "dispatch_deadline": request.dispatch_deadline}
 
 
 def _decode_request(data: dict[str, Any]) -> TaskRequest:
     return TaskRequest(queue=data["queue"], path=data["path"], body=data["body"], headers=data["headers"],
                        name=data["name"], eta=data["eta"], target_version=data["target_version"],
-                       method=data["method"])
+                       method=data["method"], dispatch_deadline=data.get("dispatch_deadline"))
 
 
 def _write_outbox(requests: Sequence[TaskRequest]) -> tuple[list[db.Key], list[TaskRequest]]:

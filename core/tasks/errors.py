@@ -130,3 +130,21 @@ def http_status_for(error: BaseException | None) -> int:
     if isinstance(error, TaskError):
         return error.http_status
     return 500
+
+
+# --- a task's fate, as its handle reports it --------------------------------------------------
+
+class TaskFailed(TaskError):
+    """``TaskHandle.result()`` of a task that failed: the task's error type, message and traceback."""
+
+    def __init__(self, task_id: str, error_type: str | None, message: str | None, traceback: str | None) -> None:
+        self.task_id, self.error_type, self.error_message, self.traceback = task_id, error_type, message, traceback
+        super().__init__(f"task {task_id} failed: {message or error_type or 'unknown error'}")
+
+
+class TaskCancelled(TaskError):
+    """``TaskHandle.result()`` of a task that was cancelled before it could finish."""
+
+
+class UntrackedTask(TaskError, LookupError):
+    """The task has no record: it was not tracked, its record expired, or the id is unknown."""

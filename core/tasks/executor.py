@@ -17,7 +17,7 @@ from typing import Any
 
 from core import current, db
 from core.reprs import safe_repr
-from core.tasks import aio, arguments, dispatch, hooks, message, telemetry
+from core.tasks import aio, arguments, dispatch, hooks, lifecycle, message, telemetry
 from core.tasks.errors import (
     BadTaskRequest,
     PayloadError,
@@ -53,14 +53,16 @@ class Outcome:
     info: TaskInfo | None = None
     #: Key of the dead letter recorded for a permanent failure.
     dead_letter: db.Key | None = None
+    #: Why the task was answered without running (it ended before, was cancelled, runs elsewhere).
+    skipped: str | None = None
 
     @property
     def ran(self) -> bool:
-        return self.target is not None and self.status < 300 and self.error is None
+        return self.target is not None and self.status < 300 and self.error is None and self.skipped is None
 
 
-#: Runs a decoded envelope of one kind: ``(runtime, envelope, info) -> None``.
-KindRunner = Callable[[TaskRuntime, message.Envelope, TaskInfo], None]
+#: Runs a decoded envelope of one kind: ``(runtime, envelope, info) -> result``.
+KindRunner = Callable[[TaskRuntime, message.Envelope, TaskInfo], Any]
 _runners: dict[str, KindRunner] = {}
 
 
@@ -99,13 +101,23 @@ def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[st
         log.error(text)
         if runtime.admin_mail is not None and info.retry_count == RETRY_WARNING_THRESHOLD:
             _safe(runtime.admin_mail, "Task keeps failing", text)
+    attempt = lifecycle.start(runtime, envelope, info, path, outcome.target)
+    if attempt.skip is not None:
+        outcome.status, outcome.message, outcome.skipped = 409 if attempt.busy else 200, attempt.skip, attempt.skip
+        return _finish(runtime, outcome)
     try:
         with restored_environment(runtime, envelope.env, info), telemetry.run_span(envelope, outcome.target), \
                 dispatch.request_scope(runtime):
-            runner(runtime, envelope, info)
-    except PermanentTaskFailure as exc:
-        return _finish(runtime, _permanent(runtime, exc, info, path, body, envelope))
+            result = lifecycle.encode_result(attempt, runner(runtime, envelope, info))
+        lifecycle.succeeded(runtime, attempt, result)
     except Exception as exc:
+        decision = lifecycle.failed(runtime, attempt, exc)
+        if decision.action == "dead" and decision.error is not None:
+            return _finish(runtime, _permanent(runtime, decision.error, _counted(info, attempt.number), path, body,
+                                               envelope))
+        if decision.action != "retry":
+            outcome.message, outcome.error = f"{decision.action} after failing: {exc!r}", exc
+            return _finish(runtime, outcome)
         log.warning("task %s (%s) failed on execution %d; the queue will retry it",
                     envelope.id, outcome.target, info.execution_count + 1, exc_info=True)
         outcome.status, outcome.message, outcome.error = http_status_for(exc), f"failed: {exc!r}", exc
@@ -115,6 +127,13 @@ def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[st
     except Exception:
         log.exception("could not delete the stored payload of task %s", envelope.id)
     return _finish(runtime, outcome)
+
+
+def _counted(info: TaskInfo, attempts: int) -> TaskInfo:
+    """``info`` counting every attempt of the task (self-scheduled ones included) for its dead letter."""
+    if attempts <= info.execution_count + 1:
+        return info
+    return dataclasses.replace(info, execution_count=attempts - 1, retry_count=max(info.retry_count, attempts - 1))
 
 
 def _finish(runtime: TaskRuntime, outcome: Outcome) -> Outcome:
@@ -235,7 +254,7 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         bound = (target.owner,)
     arguments.check_call(target.func, target.name, bound, args, kwargs)
     try:
-        aio.call(target.func, *bound, *args, **kwargs)
+        return aio.call(target.func, *bound, *args, **kwargs)
     except PermanentTaskFailure:
         raise
     except Exception as exc:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import aio, dispatch, locks
+from core.tasks import aio, dispatch, locks, records
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import (
     ConfigurationError,
@@ -372,7 +372,7 @@ def _claim(runtime: TaskRuntime, binding: PeriodicBinding, now: datetime.datetim
         db.put(state)
         # Inside the transaction this lands in the outbox: it is queued if and only if the claim commits.
         defer(runtime, RUN_TARGET, (binding.spec.name, binding.instance_path, slot, generation), {},
-              _name=name, _queue=binding.spec.queue)
+              _name=name, _queue=binding.spec.queue, _track=binding.spec.name not in _UNTRACKED)
         return "enqueued"
     if created:
         _describe_into(state, binding, tz, now)
@@ -510,16 +510,28 @@ def sweep_outbox_task() -> None:
         log.warning("swept %d task(s) left in the outbox", swept)
 
 
+def purge_task_records_task() -> None:
+    """Built in, hourly on the ``default`` group: delete task records past their ``result_ttl``."""
+    removed = records.purge_expired()
+    if removed:
+        log.info("removed %d expired task record(s)", removed)
+
+
 SWEEP_OUTBOX = PeriodicTask(0, DEFAULT_CRON)(sweep_outbox_task)
+PURGE_RECORDS = PeriodicTask(datetime.timedelta(hours=1), DEFAULT_CRON)(purge_task_records_task)
 _BUILTIN_SPEC: PeriodicSpec = SWEEP_OUTBOX.periodic
+_BUILTIN_SPECS: tuple[PeriodicSpec, ...] = (_BUILTIN_SPEC, PURGE_RECORDS.periodic)
+#: Built-in runs are frequent housekeeping: they get no task record.
+_UNTRACKED = frozenset(spec.name for spec in _BUILTIN_SPECS)
 
 
 def install_builtins(registry: TaskRegistry) -> None:
-    """Make sure ``registry`` knows the run target and the outbox sweep (the active one does from import)."""
+    """Make sure ``registry`` knows the run target and the built-in tasks (the active one does from import)."""
     if RUN_TARGET.name not in registry.deferred:
         registry.deferred.add(RUN_TARGET.name, RUN_TARGET)
-    if _BUILTIN_SPEC.name not in registry.periodic:
-        registry.periodic.add(_BUILTIN_SPEC.name, _BUILTIN_SPEC)
+    for spec in _BUILTIN_SPECS:
+        if spec.name not in registry.periodic:
+            registry.periodic.add(spec.name, spec)
 
 
 active_registry().deferred.add(RUN_TARGET.name, RUN_TARGET)

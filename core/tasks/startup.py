@@ -79,7 +79,7 @@ def _claim(runtime: TaskRuntime, names: list[str], version: str) -> list[str]:
     target_version = version if runtime.settings.runtime == "appengine" else None
     for name in missing:
         defer(runtime, RUN_TARGET, (name, version), {}, _name=startup_task_name(version, name),
-              _target_version=target_version)
+              _target_version=target_version, _track=True)
     record["queued"] = list(record.get("queued") or []) + missing
     db.put(record)
     return missing

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask
 
+from core.tasks.errors import PermanentTaskFailure
 from core.tasks.executor import Outcome
 from core.tasks.queues import QueueConfig, RetryConfig, backoff_delay, load_queue_config
 from core.tasks.runtime import TaskRuntime, runtime_of
@@ -136,7 +137,8 @@ class TaskQueue:
                                headers=InlineTransport._headers(task))
         outcome = outcomes[before] if len(outcomes) > before else None
         if 200 <= response.status_code < 300:
-            if raise_errors and outcome is not None and outcome.error is not None:
+            # 2xx with an error that is not permanent: the task scheduled its own next attempt.
+            if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
                 raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
             return
         task.retry_count += 1

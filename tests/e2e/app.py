@@ -11,7 +11,7 @@ from typing import Any
 
 from core import create_app, db
 from core.module import Module, exposed
-from core.tasks import PermanentTaskFailure, callDeferred
+from core.tasks import PermanentTaskFailure, TaskHandle, callDeferred
 from example import MODULES, SessionUsers
 
 
@@ -41,7 +41,48 @@ def permanent(token: str) -> None:
     raise PermanentTaskFailure("never works")
 
 
+@callDeferred(track=True)
+def tracked_slow(token: str, index: int, seconds: float) -> int:
+    time.sleep(seconds)
+    _record("tracked_slow", token, index=index)
+    return index * 2
+
+
+@callDeferred
+def untracked_slow(token: str, index: int, seconds: float) -> None:
+    time.sleep(seconds)
+    _record("untracked_slow", token, index=index)
+
+
+@callDeferred(track=True, queue="limited")
+def always_fails(token: str) -> None:
+    _record("always_fails", token)
+    raise RuntimeError("failing on purpose, always")
+
+
 class Probes(Module):
+    @exposed(methods=("POST",))
+    def mixed(self, token: str, count: str = "10", seconds: str = "0.1") -> str:
+        """``count`` tracked and ``count`` untracked slow tasks, interleaved."""
+        for index in range(int(count)):
+            tracked_slow(token, index, float(seconds))
+            untracked_slow(token, index, float(seconds))
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def tracked(self, token: str, seconds: str = "0", countdown: str = "0") -> dict[str, Any]:
+        handle = tracked_slow(token, 21, float(seconds), _countdown=float(countdown) or None)
+        return {"id": handle.id}
+
+    @exposed(methods=("POST",))
+    def failing(self, token: str) -> dict[str, Any]:
+        return {"id": always_fails(token).id}
+
+    @exposed(methods=("POST",))
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        return {"cancelled": TaskHandle.fetch(task_id).cancel()}
+
+
     @exposed(methods=("POST",))
     def slow(self, token: str, count: str = "1", seconds: str = "0.1") -> str:
         for _ in range(int(count)):

@@ -37,6 +37,8 @@ class TaskRequest:
     eta: datetime.datetime | None = None
     target_version: str | None = None
     method: str = "POST"
+    #: How long the queue waits for the app's answer to one push (``None``: the queue's own).
+    dispatch_deadline: datetime.timedelta | None = None
 
     def __post_init__(self) -> None:
         if not QUEUE_NAME_RE.match(self.queue):
@@ -47,6 +49,8 @@ class TaskRequest:
             raise ValueError("TaskRequest.eta must be timezone-aware")
         if not self.path.startswith("/"):
             raise ValueError(f"task path must start with '/': {self.path!r}")
+        if self.dispatch_deadline is not None and self.dispatch_deadline <= datetime.timedelta(0):
+            raise ValueError("TaskRequest.dispatch_deadline must be positive")
 
 
 class EnqueueStatus(enum.Enum):
@@ -83,4 +87,13 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Release clients, threads and connections."""
+        ...
+
+
+@runtime_checkable
+class DeletingTransport(Transport, Protocol):
+    """A transport that can also take a task back from its queue (optional)."""
+
+    def delete_task(self, queue: str, name: str) -> bool:
+        """Delete the task the queue knows as ``name``; ``False`` if it is gone or can't be deleted."""
         ...

@@ -255,7 +255,7 @@ class CloudTasksTransport:
         for index, request in enumerate(requests):
             try:
                 create = build_create_request(
-                    self.settings, request, dispatch_deadline=deadlines[request.queue],
+                    self.settings, request, dispatch_deadline=request.dispatch_deadline or deadlines[request.queue],
                 )
             except Exception as error:
                 failed = _enqueue_error(f"cannot build a task for queue {request.queue!r}", error)
@@ -290,6 +290,16 @@ class CloudTasksTransport:
             failed = _enqueue_error(f"Cloud Tasks refused a task for queue {request.queue!r}", error)
             return EnqueueResult(EnqueueStatus.FAILED, queue_task_name=name, error=failed)
         return EnqueueResult(EnqueueStatus.CREATED, queue_task_name=task.name or name)
+
+    def delete_task(self, queue: str, name: str) -> bool:
+        """``DeleteTask``; ``False`` when the task is gone or the server can't delete (the emulator: 501)."""
+        path = name if name.startswith("projects/") else task_path(self.settings, queue, name)
+        try:
+            self.client.delete_task(name=path, timeout=self.timeout)
+        except (api_exceptions.GoogleAPICallError, grpc.RpcError) as error:
+            logger.info("could not delete task %s: %s", path, error)
+            return False
+        return True
 
     def close(self) -> None:
         """Close the gRPC channel; a later call opens a new one."""

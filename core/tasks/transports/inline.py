@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from core.tasks.errors import PermanentTaskFailure
 from core.tasks.runtime import runtime_of
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
@@ -59,6 +60,15 @@ class InlineTransport:
                 results.append(EnqueueResult(EnqueueStatus.CREATED, task_id))
         return results
 
+    def delete_task(self, queue: str, name: str) -> bool:
+        """Take a task out of the queue before it runs; ``False`` if it is not (or no longer) here."""
+        with self._lock:
+            for index, task in enumerate(self.pending):
+                if task.id == name and task.request.queue == queue:
+                    del self.pending[index]
+                    return True
+        return False
+
     def close(self) -> None:
         pass
 
@@ -92,7 +102,8 @@ class InlineTransport:
                                        headers=self._headers(task))
                 outcome = outcomes[before] if len(outcomes) > before else None
                 if 200 <= response.status_code < 300:
-                    if raise_errors and outcome is not None and outcome.error is not None:
+                    # 2xx with an error that is not permanent: the task scheduled its own next attempt.
+                    if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
                         raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
                     continue
                 task.retry_count += 1

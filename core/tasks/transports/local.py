@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 QUEUED, LEASED, FAILED = 0, 1, 2
 _STATE_NAMES = {QUEUED: "queued", LEASED: "leased", FAILED: "failed"}
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS task (
     id INTEGER PRIMARY KEY,
@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS task (
     retry_count INTEGER NOT NULL DEFAULT 0,
     execution_count INTEGER NOT NULL DEFAULT 0,
     last_status INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    deadline REAL
 );
 CREATE INDEX IF NOT EXISTS task_due ON task (queue, state, eta);
 -- A name is taken while its task exists (ended IS NULL) and for a retention window after it ended.
@@ -102,8 +103,11 @@ _TASK_COLUMNS = (
     "id, queue, name, named, method, path, headers, body, target_version, created, eta, state, "
     "first_attempt, retry_count, execution_count, last_status, last_error"
 )
+#: A version-1 file lacks the per-task dispatch deadline.
+_MIGRATE_FROM_1 = "ALTER TABLE task ADD COLUMN deadline REAL"
 _LEASE_COLUMNS = (
-    "id, name, named, method, path, headers, body, eta, retry_count, execution_count, first_attempt, last_status"
+    "id, name, named, method, path, headers, body, eta, retry_count, execution_count, first_attempt, last_status, "
+    "deadline"
 )
 # Headers the queue sets itself; a request's own values for them are dropped, as Cloud Tasks does.
 _RESERVED_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "user-agent"}
@@ -202,10 +206,13 @@ class LocalQueueStore:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             with self._write(conn):
-                if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < _SCHEMA_VERSION:
                     for statement in _SCHEMA.split(";"):  # executescript would COMMIT early
                         if statement.strip():
                             conn.execute(statement)
+                    if version == 1:
+                        conn.execute(_MIGRATE_FROM_1)
                     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             self._schema_ready = True
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -280,7 +287,7 @@ class LocalQueueStore:
                     results[index] = EnqueueResult(EnqueueStatus.DUPLICATE, queue_task_name=str(name))
             conn.executemany(
                 "INSERT INTO task (queue, name, named, method, path, headers, body, target_version, "
-                "created, eta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created, eta, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows.values(),
             )
             conn.executemany(
@@ -365,6 +372,19 @@ class LocalQueueStore:
                     "last_status = ?, last_error = ? WHERE id = ?",
                     again,
                 )
+
+    def delete_queued(self, queue: str, name: str, *, now: float | None = None) -> bool:
+        """Drop a task that waits in ``queue`` (not one being pushed); its name stays taken a while."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            rows = conn.execute(
+                f"DELETE FROM task WHERE queue = ? AND name = ? AND state = {QUEUED} RETURNING named",
+                (queue, name),
+            ).fetchall()
+            if any(named for (named,) in rows):
+                conn.execute("UPDATE task_name SET ended = ? WHERE queue = ? AND name = ?", (now, queue, name))
+        return bool(rows)
 
     def purge_names(self, *, now: float | None = None) -> int:
         """Forget task names whose retention window is over."""
@@ -496,6 +516,7 @@ def _encode_request(request: TaskRequest, now: float, auto_name: str) -> tuple[o
     return (
         request.queue, name, request.name is not None, method, request.path, header_block,
         bytes(request.body), request.target_version, now, eta,
+        None if request.dispatch_deadline is None else request.dispatch_deadline.total_seconds(),
     )
 
 
@@ -551,6 +572,13 @@ class LocalTransport:
             else EnqueueResult(EnqueueStatus.FAILED, error=LookupError(f"unknown queue {r.queue!r}"))
             for r in requests
         ]
+
+    def delete_task(self, queue: str, name: str) -> bool:
+        try:
+            return self.store.delete_queued(queue, name)
+        except (sqlite3.Error, OSError):
+            log.exception("could not delete task %s of queue %s", name, queue)
+            return False
 
     def close(self) -> None:
         self.store.close()
@@ -1072,7 +1100,7 @@ class LocalDispatcher:
 
     def _begin(self, q: _QueueState, task: tuple[object, ...], now: float) -> None:
         """Build the request for a leased task and start sending it."""
-        _id, name, _named, method, path, headers, body, eta, retry_count, execution_count, _first, last = task
+        _id, name, _named, method, path, headers, body, eta, retry_count, execution_count, _first, last, _dl = task
         if self._rate_limits:
             q.tokens -= 1
         parts = [
@@ -1115,7 +1143,7 @@ class LocalDispatcher:
             conn.reused = False
             self.stats.connections += 1
         conn.task, conn.queue, conn.payload, conn.sent = task, q, payload, 0
-        conn.started, conn.deadline = now, time.monotonic() + q.deadline
+        conn.started, conn.deadline = now, time.monotonic() + float(task[12] or q.deadline)  # type: ignore[arg-type]
         conn.state = _SENDING
         self._active.add(conn)
         # Loopback connects finish at once; sending right away saves a trip through the selector.
@@ -1257,7 +1285,7 @@ class LocalDispatcher:
             self.stats.timeouts += 1
             self._release(conn, keep=False)
             q.inflight -= 1
-            error = f"no response within the dispatch deadline of {q.deadline:g} s"
+            error = f"no response within the dispatch deadline of {float(task[12] or q.deadline):g} s"  # type: ignore[arg-type]
             self._retry_or_fail(q, task, started, error, status=None, responded=False)
 
     # outcomes
@@ -1291,8 +1319,14 @@ class LocalDispatcher:
 
     def _flush(self) -> None:
         if self._done or self._again:
+            retried = bool(self._again)
             self.store.record(self._done, self._ended, self._again)  # cleared only once written
             self._done, self._ended, self._again = [], [], []
+            if retried:
+                # A lease between the retry and this write may have found the queue empty; our own
+                # commit leaves data_version alone, so look again for the retries just written.
+                for q in self._queues.values():
+                    q.empty_version = -1
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from core import current, db
-from core.tasks import DeferredArgumentError, DuplicateTask, PermanentTaskFailure, isolated_registry
+from core.tasks import DeferredArgumentError, DuplicateTask, PermanentTaskFailure, isolated_registry, records
 from core.tasks.callable import (
     DONE,
     FAILED,
@@ -213,6 +213,7 @@ def test_a_run_is_recorded_queued_and_executed_as_its_user(app, queue, as_user):
     done = get_run(run.key.name)
     assert done["status"] == DONE and done["attempts"] == 1 and done["error"] is None
     assert done["started"] is not None and done["finished"] >= done["started"]
+    assert records.get(run["task_id"])["state"] == "succeeded"  # callable runs are tracked
     assert [r.key.name for r in recent_runs()] == [run.key.name]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from core import db
 from core.module import Module
-from core.tasks import callDeferred, periodic
+from core.tasks import callDeferred, periodic, records
 from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
 from core.tasks.periodic import (
@@ -162,6 +162,9 @@ def test_signed_ping_only_enqueues_and_the_queue_runs_it(app, client, settings, 
     recorded = state(name_of(every_ping))
     assert recorded["runs"] == 1 and recorded["last_success"] is not None
     assert recorded["pending_generation"] is None and recorded["cron"] == "t-every"
+    # A periodic run is tracked: it has a task record that ended succeeded.
+    (record,) = db.Query(records.RECORD_KIND).run()
+    assert record["state"] == "succeeded" and record["target"] == periodic.RUN_TARGET.name
 
 
 def test_zero_interval_runs_on_every_ping_but_never_twice_at_once(app, client, settings, task_queue):

@@ -175,8 +175,9 @@ def test_project_queue_yaml() -> None:
     assert {"default", "background", "query-iter"} <= set(queues)
     default = queues["default"]
     assert default.rate_per_second == 500.0  # Cloud Tasks' maximum
-    assert default.retry == RetryConfig(50, None, 0.1, 3600.0, 16)
+    assert default.retry == RetryConfig(30, timedelta(days=1), 0.1, 3600.0, 16)
     for queue in queues.values():
+        # Every queue gives up after a number of retries: its last attempt writes a dead letter.
         assert queue.retry.max_attempts is not None, f"{queue.name} would retry a failing task forever"
         assert 0 < queue.rate_per_second <= 500
         assert queue.max_concurrent_requests is not None

@@ -545,3 +545,20 @@ def test_a_reused_name_is_a_duplicate_not_a_failure(offline_settings: Settings) 
         for meta in service.metadata
     )
     assert all("x-goog-api-client" in meta for meta in service.metadata)
+
+
+def test_a_task_deadline_overrides_the_queue_deadline(tasks_settings: Settings) -> None:
+    settings = tasks_settings.replace(project=f"task-deadline-{uuid.uuid4().hex[:8]}")
+    configs = parse_queue_config("queue:\n- name: slow\n  dispatch_deadline: 25m\n")
+    sync_queues(settings, configs)
+    with CloudTasksTransport(settings, queues=configs) as transport:
+        transport.client.pause_queue(name=transport.queue_path("slow"))
+        assert transport.enqueue_many([TaskRequest(queue="slow", path="/_tasks/none", body=b"",
+                                                   dispatch_deadline=datetime.timedelta(seconds=90))])[0].ok
+        [task] = transport.client.list_tasks(parent=transport.queue_path("slow"))
+    assert task.dispatch_deadline == datetime.timedelta(seconds=90)
+
+
+def test_delete_task_answers_false_where_the_server_cannot_delete(transport: CloudTasksTransport) -> None:
+    # The emulator answers DeleteTask with UNIMPLEMENTED (HTTP 501); a task record's revocation covers that.
+    assert transport.delete_task("default", "no-such-task") is False

@@ -446,3 +446,22 @@ def test_base_url_with_localhost_and_a_path_prefix(store: LocalQueueStore, recor
     assert store.pending() == 0
     with pytest.raises(ValueError):
         LocalDispatcher(store, "https://example.invalid", _queue())
+
+
+def test_a_task_deadline_overrides_the_queue_deadline(store: LocalQueueStore, recorder: Recorder) -> None:
+    _enqueue(store, _task("/slow-first/30.0/d", dispatch_deadline=datetime.timedelta(seconds=1)))
+    dispatcher = LocalDispatcher(store, recorder.url, _queue(dispatch_deadline=datetime.timedelta(minutes=10)))
+    dispatcher.run_until_idle(timeout=20, wait_scheduled=True)
+    assert len(recorder.calls_to("/slow-first/")) == 2 and dispatcher.stats.timeouts == 1
+
+
+def test_a_queued_task_can_be_deleted_before_it_is_pushed(store: LocalQueueStore, recorder: Recorder) -> None:
+    transport = LocalTransport(store)
+    [name] = _enqueue(store, _task("/ok", eta=datetime.datetime.now(UTC) + datetime.timedelta(hours=1)))
+    _enqueue(store, _task("/ok", name="kept"))
+    assert transport.delete_task("default", name) is True
+    assert transport.delete_task("default", name) is False  # gone already
+    assert transport.delete_task("other", "kept") is False  # names are per queue
+    assert [t.name for t in store.tasks()] == ["kept"]
+    store.lease_due("default", time.time(), 10)  # being pushed: the handler's revocation check decides
+    assert transport.delete_task("default", "kept") is False and store.pending() == 1

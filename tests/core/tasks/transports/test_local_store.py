@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core.tasks.transports import local
 from core.tasks.transports.base import EnqueueStatus, TaskRequest, Transport
 from core.tasks.transports.local import LocalQueueStore, LocalTransport
 
@@ -158,3 +160,16 @@ def test_failed_tasks_can_be_requeued_or_deleted(store: LocalQueueStore) -> None
     assert dup.status is EnqueueStatus.DUPLICATE
     with pytest.raises(ValueError):
         store.tasks(state="sleeping")
+
+
+def test_a_file_of_the_first_schema_gains_the_deadline_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(local._SCHEMA.replace(",\n    deadline REAL", "") + "PRAGMA user_version = 1;")
+    conn.close()
+    store = LocalQueueStore(path)
+    [result] = LocalTransport(store).enqueue_many([_request(dispatch_deadline=datetime.timedelta(seconds=5))])
+    assert result.status is EnqueueStatus.CREATED
+    assert store.lease_due("default", now=9e12, limit=1)[0][-1] == 5.0
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()

@@ -1,0 +1,152 @@
+"""``TaskHandle``: what a deferred call returns, and the caller's way to a task's fate.
+
+A tracked task (``@callDeferred(track=True)``, a tracked queue, or ``_track=True``) has a record
+the handle reads: :meth:`TaskHandle.status`, :meth:`TaskHandle.result` (waits with backoff),
+:meth:`TaskHandle.cancel`. :meth:`TaskHandle.fetch` rebuilds a handle from a stored id. An
+untracked task can still be cancelled while its queue holds it, if the queue can delete it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from typing import Any
+
+from core.tasks import records
+from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
+from core.tasks.runtime import get_runtime
+from core.tasks.transports.base import EnqueueResult, EnqueueStatus
+
+
+class _Created:
+    """Filled in when the queue answered the create call (after the batch or the commit)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: EnqueueResult | None = None
+
+    def __call__(self, result: EnqueueResult) -> None:
+        self.result = result
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStatus:
+    """A tracked task's state and its times, from its record."""
+
+    state: str
+    attempts: int
+    queue: str | None = None
+    target: str | None = None
+    enqueued_at: datetime.datetime | None = None
+    started_at: datetime.datetime | None = None
+    ended_at: datetime.datetime | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in records.FINAL_STATES
+
+    def __str__(self) -> str:
+        return self.state
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHandle:
+    """A queued task: its id (key of its record), queue, dedupe name and schedule."""
+
+    id: str
+    queue: str
+    name: str | None = None
+    eta: datetime.datetime | None = None
+    tracked: bool = False
+    #: The queue's own name of the task (to delete it), when known at the call.
+    queue_task: str | None = None
+    _created: _Created = dataclasses.field(default_factory=_Created, compare=False, repr=False)
+
+    @property
+    def task_name(self) -> str:
+        return self.name or self.id
+
+    @property
+    def duplicate(self) -> bool | None:
+        """``True`` when the ``_name`` was taken, so this call queued nothing; ``None`` until known.
+
+        A call with ``_name`` outside a transaction is created at once and knows; one inside a
+        transaction knows after the commit.
+        """
+        result = self._created.result
+        return None if result is None else result.status is EnqueueStatus.DUPLICATE
+
+    @classmethod
+    def fetch(cls, task_id: str) -> TaskHandle:
+        """The handle of a tracked task from its id; :class:`UntrackedTask` if it has no record."""
+        record = records.get(str(task_id)) if task_id else None
+        if record is None:
+            raise UntrackedTask(f"no record of task {task_id!r}: it was not tracked, expired or never existed")
+        return cls(str(task_id), str(record.get("queue") or ""), eta=record.get("eta"), tracked=True,
+                   queue_task=record.get("queue_task"))
+
+    def _record(self) -> Any:
+        record = records.get(self.id)
+        if record is None:
+            what = "expired" if self.tracked else "not tracked (defer it with _track=True or track=True)"
+            raise UntrackedTask(f"task {self.id} has no record: {what}")
+        return record
+
+    def status(self) -> TaskStatus:
+        """The task's state now: queued, running, retrying, succeeded, failed or cancelled."""
+        record = self._record()
+        return TaskStatus(state=str(record.get("state")), attempts=int(record.get("attempts") or 0),
+                          queue=record.get("queue"), target=record.get("target"),
+                          enqueued_at=record.get("enqueued_at"), started_at=record.get("started_at"),
+                          ended_at=record.get("ended_at"), error=record.get("error"))
+
+    def result(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
+        """Wait until the task ends and return its value.
+
+        Raises :class:`TaskFailed` (type, message and traceback of the task's error),
+        :class:`TaskCancelled`, or ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        Polls the record, doubling the wait from ``poll`` up to ``max_poll`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = poll
+        while True:
+            record = self._record()
+            state = record.get("state")
+            if state == records.SUCCEEDED:
+                return records.decode_result(record.get("result"))
+            if state == records.FAILED:
+                raise TaskFailed(self.id, record.get("error_type"), record.get("error"), record.get("traceback"))
+            if state == records.CANCELLED and record.get("ended_at") is not None:
+                raise TaskCancelled(f"task {self.id} was cancelled")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"task {self.id} did not finish within {timeout} s (state {state})")
+                wait = min(wait, left)
+            time.sleep(wait)
+            wait = min(wait * 2, max_poll)
+
+    def cancel(self) -> bool:
+        """Take the task back: ``True`` if it will not run (again), ``False`` if it had ended.
+
+        The task is deleted from its queue where the queue can; a tracked task is also revoked in
+        its record, which the handler checks, so a push already under way, a scheduled one or one
+        the queue can't delete ends ``cancelled`` without running. An attempt already running
+        finishes, but is not retried, and its task ends ``cancelled``.
+        """
+        queue_task = self.queue_task
+        if self.tracked:
+            cancelled, record = records.cancel(self.id)
+            if record is not None:
+                queue_task = record.get("queue_task") or queue_task
+            if not cancelled:
+                return False
+        elif queue_task is None and self._created.result is not None:
+            queue_task = self._created.result.queue_task_name
+        deleted = False
+        delete = getattr(get_runtime().transport, "delete_task", None)
+        if queue_task and delete is not None:
+            deleted = bool(delete(self.queue, queue_task))
+        return True if self.tracked else deleted

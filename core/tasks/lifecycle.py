@@ -1,0 +1,243 @@
+"""The steps of a task's life around its run: start, success, failure (the executor calls them).
+
+- **Start.** A tracked task claims its record: a task that succeeded, failed or was cancelled is
+  answered 200 without running (a duplicate push, a replay, a revoked task); one whose attempt
+  is still running elsewhere is answered 409 so the queue comes back later.
+- **Success.** The return value goes through ``core.json`` into the record (a value that can't
+  is a permanent failure that names it).
+- **Failure.** The task's retry policy and the queue's limits decide: retry on the queue's
+  schedule (non-2xx), schedule the next attempt ourselves with the policy's backoff (2xx, same
+  task id, one record), or give up: the caller writes a dead letter and answers 2xx. The last
+  allowed attempt is known from the attempt count (``X-AppEngine-TaskRetryCount`` plus the
+  attempts of earlier, self-scheduled tasks), ``max_attempts`` and queue.yaml's
+  ``task_retry_limit`` / ``task_age_limit`` (age since the first enqueue).
+
+An untracked task without a policy costs no Datastore operation here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from core import db
+from core import json as tagged_json
+from core.tasks import dispatch, message, records
+from core.tasks.deferred import build_request
+from core.tasks.errors import PermanentTaskFailure
+from core.tasks.queues import QueueConfig, load_queue_config
+from core.tasks.retry import RetryPolicy
+from core.tasks.runtime import TaskRuntime
+from core.tasks.security import TaskInfo
+from core.tasks.transports.base import TASK_NAME_RE
+
+log = logging.getLogger(__name__)
+
+#: How long past its dispatch deadline a running attempt keeps its claim on the record.
+LEASE_MARGIN = datetime.timedelta(seconds=30)
+_queue_configs: weakref.WeakKeyDictionary[TaskRuntime, Mapping[str, QueueConfig]] = weakref.WeakKeyDictionary()
+
+
+class GaveUp(PermanentTaskFailure):
+    """The task failed on its last allowed attempt, or with an error its policy does not retry."""
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One attempt of one task, as the steps see it."""
+
+    envelope: message.Envelope
+    path: str
+    #: 1-based, across the self-scheduled tasks of one task id.
+    number: int
+    tracked: bool
+    target: str | None
+    policy: RetryPolicy | None
+    config: QueueConfig | None
+    #: Why the task is answered without running (``None``: run it).
+    skip: str | None = None
+    busy: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a failed attempt leads to."""
+
+    action: str  # "retry" (queue's schedule), "rescheduled", "dead", "cancelled"
+    error: PermanentTaskFailure | None = None
+
+
+def queue_config(runtime: TaskRuntime, queue: str) -> QueueConfig | None:
+    """The queue.yaml entry of ``queue`` (read once per runtime)."""
+    configs = _queue_configs.get(runtime)
+    if configs is None:
+        try:
+            configs = load_queue_config(runtime.settings.queue_yaml)
+        except (OSError, ValueError):
+            log.exception("cannot read %s; no queue limits apply in the handler", runtime.settings.queue_yaml)
+            configs = {}
+        _queue_configs[runtime] = configs
+    return configs.get(queue)
+
+
+def result_ttl(runtime: TaskRuntime) -> datetime.timedelta:
+    return datetime.timedelta(seconds=runtime.settings.tasks_result_ttl)
+
+
+def _policy_of(runtime: TaskRuntime, envelope: message.Envelope) -> RetryPolicy | None:
+    if envelope.kind != "deferred":
+        return None
+    target = runtime.registry.deferred.find(str(envelope.payload.get("target")))
+    return getattr(target, "policy", None)
+
+
+def _deadline(payload: Mapping[str, Any], config: QueueConfig | None) -> datetime.timedelta:
+    timeout = payload.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return datetime.timedelta(seconds=timeout)
+    return config.dispatch_deadline if config is not None else datetime.timedelta(minutes=10)
+
+
+def start(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo, path: str,
+          target: str | None) -> Attempt:
+    """Prepare an attempt; a tracked one claims its record (see the module's docstring)."""
+    payload = envelope.payload if isinstance(envelope.payload, dict) else {}
+    previous = payload.get("attempt")
+    previous = previous if isinstance(previous, int) and not isinstance(previous, bool) and previous > 0 else 0
+    queue = info.queue or envelope.queue
+    config = queue_config(runtime, queue)
+    attempt = Attempt(envelope, path, previous + info.retry_count + 1, payload.get("track") is True, target,
+                      _policy_of(runtime, envelope), config)
+    if not attempt.tracked:
+        return attempt
+
+    def fallback() -> db.Entity:
+        return records.new_record(envelope.id, target=target, queue=queue, kind=envelope.kind,
+                                  queue_task=info.task_name, eta=None, ttl=result_ttl(runtime), payload=payload)
+
+    claim = records.begin(envelope.id, attempt=attempt.number, lease=_deadline(payload, config) + LEASE_MARGIN,
+                          fallback=fallback)
+    if claim.verdict == "busy":
+        attempt.busy, attempt.skip = True, "another attempt of this task is running"
+    elif claim.verdict != "run":
+        attempt.skip = {"done": "succeeded before; not run again", "cancelled": "cancelled; not run",
+                        "failed": "failed before; not run again"}[claim.verdict]
+    else:
+        attempt.number = claim.attempts
+    return attempt
+
+
+def encode_result(attempt: Attempt, value: Any) -> str | None:
+    """The result's record text (tracked tasks only); raises a permanent failure if it can't be kept."""
+    if not attempt.tracked:
+        return None
+    try:
+        return records.encode_result(value, what=attempt.target or attempt.envelope.id)
+    except records.ResultNotEncodable as exc:
+        raise GaveUp(str(exc)) from exc
+
+
+def succeeded(runtime: TaskRuntime, attempt: Attempt, result: str | None) -> None:
+    if attempt.tracked:
+        records.succeed(attempt.envelope.id, result, result_ttl(runtime))
+
+
+def _age_reached(attempt: Attempt, limit: datetime.timedelta) -> bool:
+    created = datetime.datetime.fromtimestamp(attempt.envelope.created, datetime.UTC)
+    return records.clock() - created >= limit
+
+
+def _last_allowed(attempt: Attempt) -> str | None:
+    """Why this attempt is the last one allowed, or ``None``."""
+    policy = attempt.policy
+    if policy is not None and policy.max_attempts is not None and attempt.number >= policy.max_attempts:
+        return f"attempt {attempt.number} of {policy.max_attempts}"
+    retry = attempt.config.retry if attempt.config is not None else None
+    if retry is None:
+        return None
+    reached = []
+    if retry.task_retry_limit is not None:
+        reached.append(attempt.number - 1 >= retry.task_retry_limit)
+    if retry.task_age_limit is not None:
+        reached.append(_age_reached(attempt, retry.task_age_limit))
+    if reached and all(reached):
+        return f"attempt {attempt.number}, the limit of queue {attempt.config.name!r}"  # type: ignore[union-attr]
+    return None
+
+
+def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Decision:
+    """Decide and record what a failed attempt leads to (see the module's docstring)."""
+    what = attempt.target or attempt.envelope.kind
+    give_up: PermanentTaskFailure | None = None
+    if isinstance(error, PermanentTaskFailure):
+        give_up = error
+    elif attempt.policy is not None and not attempt.policy.retries(error):
+        give_up = GaveUp(f"{what} raised {type(error).__name__}, which it does not retry: {error}")
+    else:
+        last = _last_allowed(attempt)
+        if last is not None:
+            give_up = GaveUp(f"{what} failed on its last allowed attempt ({last}): {error!r}")
+    if give_up is not None:
+        if give_up is not error:
+            give_up.__cause__ = error
+        if attempt.tracked and records.fail(attempt.envelope.id, error, result_ttl(runtime)) == records.CANCELLED:
+            return Decision("cancelled")
+        return Decision("dead", give_up)
+    backoff = attempt.policy.backoff if attempt.policy is not None else None
+    if backoff is None:
+        if attempt.tracked and records.retrying(attempt.envelope.id, error) == records.CANCELLED:
+            return Decision("cancelled")
+        return Decision("retry")
+    delay = backoff.delay(attempt.number)
+    eta = records.clock() + datetime.timedelta(seconds=delay)
+    name = _attempt_name(attempt.envelope.id, attempt.number + 1)
+    if attempt.tracked:
+        if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta) == records.CANCELLED:
+            return Decision("cancelled")
+    _schedule_next(runtime, attempt, name, eta)
+    log.info("task %s (%s) failed on attempt %d; attempt %d in %.3g s", attempt.envelope.id, what,
+             attempt.number, attempt.number + 1, delay)
+    return Decision("rescheduled")
+
+
+def _attempt_name(task_id: str, number: int) -> str:
+    """The queue name of a self-scheduled attempt: a duplicate push schedules it only once."""
+    name = f"{task_id}-a{number}"
+    if TASK_NAME_RE.match(name):
+        return name
+    return hashlib.sha256(name.encode()).hexdigest()[:40] + f"-a{number}"
+
+
+def _schedule_next(runtime: TaskRuntime, attempt: Attempt, name: str, eta: datetime.datetime) -> None:
+    envelope = attempt.envelope
+    payload = {**envelope.payload, "attempt": attempt.number}
+    following = message.Envelope(kind=envelope.kind, payload=payload, queue=envelope.queue, env=envelope.env,
+                                 id=envelope.id, created=envelope.created)
+    request = build_request(runtime, following, attempt.path, name=name, eta=eta,
+                            dispatch_deadline=_timeout_of(payload))
+    dispatch.flush(runtime, [request])
+
+
+def _timeout_of(payload: Mapping[str, Any]) -> datetime.timedelta | None:
+    timeout = payload.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return datetime.timedelta(seconds=timeout)
+    return None
+
+
+def discard_stored_payload(body: bytes) -> None:
+    """Delete the Datastore payload a task body refers to (when its dead letter is discarded)."""
+    try:
+        data = tagged_json.loads(body)
+        reference = data.get("ref") if isinstance(data, dict) else None
+        if not isinstance(reference, dict):
+            return
+        payload_id, count = str(reference["id"]), int(reference["chunks"])
+    except Exception:
+        return
+    if 0 < count <= 64:
+        db.delete([db.key(message.PAYLOAD_KIND, f"{payload_id}-{i}") for i in range(count)])
