@@ -9,7 +9,6 @@ tasks page does, and puts its record back to ``queued``. The views live in
 """
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -74,8 +73,8 @@ def cancel_task(task_id: str) -> str:
 def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskRuntime, db.Key], bool]) -> str:
     """Send a failed task again from its dead letter; the message for the person who asked.
 
-    The record goes back to ``queued`` in the same transaction (a failed record would make the
-    handler refuse the task as ended); its attempts are kept, so the next one counts on.
+    Resending the letter reopens the task's record in the same transaction (a failed record
+    would make the handler refuse the task as ended); its attempts are kept, so the next counts on.
     """
     key = db.key(RECORD_KIND, task_id)
     letters = db.Query(DEAD_LETTER_KIND).filter("task_id", "=", task_id).keys_only().run(limit=1)
@@ -84,12 +83,7 @@ def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskR
         record = db.get(key)
         if record is None:
             raise NotFound(f"there is no tracked task {task_id}")
-        if record.get("state") != "failed" or not letters or not retry_letter(runtime, letters[0].key):
-            return False
-        now = datetime.datetime.now(datetime.UTC)
-        record.update({"state": "queued", "ended_at": None, "updated_at": now})
-        db.put(record)
-        return True
+        return record.get("state") == "failed" and bool(letters) and retry_letter(runtime, letters[0].key)
 
     if not db.run_in_transaction(retry):
         return f"Task {task_id} has no failed request stored to send again."
