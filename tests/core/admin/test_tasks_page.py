@@ -378,3 +378,28 @@ def test_the_local_queue_depth_is_shown_per_queue(make_app, settings, datastore)
 def test_no_depth_is_shown_for_other_backends(ann):
     assert ann.get("/_tasks/admin/tasks?format=json").json["depth"] is None
     assert 'id="queue-depth"' not in ann.get("/_tasks/admin/tasks").get_data(as_text=True)
+
+
+def test_the_cancel_button_cancels_a_tracked_task_before_it_runs(app, ann, bob, queue):
+    with app.test_request_context():
+        handle = fragile("cancel-me", _track=True)
+        finished = fragile("run-me", _track=True)
+    page = ann.get("/_tasks/admin/tasks")
+    html = page.get_data(as_text=True)
+    assert f'action="/_tasks/admin/tasks/{handle.id}/cancel"' in html
+    token = csrf_of(page)
+    url = f"/_tasks/admin/tasks/{handle.id}/cancel"
+    assert ann.post(url).status_code == 400  # no CSRF token
+    assert bob.post(url, data={"csrf_token": token}).status_code == 403
+    assert db.get(db.key(RECORD_KIND, handle.id))["state"] == "queued"
+    response = ann.post(url, data={"csrf_token": token})
+    assert response.status_code == 303 and response.headers["Location"] == "/_tasks/admin/tasks"
+    assert f"Task {handle.id} cancelled." in ann.get("/_tasks/admin/tasks").get_data(as_text=True)
+    assert db.get(db.key(RECORD_KIND, handle.id))["state"] == "cancelled"
+    queue.run_pending()
+    assert CALLS == ["run-me"]  # the cancelled one never ran
+    html = ann.get("/_tasks/admin/tasks").get_data(as_text=True)
+    assert f"/tasks/{handle.id}/cancel" not in html and f"/tasks/{finished.id}/cancel" not in html
+    again = ann.post(url, data={"csrf_token": token}, headers={"Accept": "application/json"}).json
+    assert again == {"ok": True, "message": f"Task {handle.id} had already finished."}
+    assert ann.post("/_tasks/admin/tasks/nobody/cancel", data={"csrf_token": token}).status_code == 404
