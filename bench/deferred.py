@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from core.devserver.datastore_emulator import start_datastore_emulator
+from core.devserver.ports import free_port
 from core.devserver.stack import LocalStack
 from core.tasks.transports.local import LocalQueueStore
 from tests.services.tasks_emulator import start_tasks_emulator
@@ -145,7 +146,7 @@ def enqueue_cost(datastore, tmp: Path, rounds: int) -> tuple[float, float]:
     from google.cloud import tasks_v2
 
     stack = LocalStack(data_dir=tmp / "cloudtasks", datastore=datastore, persist=False, cron=False)
-    stack.port = stack.port or __import__("deploy.ports", fromlist=["free_port"]).free_port()
+    stack.port = stack.port or free_port()
     with start_tasks_emulator(target_port=stack.port, queues=["default"], max_retries=0, project=PROJECT,
                               location=LOCATION) as emulator:
         stack.extra_env = {"TASKS_BACKEND": "cloudtasks", "TASKS_EMULATOR": emulator.host,
