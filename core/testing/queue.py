@@ -17,12 +17,11 @@ from typing import Any
 
 from flask import Flask
 
-from core.tasks.errors import PermanentTaskFailure
 from core.tasks.executor import Outcome
 from core.tasks.queues import QueueConfig, RetryConfig, backoff_delay, load_queue_config
 from core.tasks.runtime import TaskRuntime, runtime_of
 from core.tasks.security import sign_cron_ping
-from core.tasks.transports.inline import InlineTransport, QueuedTask, TaskFailed
+from core.tasks.transports.inline import InlineTransport, QueuedTask, TaskFailed, push
 
 UTC = datetime.UTC
 
@@ -132,20 +131,9 @@ class TaskQueue:
 
     def _run(self, client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors: bool,
              max_attempts: int | None) -> None:
-        before = len(outcomes)
-        response = client.open(task.request.path, method=task.request.method, data=task.request.body,
-                               headers=InlineTransport._headers(task))
-        outcome = outcomes[before] if len(outcomes) > before else None
-        if 200 <= response.status_code < 300:
-            # 2xx with an error that is not permanent: the task scheduled its own next attempt.
-            if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
-                raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
+        failure = push(client, task, outcomes, raise_errors=raise_errors)
+        if failure is None:
             return
-        task.retry_count += 1
-        task.execution_count += 1
-        error = outcome.error if outcome is not None else None
-        message = (f"task {task.id} to {task.request.path} answered {response.status_code}: "
-                   f"{response.get_data(as_text=True).strip()}")
         if max_attempts is not None:
             if task.execution_count < max_attempts:
                 self._requeue(task, None)
@@ -156,7 +144,7 @@ class TaskQueue:
                 delay = backoff_delay(retry, task.execution_count)
                 self._requeue(task, self.clock.now() + datetime.timedelta(seconds=delay))
         if raise_errors:
-            raise TaskFailed(message) from error
+            raise TaskFailed(failure.message) from failure.error
 
     def _requeue(self, task: QueuedTask, due: datetime.datetime | None) -> None:
         with self.transport._lock:

@@ -97,25 +97,15 @@ class InlineTransport:
                 with self._lock:
                     task = self.pending.pop(0)
                 handled += 1
-                before = len(outcomes)
-                response = client.open(task.request.path, method=task.request.method, data=task.request.body,
-                                       headers=self._headers(task))
-                outcome = outcomes[before] if len(outcomes) > before else None
-                if 200 <= response.status_code < 300:
-                    # 2xx with an error that is not permanent: the task scheduled its own next attempt.
-                    if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
-                        raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
+                failure = push(client, task, outcomes, raise_errors=raise_errors)
+                if failure is None:
                     continue
-                task.retry_count += 1
-                task.execution_count += 1
                 if task.execution_count < max_attempts:
                     with self._lock:
                         self.pending.append(task)
                     continue
                 if raise_errors:
-                    error = outcome.error if outcome is not None else None
-                    raise TaskFailed(f"task {task.id} to {task.request.path} answered {response.status_code}: "
-                                     f"{response.get_data(as_text=True).strip()}") from error
+                    raise TaskFailed(failure.message) from failure.error
         finally:
             runtime.outcome_listeners.remove(outcomes.append)
         return outcomes
@@ -131,3 +121,33 @@ class InlineTransport:
             "X-AppEngine-TaskETA": str(task.request.eta.timestamp() if task.request.eta else 0.0),
         })
         return headers
+
+
+@dataclasses.dataclass
+class PushFailure:
+    """A queued task that answered non-2xx: what to say of it, and the error behind it."""
+
+    message: str
+    error: BaseException | None
+
+
+def push(client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors: bool) -> PushFailure | None:
+    """Send one queued task through the app's handler (``client``: its Flask test client).
+
+    ``None`` when the handler answered 2xx; a 2xx with an error that is not permanent means the
+    task scheduled its own next attempt. A permanent failure is raised as :class:`TaskFailed`
+    with ``raise_errors``. A non-2xx counts an attempt on the task and returns a :class:`PushFailure`.
+    ``outcomes`` must be an outcome listener of the app's runtime.
+    """
+    before = len(outcomes)
+    response = client.open(task.request.path, method=task.request.method, data=task.request.body,
+                           headers=InlineTransport._headers(task))
+    outcome = outcomes[before] if len(outcomes) > before else None
+    if 200 <= response.status_code < 300:
+        if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
+            raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
+        return None
+    task.retry_count += 1
+    task.execution_count += 1
+    return PushFailure(f"task {task.id} to {task.request.path} answered {response.status_code}: "
+                       f"{response.get_data(as_text=True).strip()}", outcome.error if outcome is not None else None)
