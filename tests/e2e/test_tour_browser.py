@@ -52,8 +52,12 @@ def look(page: Page, name: str) -> None:
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
         page.wait_for_function("w => window.innerWidth === w", arg=width)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
         scroll_width, inner_width = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
-        assert scroll_width <= inner_width, f"{name} is {scroll_width} px wide at {width} px"
+        wide = [] if scroll_width <= inner_width else page.evaluate(
+            "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1)"
+            ".slice(-6).map(e => `${e.tagName}.${e.className}: ${(e.innerText || '').slice(0, 60)}`)")
+        assert scroll_width <= inner_width, f"{name} is {scroll_width} px wide at {width} px; too wide: {wide}"
         for selector in ("nav a.brand", "main h1"):
             box = page.locator(selector).first.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (name, selector, width)
@@ -67,7 +71,6 @@ def look(page: Page, name: str) -> None:
         narrow = page.evaluate("[...document.querySelectorAll('main td')].filter(td => td.innerText.trim().length > 12"
                                " && td.getBoundingClientRect().width < 72).map(td => td.innerText.slice(0, 40))")
         assert narrow == [], f"{name}: table cells squeezed at {width} px: {narrow}"
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
