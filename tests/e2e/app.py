@@ -48,6 +48,16 @@ def tracked_slow(token: str, index: int, seconds: float) -> int:
     return index * 2
 
 
+@callDeferred(tags=("billing", "nightly"), description="Send the invoice emails")
+def send_invoices(token: str) -> None:
+    _record("send_invoices", token)
+
+
+@callDeferred(tags=("reports",), description="Build the monthly report")
+def build_report(token: str) -> None:
+    _record("build_report", token)
+
+
 @callDeferred
 def untracked_slow(token: str, index: int, seconds: float) -> None:
     time.sleep(seconds)
@@ -73,6 +83,11 @@ class Probes(Module):
     def tracked(self, token: str, seconds: str = "0", countdown: str = "0") -> dict[str, Any]:
         handle = tracked_slow(token, 21, float(seconds), _countdown=float(countdown) or None)
         return {"id": handle.id}
+
+    @exposed(methods=("POST",))
+    def tagged(self, token: str) -> dict[str, Any]:
+        """Two tagged calls, tracked at the call (``_track=True``), with different tags."""
+        return {"billing": send_invoices(token, _track=True).id, "reports": build_report(token, _track=True).id}
 
     @exposed(methods=("POST",))
     def failing(self, token: str) -> dict[str, Any]:

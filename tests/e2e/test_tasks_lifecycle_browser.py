@@ -4,6 +4,7 @@ Screenshots go to ``test-artifacts/admin/`` (ignored by git).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -103,3 +104,36 @@ def test_a_task_over_its_queue_limit_is_a_dead_letter_on_the_dashboard_and_retri
     task.locator("button", has_text="Retry").click()
     expect(page.locator(".flash")).to_contain_text(f"Task {task_id} queued again.")
     wait_for(lambda: len(probe_runs(token)) > 3, timeout=120, message="the retried task to run again")
+
+
+def test_tagged_tasks_show_their_tags_and_description_and_a_tag_filter_keeps_only_theirs(stack, new_page):
+    token = uuid.uuid4().hex
+    ids = _post(stack, "/probes/tagged", token=token)
+    for task_id in ids.values():
+        wait_for(lambda task_id=task_id: TaskHandle.fetch(task_id).status().state == "succeeded",
+                 message="the tagged tasks to run")
+    page = admin(new_page, stack.url)
+    page.goto(f"{stack.url}/_tasks/admin/tasks")
+    billing = page.locator(f"#tasks-list tr[data-task='{ids['billing']}']")
+    reports = page.locator(f"#tasks-list tr[data-task='{ids['reports']}']")
+    expect(billing.locator(".badge")).to_have_text("succeeded")
+    expect(billing.locator(".tag")).to_have_text(["billing", "nightly"])
+    expect(billing).to_contain_text("Send the invoice emails")
+    expect(reports.locator(".tag")).to_have_text(["reports"])
+    expect(reports).to_contain_text("Build the monthly report")
+    shot(page, "27-tasks-tagged")
+
+    page.fill("#filters input[name=tag]", "billing")
+    page.locator("#filters button", has_text="Filter").click()
+    expect(page).to_have_url(re.compile(r"[?&]tag=billing(&|$)"))
+    expect(page.locator("#tasks-list tbody tr")).to_have_count(1)
+    expect(billing.locator(".tag")).to_have_text(["billing", "nightly"])
+    expect(reports).to_have_count(0)
+    page.fill("#filters input[name=tag]", "reports")
+    page.locator("#filters button", has_text="Filter").click()
+    expect(page.locator("#tasks-list tbody tr")).to_have_count(1)
+    expect(reports).to_contain_text("Build the monthly report")
+    page.fill("#filters input[name=tag]", "nothing-has-this")
+    page.locator("#filters button", has_text="Filter").click()
+    expect(page.locator("#no-tasks")).to_have_text("No tracked tasks match these filters.")
+    shot(page, "28-tasks-tag-filter")
