@@ -15,7 +15,7 @@ from flask import Response, abort, flash, redirect
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import PermanentTaskFailure, callDeferred
+from core.tasks import PermanentTaskFailure, TaskHandle, TaskStatus, UntrackedTask, callDeferred
 from core.tasks.periodic_now import run_group_now
 from core.tasks.runtime import get_runtime
 from example.admin_tasks import INVOICE_KIND, InvoiceTaxes
@@ -59,9 +59,13 @@ def _mark(token: str, **fields: Any) -> db.Entity:
     return db.run_in_transaction(update)
 
 
-@callDeferred
+@callDeferred(track=True, tags=("tour",), description="The tour's deferred call")
 def run_step(token: str) -> None:
-    """The deferred call of the first two steps: notes when, where and for whom it ran."""
+    """The deferred call of the first two steps: notes when, where and for whom it ran.
+
+    Tracked, so the dashboard's Tasks page shows it (with its tag and description) queued, then
+    succeeded, and the step's page reads its state from the same task record.
+    """
     _mark(token, status=RAN, ran_at=_now(), ran_for=_user_name(), pid=os.getpid(),
           language=current.language.get())
 
@@ -89,6 +93,16 @@ def _ensure_invoices() -> int:
         entities.append(entity)
     db.put(entities)
     return len(entities)
+
+
+def _task_state(task_id: Any) -> TaskStatus | None:
+    """The tracked task's state from its record; ``None`` for an untracked step or an expired record."""
+    if not isinstance(task_id, str):
+        return None
+    try:
+        return TaskHandle.fetch(task_id).status()
+    except UntrackedTask:
+        return None
 
 
 class Index(Module):
@@ -122,7 +136,7 @@ class Tour(Module):
         """Defer a call; its page shows it queued, then run."""
         self._start()
         token = self._new_step("defer", due_at=_now())
-        run_step(token)
+        _mark(token, task_id=run_step(token).id)
         return redirect(f"/tour/watch/{token}", code=303)
 
     @exposed(methods=("POST",))
@@ -130,7 +144,7 @@ class Tour(Module):
         """Defer a call that runs ``COUNTDOWN_SECONDS`` later (``_countdown``)."""
         self._start()
         token = self._new_step("countdown", due_at=_now() + datetime.timedelta(seconds=COUNTDOWN_SECONDS))
-        run_step(token, _countdown=COUNTDOWN_SECONDS)
+        _mark(token, task_id=run_step(token, _countdown=COUNTDOWN_SECONDS).id)
         return redirect(f"/tour/watch/{token}", code=303)
 
     @exposed(methods=("POST",))
@@ -165,9 +179,11 @@ class Tour(Module):
         step = db.get(_step_key(token)) if token.isalnum() and len(token) == 32 else None
         if step is None or (step.get("by") != _user_name() and not _is_admin()):
             abort(404)
-        settled = step.get("status") == RAN
+        task = _task_state(step.get("task_id"))
+        # The task's own code has run before its record says succeeded: reload until both are so.
+        settled = step.get("status") == RAN and (task is None or task.finished)
         titles = {"defer": "A deferred call", "countdown": "A deferred call with a countdown",
                   "fail": "A task that fails"}
         # A plain dict: on an entity, Jinja's ``step.kind`` would be the key's kind, not the property.
         return page("tour_watch.html", title=titles.get(step.get("kind"), "Tour step"), step=dict(step),
-                    refresh=None if settled else WATCH_REFRESH, now=_now())
+                    task=task, task_target=run_step.target.name, refresh=None if settled else WATCH_REFRESH, now=_now())

@@ -102,14 +102,25 @@ def test_a_new_user_walks_the_tour(live_stack, page):
     expect(page.locator("nav form.signout button")).to_have_text("Sign out")
     look(page, "03-home-signed-in")
 
-    # 1. A deferred call: its page reloads until the task has run.
+    # 1. A deferred call: its page reloads until the task has run and its record says succeeded,
+    # then links to the task's row on the dashboard's Tasks page.
     page.locator("#step-defer button", has_text="Defer a call").click()
     expect(page).to_have_url(re.compile(r"/tour/watch/[0-9a-f]{32}$"))
+    expect(page.locator("#step-task .badge")).to_have_text("succeeded")
+    expect(page.locator("head meta[http-equiv=refresh]")).to_have_count(0)
     expect(page.locator("#step-status .badge.done")).to_be_visible()
     expect(page.locator("#step-ran")).to_contain_text("in worker process")
     expect(page.locator("#step-ran")).to_contain_text("as admin")
     expect(page.locator("#step-result")).to_contain_text("after this site had answered your request")
     look(page, "04-deferred-call-ran")
+    page.locator("#step-dashboard", has_text="See it on the dashboard's Tasks page").click()
+    expect(page).to_have_url(re.compile(r"/_tasks/admin/tasks\?target=example\.tour\.run_step#task-[0-9a-f]{32}$"))
+    task = page.locator(f"#task-{page.url.rsplit('#task-', 1)[1]}")
+    expect(task.locator(".badge")).to_have_text("succeeded")
+    expect(task).to_contain_text("The tour's deferred call")
+    expect(task.locator(".tag")).to_have_text(["tour"])
+    expect(page.locator("#tasks-list tbody tr")).to_have_count(1)
+    look(page, "04b-deferred-call-on-the-tasks-page")
 
     # 2. A countdown: queued and due later, then run.
     home(page, url)

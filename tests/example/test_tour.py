@@ -8,6 +8,7 @@ import re
 import pytest
 
 from core import db
+from core.admin.records import RECORD_KIND
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import get_run
 from example import MODULES, SessionUsers
@@ -81,6 +82,30 @@ def test_a_deferred_call_is_queued_then_runs_as_its_caller(ada, queue):
     queue.run_pending()
     html = ada.get(watch).get_data(as_text=True)
     assert 'class="badge done"' in html and "as ada" in html and 'http-equiv="refresh"' not in html
+
+
+def test_the_deferred_call_is_a_tracked_task_shown_on_the_dashboard(root, ada, queue):
+    watch = press(root, "defer").headers["Location"]
+    task_id = db.get(db.key(STEP_KIND, watch.rsplit("/", 1)[1]))["task_id"]
+    html = root.get(watch).get_data(as_text=True)
+    link = f'href="/_tasks/admin/tasks?target=example.tour.run_step#task-{task_id}"'
+    assert 'id="step-task"><span class="badge queued">' in html and link in html
+    queue.run_pending()
+    html = root.get(watch).get_data(as_text=True)
+    assert 'id="step-task"><span class="badge succeeded">' in html and 'http-equiv="refresh"' not in html
+    tasks = root.get("/_tasks/admin/tasks?target=example.tour.run_step").get_data(as_text=True)
+    row = tasks[tasks.index(f'id="task-{task_id}"'):].split("</tr>", 1)[0]
+    assert 'class="badge succeeded"' in row and '<span class="tag">tour</span>' in row
+    assert "The tour&#39;s deferred call" in row
+    # The call's own code ran before its record says so: the page reloads until the record has ended.
+    record = db.get(db.key(RECORD_KIND, task_id))
+    record["state"] = "running"
+    db.put(record)
+    html = root.get(watch).get_data(as_text=True)
+    assert 'class="badge running"' in html and 'http-equiv="refresh"' in html
+    # A plain user sees the task's state but has no dashboard to be sent to.
+    html = ada.get(press(ada, "defer").headers["Location"]).get_data(as_text=True)
+    assert 'id="step-task"><span class="badge queued">' in html and "step-dashboard" not in html
 
 
 def test_a_countdown_holds_the_call_back(ada, queue):
