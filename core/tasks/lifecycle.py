@@ -91,8 +91,10 @@ def result_ttl(runtime: TaskRuntime) -> datetime.timedelta:
 def _policy_of(runtime: TaskRuntime, envelope: message.Envelope) -> RetryPolicy | None:
     if envelope.kind != "deferred":
         return None
-    target = runtime.registry.deferred.find(str(envelope.payload.get("target")))
-    return getattr(target, "policy", None)
+    name = envelope.payload.get("target") if isinstance(envelope.payload, dict) else None
+    if not isinstance(name, str):
+        return None  # no target to run: the runner makes it a dead letter
+    return getattr(runtime.registry.deferred.find(name), "policy", None)
 
 
 def _deadline(payload: Mapping[str, Any], config: QueueConfig | None) -> datetime.timedelta:

@@ -34,6 +34,8 @@ FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_RESULT_BYTES = 900_000
 #: Characters of error text and traceback kept.
 MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS = 1_400, 20_000
+#: Characters of a target name, tag or group kept (indexed), and of a description.
+MAX_INDEXED_CHARS, MAX_DESCRIPTION_CHARS = 300, 20_000
 _UNINDEXED = ("traceback", "result", "error", "description")
 
 #: The clock of every transition; tests replace it to measure times.
@@ -42,6 +44,11 @@ clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.
 
 class ResultNotEncodable(TypeError):
     """A task's return value cannot travel through ``core.json`` or is too large to keep."""
+
+
+def _indexable(text: str) -> str:
+    """``text`` cut to what an indexed property holds (1,500 bytes; 4 bytes per character at most)."""
+    return text if len(text) <= MAX_INDEXED_CHARS else text[:MAX_INDEXED_CHARS - 1] + "…"
 
 
 def record_key(task_id: str) -> db.Key:
@@ -63,12 +70,13 @@ def new_record(task_id: str, *, target: str | None, queue: str, kind: str, queue
     group = payload.get("group")
     entity = db.Entity(record_key(task_id), exclude_from_indexes=_UNINDEXED)
     entity.update({
-        "state": QUEUED, "target": target, "queue": queue, "kind": kind, "attempts": 0,
+        "state": QUEUED, "target": _indexable(target) if target is not None else None, "queue": queue, "kind": kind,
+        "attempts": 0,
         "enqueued_at": now, "started_at": None, "ended_at": None, "updated_at": now,
         "error": None, "error_type": None, "traceback": None, "result": None,
-        "tags": [str(t) for t in tags] if isinstance(tags, (list, tuple)) else [],
-        "description": str(description) if description is not None else None,
-        "group": str(group) if group is not None else None,
+        "tags": [_indexable(t) for t in tags if isinstance(t, str)] if isinstance(tags, (list, tuple)) else [],
+        "description": description[:MAX_DESCRIPTION_CHARS] if isinstance(description, str) else None,
+        "group": _indexable(group) if isinstance(group, str) else None,
         "queue_task": queue_task, "eta": eta, "lease_until": None, "expires_at": max(now, eta or now) + ttl,
     })
     return entity
