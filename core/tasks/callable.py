@@ -37,9 +37,9 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from core import current, db
-from core.tasks import aio, started
+from core.tasks import aio, arguments, started
 from core.tasks.deferred import TaskHandle, callDeferred
-from core.tasks.errors import ConfigurationError, PermanentTaskFailure, TaskNotFound
+from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound
 from core.tasks.registry import active_registry
 from core.tasks.runtime import TaskRuntime, get_runtime
 
@@ -189,6 +189,13 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
                 error=f"no callable task is registered as {task_key!r}")
         raise TaskNotFound(f"no callable task is registered as {task_key!r}")
     task = cls()
+    try:
+        if not isinstance(data, dict) or not all(isinstance(name, str) for name in data):
+            raise PayloadError(f"the input of {task_key} is not an object of named values")
+        arguments.check_call(task.execute, f"{task_key}.execute", (), [], data)
+    except PayloadError as exc:  # it can never run: a dead letter, not retries of a TypeError
+        _update(run_id, task_key, status=FAILED, finished=_now(), attempts=attempt, error=str(exc))
+        raise
     if not may_call(task):
         reason = "the user who started this run may no longer run this task"
         _update(run_id, task_key, status=FAILED, finished=_now(), attempts=attempt, error=reason)

@@ -296,3 +296,13 @@ def test_input_that_cannot_travel_fails_at_the_call(app, queue, as_user):
 
 def test_get_run_refuses_malformed_ids(app):
     assert get_run("") is None and get_run("../x") is None and get_run("0" * 32) is None
+
+
+def test_a_run_whose_input_does_not_fit_execute_is_a_dead_letter_at_once(app, queue, as_user):
+    with as_user("bob"):
+        run_callable_task("0" * 32, "doomed", {"unexpected": 1})
+    queue.run_pending(raise_errors=False, max_attempts=5)
+    assert CALLS == []
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["attempts"] == 1 and "PayloadError" in letter["error"]
+    assert get_run("0" * 32)["status"] == FAILED
