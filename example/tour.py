@@ -15,7 +15,7 @@ from flask import Response, abort, flash, redirect
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import PermanentTaskFailure, TaskHandle, TaskStatus, UntrackedTask, callDeferred
+from core.tasks import PayloadError, PermanentTaskFailure, TaskHandle, TaskStatus, UntrackedTask, callDeferred
 from core.tasks.periodic_now import run_group_now
 from core.tasks.runtime import get_runtime
 from example.admin_tasks import INVOICE_KIND, InvoiceTaxes
@@ -45,7 +45,14 @@ def _is_admin() -> bool:
     return bool(get_runtime().users.is_admin(current.user.get()))
 
 
+def _is_token(token: str) -> bool:
+    return len(token) == 32 and all(c in "0123456789abcdef" for c in token)
+
+
 def _step_key(token: str) -> db.Key:
+    """The step's key; a token the tour never made (it makes uuid4 hex) can never run: a dead letter."""
+    if not _is_token(token):
+        raise PayloadError(f"{token[:40]!r} is not a tour step token")
     return db.key(STEP_KIND, token)
 
 
@@ -176,7 +183,7 @@ class Tour(Module):
     @exposed(methods=("GET",))
     def watch(self, token: str = "") -> Response:
         """One step: queued, then ran (or failed into a dead letter); reloads itself until settled."""
-        step = db.get(_step_key(token)) if token.isalnum() and len(token) == 32 else None
+        step = db.get(_step_key(token)) if _is_token(token) else None
         if step is None or (step.get("by") != _user_name() and not _is_admin()):
             abort(404)
         task = _task_state(step.get("task_id"))

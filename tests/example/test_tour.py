@@ -12,7 +12,7 @@ from core.admin.records import RECORD_KIND
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import get_run
 from example import MODULES, SessionUsers
-from example.tour import COUNTDOWN_SECONDS, STEP_KIND
+from example.tour import COUNTDOWN_SECONDS, STEP_KIND, fail_once, run_step
 from example.users import create_user
 from tests.conftest import TaskQueue
 from tests.example.test_users import sign_in, token_of
@@ -155,3 +155,17 @@ def test_how_many_zero_gets_the_range_message(ada, queue):
         if count:
             assert "This field is required." not in html
     assert queue.pending == []
+
+
+@pytest.mark.parametrize("token", ["", "Z" * 32])
+def test_a_signed_step_with_a_token_the_tour_never_made_is_a_dead_letter(app, queue, token):
+    for target in (run_step, fail_once):
+        target(token)
+    queue.run_pending(raise_errors=False, max_attempts=5)
+    letters = db.Query(DEAD_LETTER_KIND).run()
+    assert len(letters) == 2 and all(letter["attempts"] == 1 for letter in letters)
+    assert all("not a tour step token" in letter["error"] for letter in letters)
+
+
+def test_watching_a_token_of_the_wrong_alphabet_is_404(app, ada):
+    assert ada.get("/tour/watch/" + "Z" * 32).status_code == 404
