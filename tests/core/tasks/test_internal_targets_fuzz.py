@@ -70,7 +70,7 @@ def valid_value(annotation: Any, names: st.SearchStrategy[str]) -> st.SearchStra
     if origin is datetime.datetime:
         return st.datetimes(timezones=st.just(datetime.UTC))
     if origin is dict:
-        return st.just({})
+        return st.just({}) | st.just({"month": "2026-10", "count": 1})
     if origin is list:
         return st.just([])
     return json_values
@@ -80,7 +80,8 @@ def valid_value(annotation: Any, names: st.SearchStrategy[str]) -> st.SearchStra
 def deferred_calls(draw, runtime: TaskRuntime) -> tuple[str, dict[str, Any]]:
     """A ``deferred`` payload for one registered target, its arguments around their signature."""
     names = names_of(runtime)
-    name = draw(st.sampled_from(sorted(runtime.registry.deferred)))
+    every = sorted(runtime.registry.deferred)
+    name = draw(st.sampled_from([name for name in every if name.startswith("core.")]) | st.sampled_from(every))
     target = runtime.registry.deferred.get(name)
     try:
         hints = typing.get_type_hints(target.func)
