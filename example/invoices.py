@@ -9,7 +9,7 @@ from flask import abort
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import callDeferred
+from core.tasks import PayloadError, callDeferred
 
 #: A month as ``YYYY-MM``.
 MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
@@ -27,6 +27,8 @@ class Invoices(Module):
     @callDeferred
     def recompute_totals(self, month: str) -> None:
         """Runs in a task with the caller's user and language restored."""
+        if not MONTH_RE.fullmatch(month):  # a signed call with another month can never succeed
+            raise PayloadError(f"month must look like 2026-10, not {month[:40]!r}")
         user = current.user.get()
         entity = db.Entity(db.key("invoice_total", month))
         entity.update({

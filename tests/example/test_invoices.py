@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from core import db
+from core.app import runtime_of
+from core.tasks.executor import DEAD_LETTER_KIND
 from tests.conftest import TaskQueue
 
 
@@ -25,3 +28,11 @@ def test_close_month_queues_one_task_for_a_month(app, client):
     response = client.post("/invoices/close_month", data={"month": "2026-10"})
     assert response.status_code == 200 and response.json["month"] == "2026-10"
     assert len(queue.pending) == 1
+
+
+def test_a_signed_recompute_of_a_month_that_is_not_one_is_a_dead_letter(app):
+    queue = TaskQueue(app)
+    runtime_of(app).modules.get("invoices").recompute_totals("")
+    queue.run_pending(raise_errors=False, max_attempts=5)
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["attempts"] == 1 and "month must look like" in letter["error"]
