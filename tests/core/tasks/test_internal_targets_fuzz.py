@@ -37,9 +37,13 @@ json_values = st.recursive(
 )
 
 
+#: The edges that broke runners before: a huge int, empty and over-long text, lists of them.
+edges = st.sampled_from([10 ** 5000, "", "x" * 2000, -1, 2 ** 64]).flatmap(lambda v: st.just(v) | st.just([v]))
+
+
 def around(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """A value of the valid shape most of the time, often a random JSON value instead."""
-    return st.one_of(valid, valid, json_values)
+    """A value of the valid shape most of the time, often a random JSON value or an edge instead."""
+    return st.one_of(valid, valid, json_values, edges)
 
 
 def names_of(runtime: TaskRuntime) -> st.SearchStrategy[str]:
