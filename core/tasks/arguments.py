@@ -17,8 +17,12 @@ from core.tasks.errors import PayloadError
 
 
 def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args: list[Any],
-               kwargs: dict[str, Any]) -> None:
-    """Raise :class:`PayloadError` naming ``name`` unless ``func(*bound, *args, **kwargs)`` fits its signature."""
+               kwargs: dict[str, Any], *, types: bool = True) -> None:
+    """Raise :class:`PayloadError` naming ``name`` unless ``func(*bound, *args, **kwargs)`` fits its signature.
+
+    ``types=False`` checks names and count only: for input a form built (an optional field is
+    ``None`` whatever the annotation says), not a caller.
+    """
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
@@ -27,7 +31,7 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
         call = signature.bind(*bound, *args, **kwargs)
     except TypeError as exc:
         raise PayloadError(f"the arguments of {name} do not fit it: {exc}") from None
-    hints = _hints(func)
+    hints = _hints(func) if types else {}
     for parameter, value in list(call.arguments.items())[len(bound):]:
         expected = hints.get(parameter)
         kind = signature.parameters[parameter].kind

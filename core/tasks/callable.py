@@ -192,7 +192,7 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
     try:
         if not isinstance(data, dict) or not all(isinstance(name, str) for name in data):
             raise PayloadError(f"the input of {task_key} is not an object of named values")
-        arguments.check_call(task.execute, f"{task_key}.execute", (), [], data)
+        arguments.check_call(task.execute, f"{task_key}.execute", (), [], data, types=False)
     except PayloadError as exc:  # it can never run: a dead letter, not retries of a TypeError
         _update(run_id, task_key, status=FAILED, finished=_now(), attempts=attempt, error=str(exc))
         raise
