@@ -80,7 +80,7 @@ def rpcs_per_task(datastore, tmp: Path, calls: int = 20) -> dict[str, tuple[floa
     app = create_app({}, settings=settings, startup_tasks=False)
     transport = app.extensions["core"].transport
     figures = {}
-    with RpcCounter().counting() as rpcs:
+    with app.app_context(), RpcCounter().counting() as rpcs:
         for label, track in (("untracked", False), ("tracked", True)):
             rpcs.take()
             for i in range(calls):
