@@ -13,23 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from core import db
-from tests.e2e.test_admin_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.e2e.test_admin_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
+
+__all__ = ["browser"]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "tour"
 WIDTHS = (375, 1280)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture
