@@ -25,10 +25,9 @@ from core.devserver.locate import local_datastore
 from core.logs import install_logging
 from core.module import Module, ModuleTree
 
-# Every room whose tasks the handler runs registers its runners on import: load them all here.
+# Every room whose kinds and tasks are built in declares them on import: load them all here.
 from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch
-from core.tasks import executor as _executor  # noqa: F401
 from core.tasks import periodic as _periodic  # noqa: F401
 from core.tasks import queryiter as _queryiter  # noqa: F401
 from core.tasks.handler import TaskHandler

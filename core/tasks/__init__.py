@@ -19,8 +19,8 @@ _EXPORTS: dict[str, str] = {
     # the codec, under its ViUR names
     "JsonKeyEncoder": "core.json", "jsonDecodeObjectHook": "core.json",
     # periodic and startup tasks
-    "PeriodicTask": "core.tasks.periodic", "periodic_task": "core.tasks.periodic",
-    "removePeriodicTask": "core.tasks.periodic", "remove_periodic_task": "core.tasks.periodic",
+    "PeriodicTask": "core.tasks.periodic_declare", "periodic_task": "core.tasks.periodic_declare",
+    "removePeriodicTask": "core.tasks.periodic_declare", "remove_periodic_task": "core.tasks.periodic_declare",
     "find_bound_task": "core.tasks.periodic", "periodic_overview": "core.tasks.periodic",
     "Crontab": "core.tasks.schedule", "Weekday": "core.tasks.schedule", "Month": "core.tasks.schedule",
     "StartupTask": "core.tasks.startup", "startup_task": "core.tasks.startup",
@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "callable_task": "core.tasks.callable",
     # the handler module, registry and runtime
     "TaskHandler": "core.tasks.handler", "TaskRegistry": "core.tasks.registry",
-    "active_registry": "core.tasks.registry", "isolated_registry": "core.tasks.registry",
+    "isolated_registry": "core.tasks.registry",
     "TaskRuntime": "core.tasks.runtime", "get_runtime": "core.tasks.runtime",
     # the Flask extension (``Tasks(app)``), re-exported so plain Flask apps need one import
     "Tasks": "core.extension",
@@ -107,7 +107,7 @@ if TYPE_CHECKING:
         removePeriodicTask,
     )
     from core.tasks.queryiter import DeleteEntitiesIter, MetaQueryIter, QueryIter
-    from core.tasks.registry import TaskRegistry, active_registry, isolated_registry
+    from core.tasks.registry import TaskRegistry, isolated_registry
     from core.tasks.retry import Constant, Exponential, Linear
     from core.tasks.runtime import TaskRuntime, get_runtime
     from core.tasks.schedule import Crontab, Month, Weekday

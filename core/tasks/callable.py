@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 from core import current, db
 from core.tasks import aio, arguments, started
-from core.tasks.deferred import TaskHandle, callDeferred
+from core.tasks.deferred import DeferredFunction, TaskHandle
 from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound
-from core.tasks.registry import active_registry
+from core.tasks.registry import declare
 from core.tasks.runtime import TaskRuntime, get_runtime
 
 if TYPE_CHECKING:
@@ -95,10 +95,9 @@ def CallableTask(cls: type[CallableTaskBase]) -> type[CallableTaskBase]:  # noqa
     aio.check_synchronous(cls.canCall, "callable task canCall")
     aio.check_synchronous(cls.dataSkel, "callable task dataSkel")
     aio.check_runnable(cls.execute, "callable task execute")
-    registry = active_registry()
-    registry.callable.add(cls.key, cls)
-    # The runner registered itself where it was imported; a registry made later (tests) needs it too.
-    registry.deferred.add(run_callable_task.target.name, run_callable_task.target)
+    declare("callable", cls.key, cls)
+    # Its runner is built in; a registry made by hand (tests) gets it with its first callable task.
+    declare("deferred", run_callable_task.target.name, run_callable_task.target)
     return cls
 
 
@@ -178,7 +177,6 @@ def summarize(data: dict[str, Any]) -> str:
     return text if len(text) <= _MAX_SUMMARY else text[:_MAX_SUMMARY - 1] + "…"
 
 
-@callDeferred(track=True)
 def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
     """Run one queued run of a callable task, as the user who started it."""
     runtime = get_runtime()
@@ -216,6 +214,10 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
     # Done means this run's own part is done; what it started is linked and watched on its own.
     _update(run_id, task_key, status=DONE, finished=_now(), error=None, retrying=False,
             started_work=[item.to_text() for item in work])
+
+
+#: The runner of every callable run, a deferred target of the library: every app's registry has it.
+run_callable_task = DeferredFunction(run_callable_task, track=True, builtin=True)
 
 
 def _next_attempt(run_id: str) -> int:

@@ -317,9 +317,6 @@ def plan_group(group: str, schedules: Sequence[Schedule], timezone: str = "UTC")
 
 def plan_cron(registry: Any, timezone: str = "UTC") -> list[CronPlan]:
     """One plan per cron group declared in ``registry`` (the built-in outbox sweep included)."""
-    from core.tasks.periodic import install_builtins
-
-    install_builtins(registry)
     groups: dict[str, list[Schedule]] = {}
     for spec in registry.periodic.values():
         groups.setdefault(spec.cron_name, []).append(spec.schedule)
@@ -351,9 +348,6 @@ def coverage_problems(entries: Sequence[CronEntry], registry: Any, timezone: str
     interval of every interval task, and after each calendar time of a task before the next one
     and within :data:`MAX_CALENDAR_DELAY`.
     """
-    from core.tasks.periodic import install_builtins
-
-    install_builtins(registry)
     start = start or datetime.datetime(2026, 1, 5, tzinfo=UTC)
     end = start + datetime.timedelta(days=days)
     by_group: dict[str, list[CronEntry]] = {}

@@ -25,20 +25,31 @@ import dataclasses
 import datetime
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core import current, db
+from core import db
 from core import json as tagged_json
-from core.tasks import aio, dispatch, message, records, telemetry
-from core.tasks.errors import ConfigurationError, DeferredArgumentError
+from core.reprs import safe_repr
+from core.tasks import aio, arguments, dispatch, message, records
+from core.tasks.context import capture_environment
+from core.tasks.errors import (
+    ConfigurationError,
+    DeferredArgumentError,
+    PayloadError,
+    PermanentTaskFailure,
+    TaskNotFound,
+)
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_for
-from core.tasks.registry import active_registry, qualified_name
+from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
+
+if TYPE_CHECKING:
+    from core.tasks.security import TaskInfo
 
 __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "DeferredTarget", "DeferredFunction",
            "defer", "build_request", "retry_n_times", "noRetry", "no_retry"]
@@ -76,7 +87,8 @@ class DeferredFunction:
     """The object ``@callDeferred`` returns; a descriptor so that methods bind like methods."""
 
     def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
-                 retry_on: Any = None, backoff: Any = None, timeout: float | None = None, **options: Any) -> None:
+                 retry_on: Any = None, backoff: Any = None, timeout: float | None = None, builtin: bool = False,
+                 **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -93,7 +105,8 @@ class DeferredFunction:
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
                                      track=bool(track), policy=policy, timeout=_check_timeout(name, timeout))
         _configure(self.target, **options)
-        active_registry().deferred.add(self.target.name, self.target)
+        # The library's own targets are built-ins: every app's registry has them.
+        (declare_builtin if builtin else declare)("deferred", self.target.name, self.target)
         functools.update_wrapper(self, func)
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -146,9 +159,9 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
     return DeferredFunction(func, queue=queue, **options)
 
 
-def _configure(target: DeferredTarget, *, priority: str | None, tags: Iterable[str], description: str | None,
-               hooks: Iterable[Any] | None, lock: str | bool | None,
-               lock_lease: float | datetime.timedelta | None) -> None:
+def _configure(target: DeferredTarget, *, priority: str | None = None, tags: Iterable[str] = (),
+               description: str | None = None, hooks: Iterable[Any] | None = None, lock: str | bool | None = None,
+               lock_lease: float | datetime.timedelta | None = None) -> None:
     what = f"@callDeferred on {target.name}"
     if priority is not None and target.queue is not None:
         raise ConfigurationError(f"{what}: give queue= or priority=, not both")
@@ -197,19 +210,6 @@ def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
 
 
 no_retry = noRetry
-
-
-def capture_environment(runtime: TaskRuntime, target: str = "task", queue: str | None = None) -> dict[str, Any]:
-    """The caller's user id, language, trace and custom environment, to be restored in the task."""
-    user = current.user.get()
-    env: dict[str, Any] = {"user": runtime.users.id_of(user) if user is not None else None,
-                           "language": current.language.get()}
-    trace = telemetry.enqueue_trace(target, queue)
-    if trace is not None:
-        env["trace"] = trace
-    if runtime.environment is not None:
-        env["custom"] = runtime.environment.serialize()
-    return env
 
 
 def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
@@ -283,18 +283,50 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                                 target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
-    before_enqueue(runtime, target.hooks, envelope, target.name, name=_name, eta=eta)
-    handle = TaskHandle(envelope.id, queue, _name, eta, tracked=tracked, queue_task=name)
+    return enqueue(runtime, envelope, request, target=target.name, own_hooks=target.hooks, dedupe_name=_name,
+                   tracked=tracked)
+
+
+def send_task(runtime: TaskRuntime, kind: str, payload: dict[str, Any], *, target: str, queue: str | None = None,
+              name: str | None = None, tracked: bool | None = None, target_version: str | None = None) -> TaskHandle:
+    """Queue a task of another kind than ``deferred`` (a periodic or startup run) to ``/_tasks/deferred``.
+
+    ``payload`` must hold only values ``core.json`` carries; ``target`` is what its record names;
+    ``tracked=None`` gives it a record if its queue is a tracked one.
+    """
+    if not runtime.settings.tasks_secret:
+        raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
+    queue = queue or queue_for(runtime, None, target)
+    if tracked is None:
+        tracked = queue in runtime.settings.tasks_tracked_queues
+    if tracked:
+        payload = {**payload, "track": True}
+    env = capture_environment(runtime, target, queue)
+    envelope = message.Envelope(kind=kind, payload=payload, queue=queue, env=env)
+    request = build_request(runtime, envelope, DEFERRED_PATH, name=name or (envelope.id if tracked else None),
+                            target_version=target_version)
+    return enqueue(runtime, envelope, request, target=target, dedupe_name=name, tracked=tracked)
+
+
+def enqueue(runtime: TaskRuntime, envelope: message.Envelope, request: TaskRequest, *, target: str,
+            own_hooks: tuple[Any, ...] = (), dedupe_name: str | None, tracked: bool) -> TaskHandle:
+    """Send a signed task of any kind: its hooks, its record (tracked) and its handle.
+
+    Inside a transaction the record is written and the task queued if and only if it commits.
+    """
+    eta = request.eta
+    before_enqueue(runtime, own_hooks, envelope, target, name=dedupe_name, eta=eta)
+    handle = TaskHandle(envelope.id, envelope.queue, dedupe_name, eta, tracked=tracked, queue_task=request.name)
     on_result: Any = handle._created
     if tracked:
-        record = records.new_record(envelope.id, target=target.name, queue=queue, kind="deferred",
-                                    queue_task=name, eta=eta,
+        record = records.new_record(envelope.id, target=target, queue=envelope.queue, kind=envelope.kind,
+                                    queue_task=request.name, eta=eta,
                                     ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
                                     payload=envelope.payload)
         db.put(record)  # inside a transaction: written if and only if the task is queued
         on_result = _forget_duplicate(handle)
     # A named call is created at once (outside a transaction), so the handle knows if it was a duplicate.
-    dispatch.send(runtime, request, on_result=on_result, now=_name is not None)
+    dispatch.send(runtime, request, on_result=on_result, now=dedupe_name is not None)
     return handle
 
 
@@ -329,3 +361,45 @@ def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[s
         return DeferredArgumentError(f"cannot defer {call}: the app's environment serialize() gave a value that "
                                      f"cannot travel: {exc.reason} at serialize(){exc.location}", function=call)
     return DeferredArgumentError(f"cannot defer {call}: {error}", function=call)
+
+
+def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -> Any:
+    """Run a ``deferred`` envelope: find the target by name, the instance by path, call it."""
+    call = envelope.payload
+    name = call.get("target")
+    if not isinstance(name, str):
+        raise TaskNotFound(f"a deferred call names no target but {safe_repr(name)}")
+    target: DeferredTarget = runtime.registry.deferred.get(name)
+    args, kwargs = call.get("args") or [], call.get("kwargs") or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise PayloadError("deferred call arguments are malformed")
+    if target.max_executions is not None and info.execution_count >= target.max_executions:
+        raise PermanentTaskFailure(
+            f"{target.name} already ran {info.execution_count} time(s), its limit is {target.max_executions}")
+    bound: tuple[Any, ...] = ()
+    if target.kind == "method":
+        path = call.get("instance")
+        instance = runtime.modules.get(path) if runtime.modules is not None and isinstance(path, str) else None
+        if instance is None:
+            raise TaskNotFound(f"no module is mounted at {safe_repr(path)} for {target.name}")
+        owner = target.owner
+        if owner is not None and not isinstance(instance, owner):
+            raise TaskNotFound(f"the module at {path!r} is not a {owner.__qualname__}")
+        bound = (instance,)
+    elif target.kind == "classmethod":
+        if target.owner is None:
+            raise TaskNotFound(f"{target.name} has no class")
+        bound = (target.owner,)
+    arguments.check_call(target.func, target.name, bound, args, kwargs)
+    try:
+        return aio.call(target.func, *bound, *args, **kwargs)
+    except PermanentTaskFailure:
+        raise
+    except Exception as exc:
+        if target.max_executions is not None and info.execution_count + 1 >= target.max_executions:
+            raise PermanentTaskFailure(
+                f"{target.name} failed on its last allowed execution ({target.max_executions}): {exc!r}") from exc
+        raise
+
+
+DEFERRED_KIND = declare_kind("deferred", run_deferred, DEFERRED_PATH)

@@ -24,7 +24,7 @@ def outcome_response(outcome: executor.Outcome) -> Response:
 
 
 def run_task_request(*kinds: str) -> Response:
-    """Hand the current Flask request to the executor."""
+    """Hand the current Flask request to the executor (a kind's own routes say where it may come)."""
     outcome = executor.execute(get_runtime(), method=request.method, path=request.path,
                                headers=request.headers, body=read_body(),
                                expected_kinds=kinds or None)
@@ -40,12 +40,12 @@ class TaskHandler(Module):
     @exposed(methods=("POST",), raw=True)
     def deferred(self, *args: Any, **kwargs: Any) -> Response:
         """Run one deferred call."""
-        return run_task_request("deferred")
+        return run_task_request()
 
     @exposed(methods=("POST",), raw=True)
     def queryIter(self, *args: Any, **kwargs: Any) -> Response:  # noqa: N802 - ViUR's name
         """Run one chunk of a query iterator."""
-        return run_task_request("queryIter")
+        return run_task_request()
 
     @exposed(methods=("GET", "POST"))
     def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803

@@ -1,15 +1,15 @@
-"""Periodic tasks: ``@PeriodicTask`` registration, the cron ping that enqueues due runs, and the run.
+"""Periodic tasks: the cron ping that enqueues due runs, the run, and the built-in ones.
 
-A cron ping (``GET /_tasks/cron/<group>`` from App Engine cron, Cloud Scheduler or the local
-pinger) only *enqueues*: each due task of the group becomes its own deferred call of
-:func:`run_periodic`, so a slow or failing task neither blocks nor hides another and every run gets
-the queue's retries. The runs go through the existing ``/_tasks/deferred`` route as calls of one
-internal deferred target, which keeps the task handler unchanged and reuses the executor's
-verification, retries and dead letters.
+Declaring them (``@PeriodicTask``) is :mod:`core.tasks.periodic_declare`; its public names are
+imported here, where they are documented. A cron ping (``GET /_tasks/cron/<group>`` from App
+Engine cron, Cloud Scheduler or the local pinger) only *enqueues*: each due task of the group
+becomes its own task of the ``periodic`` kind, so a slow or failing task neither blocks nor hides
+another and every run gets the queue's retries, records and dead letters. The runs are pushed to
+``/_tasks/deferred`` like every signed task of the app.
 
 Bookkeeping lives in one Datastore entity per task and live instance (kind
 ``_tasks_periodic_state``, so a module mounted twice has two). A ping claims a due run inside a
-transaction on that entity, marking it *pending* and writing the deferred call to the outbox in
+transaction on that entity, marking it *pending* and writing the run's task to the outbox in
 the same commit; concurrent pings collide on the entity and only one claims. The run records its
 slot as the last run only when it succeeds; a failed run stays pending while the queue retries it.
 The queued task is also named after task, instance, slot and claim number (hashed), so even two
@@ -19,188 +19,52 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import inspect
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import aio, dispatch, locks, records
-from core.tasks.deferred import DeferredTarget, defer
-from core.tasks.errors import (
-    ConfigurationError,
-    LockHeld,
-    NotFound,
-    PermanentTaskFailure,
-    RequestError,
-    TaskNotFound,
+from core.reprs import safe_repr
+from core.tasks import aio, dispatch, locks, message, records
+from core.tasks.deferred import DEFERRED_PATH, send_task
+from core.tasks.errors import ConfigurationError, LockHeld, NotFound, PayloadError, PermanentTaskFailure, TaskNotFound
+from core.tasks.periodic_declare import (  # the public names of periodic tasks, documented here
+    CRON_NAME_RE,
+    DEFAULT_CRON,
+    PeriodicFunction,
+    PeriodicSpec,
+    PeriodicTask,
+    check_no_arguments,
+    declare_periodic,
+    periodic_task,
+    remove_periodic_task,
+    removePeriodicTask,
+    spec_of,
 )
-from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.tasks.pipeline import verified
+from core.tasks.registry import TaskRegistry, declare_kind
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.schedule import (
-    CalendarSchedule,
-    Crontab,
-    IntervalSchedule,
-    Schedule,
-    build_schedule,
-    describe,
-    due_slot,
-    named_zone,
-    next_due,
-)
-from core.tasks.transports.base import QUEUE_NAME_RE
+from core.tasks.schedule import CalendarSchedule, IntervalSchedule, Schedule, describe, due_slot, named_zone, next_due
+
+__all__ = ["CRON_NAME_RE", "DEFAULT_CRON", "PeriodicFunction", "PeriodicSpec", "PeriodicTask", "check_no_arguments",
+           "periodic_task", "remove_periodic_task", "removePeriodicTask", "spec_of", "RUN_TARGET", "STATE_KIND",
+           "run_cron", "cron_request", "find_bound_task", "periodic_overview", "install_builtins"]
 
 log = logging.getLogger(__name__)
 
 STATE_KIND = "_tasks_periodic_state"
-DEFAULT_CRON = "default"
 #: A pending run with no sign of life (claim, attempt or heartbeat) for this long is taken as lost
 #: (the queue gave up on it) and claimed again; the lost one, should it still arrive, finds itself
 #: superseded. A run that is running renews its claim a few times per this period.
 STALE_PENDING = datetime.timedelta(hours=2)
-CRON_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _ERROR_TEXT_LIMIT = 1500
 
 
 def now_utc() -> datetime.datetime:
     """The clock of the scheduler (tests replace it)."""
     return datetime.datetime.now(datetime.UTC)
-
-
-# --- declaration -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class PeriodicSpec:
-    """One declared periodic task: what to call, when, in which cron group."""
-
-    name: str
-    func: Callable[..., Any]
-    schedule: Schedule
-    cron_name: str
-    is_method: bool
-    attr: str
-    owner: type | None = None
-    queue: str | None = None
-    #: Hold a lock while running (a singleton across instances and overlapping claims).
-    lock: bool = False
-
-
-class PeriodicFunction:
-    """What ``@PeriodicTask`` returns: the function, still callable, carrying its :class:`PeriodicSpec`.
-
-    A descriptor, so that a decorated method binds like a method and learns its class.
-    """
-
-    def __init__(self, func: Callable[..., Any], spec: PeriodicSpec) -> None:
-        self.periodic = spec
-        functools.update_wrapper(self, func)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.periodic.owner, self.periodic.attr = owner, name
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return self.periodic.func.__get__(instance, owner)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.periodic.func(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<periodic {self.periodic.name} ({self.periodic.cron_name})>"
-
-
-def check_no_arguments(func: Callable[..., Any], is_method: bool, what: str) -> None:
-    """Refuse a task function that needs arguments: nobody could pass them."""
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        return
-    required = [p for p in signature.parameters.values()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if len(required) > (1 if is_method else 0):
-        raise TypeError(f"{what} {qualified_name(func)} must take no arguments"
-                        f"{' besides self' if is_method else ''}; it takes {[p.name for p in required]}")
-
-
-def _declare(func: Callable[..., Any], interval: float | datetime.timedelta | None, cron_name: str,
-             at: datetime.time | None, crontab: Crontab | None, queue: str | None,
-             lock: bool = False) -> PeriodicFunction:
-    if isinstance(func, (staticmethod, classmethod)) or not callable(func):
-        raise TypeError(f"@PeriodicTask needs a function or a module method, got {func!r}")
-    if func.__name__.startswith("_"):
-        raise ConfigurationError(f"periodic task {func.__qualname__} starts with an underscore: periodic tasks "
-                                 "must be public functions or methods (rename it)")
-    if not isinstance(cron_name, str) or not CRON_NAME_RE.match(cron_name):
-        raise ConfigurationError(f"cron group name {cron_name!r} must be 1-100 letters, digits, '_' or '-'")
-    if queue is not None and not QUEUE_NAME_RE.match(str(queue)):
-        raise ConfigurationError(f"invalid queue name {queue!r}: use letters, digits and hyphens")
-    schedule = build_schedule(interval, at, crontab)
-    is_method = "." in func.__qualname__
-    check_no_arguments(func, is_method, "periodic task")
-    aio.check_runnable(func, "periodic task")
-    if not isinstance(lock, bool):
-        raise ConfigurationError(f"periodic task {func.__qualname__}: lock must be True or False, got {lock!r}")
-    spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
-                        lock=lock)
-    wrapper = PeriodicFunction(func, spec)
-    active_registry().periodic.add(spec.name, spec)
-    return wrapper
-
-
-def PeriodicTask(interval: Any = None, cronName: str = DEFAULT_CRON, *,  # noqa: N802,N803 - ViUR's names
-                 at: datetime.time | None = None, crontab: Crontab | None = None,
-                 queue: str | None = None, lock: bool = False) -> Any:
-    """Decorator: run a function, or a method on every mounted instance of its module, periodically.
-
-    ``interval`` is a lower bound between runs: a :class:`datetime.timedelta` or a number of
-    minutes (ViUR's unit); ``None``/``0`` means on every ping of the cron group. Instead of an
-    interval give ``at=datetime.time(3, 0)`` (daily, in ``settings.tasks_timezone`` unless the time
-    has its own ``tzinfo``) or ``crontab=Crontab(...)``. ``cronName`` is the group pinged at
-    ``/_tasks/cron/<cronName>``; ``queue`` the queue the runs go to (default queue otherwise).
-    ``lock=True`` holds a lock per task and instance while it runs: a run that finds it held is
-    retried later by the queue, never run alongside.
-    A bad specification raises :class:`InvalidScheduleSpecification` here, at decoration.
-    """
-    if callable(interval) and not isinstance(interval, datetime.timedelta):
-        return _declare(interval, None, cronName, at, crontab, queue, lock)  # bare @PeriodicTask
-    return lambda func: _declare(func, interval, cronName, at, crontab, queue, lock)
-
-
-def periodic_task(interval: Any = None, cron_name: str = DEFAULT_CRON, *, at: datetime.time | None = None,
-                  crontab: Crontab | None = None, queue: str | None = None, lock: bool = False) -> Any:
-    """snake_case spelling of :func:`PeriodicTask`."""
-    return PeriodicTask(interval, cron_name, at=at, crontab=crontab, queue=queue, lock=lock)
-
-
-def spec_of(task: Any, registry: TaskRegistry | None = None) -> PeriodicSpec | None:
-    """The registered spec of a decorated function, method, bound method or registered name."""
-    registry = registry if registry is not None else active_registry()
-    if isinstance(task, PeriodicFunction):
-        found = registry.periodic.find(task.periodic.name)
-        return found if found is task.periodic else None
-    if isinstance(task, str):
-        return registry.periodic.find(task)  # type: ignore[no-any-return]
-    func = getattr(task, "__func__", task)
-    try:
-        name = qualified_name(func)
-    except TypeError:
-        return None
-    found = registry.periodic.find(name)
-    return found if found is not None and found.func is func else None
-
-
-def removePeriodicTask(task: Any) -> None:  # noqa: N802 - ViUR's name
-    """Unregister a periodic task (e.g. one inherited from a module you override); unknown is a no-op."""
-    spec = spec_of(task)
-    if spec is not None:
-        active_registry().periodic.remove(spec.name)
-
-
-remove_periodic_task = removePeriodicTask
 
 
 # --- live instances ----------------------------------------------------------------------------------
@@ -260,7 +124,6 @@ def find_bound_task(task: Any, obj: Any = None, depth: int = 0) -> tuple[Callabl
     A function comes back as ``(function, None)``. ``depth`` is accepted for compatibility.
     """
     runtime = get_runtime()
-    install_builtins(runtime.registry)
     spec = spec_of(task, runtime.registry)
     if spec is None:
         return None
@@ -371,8 +234,7 @@ def _claim(runtime: TaskRuntime, binding: PeriodicBinding, now: datetime.datetim
         _describe_into(state, binding, tz, now)
         db.put(state)
         # Inside the transaction this lands in the outbox: it is queued if and only if the claim commits.
-        defer(runtime, RUN_TARGET, (binding.spec.name, binding.instance_path, slot, generation), {},
-              _name=name, _queue=binding.spec.queue, _track=binding.spec.name not in _UNTRACKED)
+        send_run(runtime, binding, slot, generation, name, tracked=binding.spec.name not in _UNTRACKED)
         return "enqueued"
     if created:
         _describe_into(state, binding, tz, now)
@@ -386,7 +248,6 @@ def run_cron(runtime: TaskRuntime, cron_name: str, *, now: datetime.datetime | N
     Raises :class:`NotFound` for a group no task declares. Each task is claimed on its own: one
     that cannot be claimed is reported and does not stop the others.
     """
-    install_builtins(runtime.registry)
     specs = [spec for spec in runtime.registry.periodic.values() if spec.cron_name == cron_name]
     if not specs:
         raise NotFound(f"no periodic task is declared in cron group {cron_name!r}")
@@ -414,14 +275,9 @@ def run_cron(runtime: TaskRuntime, cron_name: str, *, now: datetime.datetime | N
 def cron_request(runtime: TaskRuntime, *, cron_name: str, method: str, path: str, headers: Any, body: bytes,
                  now: datetime.datetime | None = None) -> tuple[int, dict[str, Any]]:
     """Verify a cron ping and run it: ``(status, JSON body)``; unverifiable pings run nothing."""
-    try:
-        runtime.verifier.verify_cron(method, path, headers, body)
-    except RequestError as exc:
-        log.warning("refused cron request to %s: %s", path, exc)
-        return exc.http_status, {"error": str(exc)}
-    except Exception:
-        log.exception("cron request verification crashed")
-        return 400, {"error": "unverifiable cron request"}
+    _, refusal = verified(runtime.verifier.verify_cron, method, path, headers, body, "cron")
+    if refusal is not None:
+        return refusal.status, {"error": refusal.message}
     try:
         report = run_cron(runtime, cron_name, now=now)
     except NotFound as exc:
@@ -469,9 +325,29 @@ def _record_failure(key: db.Key, generation: int, error: str, at: datetime.datet
     db.put(state)
 
 
-def run_periodic(task: str, instance: str | None, slot: datetime.datetime, generation: int) -> None:
-    """Run one claimed periodic run (the deferred call a cron ping enqueued)."""
-    runtime = get_runtime()
+def send_run(runtime: TaskRuntime, binding: PeriodicBinding, slot: datetime.datetime, generation: int,
+             name: str, *, tracked: bool | None) -> None:
+    """Queue one claimed run as a task of the ``periodic`` kind (in a transaction: if it commits).
+
+    ``tracked=None``: a record if the run's queue is a tracked one.
+    """
+    payload = {"periodic": binding.spec.name, "instance": binding.instance_path, "slot": slot,
+               "generation": generation}
+    send_task(runtime, RUN_TARGET.name, payload, target=RUN_TARGET.name, queue=binding.spec.queue, name=name,
+              tracked=tracked)
+
+
+def run_periodic(runtime: TaskRuntime, envelope: message.Envelope, info: Any) -> None:
+    """Run one claimed periodic run (the ``periodic`` task a cron ping enqueued)."""
+    payload = envelope.payload
+    task, instance = payload.get("periodic"), payload.get("instance")
+    slot, generation = payload.get("slot"), payload.get("generation")
+    if not isinstance(task, str):
+        raise TaskNotFound(f"a periodic run names no periodic task but {safe_repr(task)}")
+    if instance is not None and not isinstance(instance, str):
+        raise PayloadError(f"a periodic run of {task} has an instance path {safe_repr(instance)}")
+    if not isinstance(slot, datetime.datetime) or slot.tzinfo is None or type(generation) is not int:
+        raise PayloadError(f"a periodic run of {task} lacks its slot or claim number")
     spec: PeriodicSpec = runtime.registry.periodic.get(task)
     binding = _binding_at(runtime, spec, instance)
     key = state_key(binding)
@@ -497,7 +373,8 @@ def run_periodic(task: str, instance: str | None, slot: datetime.datetime, gener
                           app_timezone(runtime))
 
 
-RUN_TARGET = DeferredTarget(qualified_name(run_periodic), run_periodic, "function")
+#: The kind of every periodic run's task (also what its task record names as target).
+RUN_TARGET = declare_kind("periodic", run_periodic, DEFERRED_PATH)
 
 
 
@@ -517,8 +394,9 @@ def purge_task_records_task() -> None:
         log.info("removed %d expired task record(s)", removed)
 
 
-SWEEP_OUTBOX = PeriodicTask(0, DEFAULT_CRON)(sweep_outbox_task)
-PURGE_RECORDS = PeriodicTask(datetime.timedelta(hours=1), DEFAULT_CRON)(purge_task_records_task)
+SWEEP_OUTBOX = declare_periodic(sweep_outbox_task, 0, DEFAULT_CRON, None, None, None, builtin=True)
+PURGE_RECORDS = declare_periodic(purge_task_records_task, datetime.timedelta(hours=1), DEFAULT_CRON, None, None, None,
+                                 builtin=True)
 _BUILTIN_SPEC: PeriodicSpec = SWEEP_OUTBOX.periodic
 _BUILTIN_SPECS: tuple[PeriodicSpec, ...] = (_BUILTIN_SPEC, PURGE_RECORDS.periodic)
 #: Built-in runs are frequent housekeeping: they get no task record.
@@ -526,15 +404,8 @@ _UNTRACKED = frozenset(spec.name for spec in _BUILTIN_SPECS)
 
 
 def install_builtins(registry: TaskRegistry) -> None:
-    """Make sure ``registry`` knows the run target and the built-in tasks (the active one does from import)."""
-    if RUN_TARGET.name not in registry.deferred:
-        registry.deferred.add(RUN_TARGET.name, RUN_TARGET)
-    for spec in _BUILTIN_SPECS:
-        if spec.name not in registry.periodic:
-            registry.periodic.add(spec.name, spec)
-
-
-active_registry().deferred.add(RUN_TARGET.name, RUN_TARGET)
+    """Give a registry made by hand the built-ins an app's registry gets when the app is made."""
+    registry.install_builtins()
 
 
 # --- for the admin pages -----------------------------------------------------------------------------
@@ -553,7 +424,6 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
     ``last_outcome``; ``every_ping`` for tasks that run on every ping; ``registered`` is False
     for states of tasks no longer declared.
     """
-    install_builtins(runtime.registry)
     now = now or now_utc()
     tz = app_timezone(runtime)
     states = {entity.key.name: entity for entity in db.Query(STATE_KIND).iter()}

@@ -11,7 +11,6 @@ import logging
 
 from core import current, db
 from core.tasks import periodic
-from core.tasks.deferred import defer
 from core.tasks.errors import NotFound
 from core.tasks.runtime import TaskRuntime
 
@@ -33,13 +32,11 @@ def _claim_now(runtime: TaskRuntime, binding: periodic.PeriodicBinding, now: dat
                   "pending_since": now, "pending_task": name})
     periodic._describe_into(state, binding, tz, now)
     db.put(state)
-    defer(runtime, periodic.RUN_TARGET, (binding.spec.name, binding.instance_path, now, generation), {},
-          _name=name, _queue=binding.spec.queue)
+    periodic.send_run(runtime, binding, now, generation, name, tracked=None)
     return ENQUEUED
 
 
 def _bindings(runtime: TaskRuntime) -> list[periodic.PeriodicBinding]:
-    periodic.install_builtins(runtime.registry)
     return [binding for spec in runtime.registry.periodic.values() for binding in periodic.bindings_of(runtime, spec)]
 
 

@@ -48,8 +48,9 @@ from typing import Any, ClassVar
 
 from core import db, db_query
 from core import json as tagged_json
-from core.tasks import aio, dispatch, executor, lease, message, started
-from core.tasks.deferred import build_request, capture_environment
+from core.tasks import aio, dispatch, lease, message, started
+from core.tasks.context import capture_environment
+from core.tasks.deferred import build_request
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
@@ -59,7 +60,7 @@ from core.tasks.errors import (
     RetryTask,
     TaskNotFound,
 )
-from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.tasks.registry import TaskRegistry, declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.security import TaskInfo
 from core.tasks.transports.base import TaskRequest
@@ -92,8 +93,8 @@ _RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
 class MetaQueryIter(type):
     """Registers every query iterator class under a stable id (``module.qualname``).
 
-    The id goes into the active registry's ``query_iters`` table when the class is defined, so
-    any instance of the app that imported the code can run a chunk of any run. Classes defined
+    The id is declared in the ``query_iters`` table when the class is defined (every app's registry
+    takes it), so any instance of the app that imported the code can run a chunk of any run. Classes defined
     inside functions cannot be found by name elsewhere and are refused here.
     """
 
@@ -101,7 +102,7 @@ class MetaQueryIter(type):
         super().__init__(name, bases, namespace, **kwargs)
         cls.iter_id = qualified_name(cls)
         aio.check_hooks(cls, ("handleEntry", "handleEntries", "handleFinish", "handleError"), "QueryIter hook")
-        active_registry().query_iters.add(cls.iter_id, cls)
+        declare("query_iters", cls.iter_id, cls)
 
 
 class QueryIter(metaclass=MetaQueryIter):
@@ -762,4 +763,4 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
         raise
 
 
-executor.register_kind(TASK_KIND, run_step)
+declare_kind(TASK_KIND, run_step, QUERY_ITER_PATH)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core import db
 from core.tasks.hooks import check_hooks
-from core.tasks.registry import TaskRegistry, active_registry
+from core.tasks.registry import TaskRegistry, redirected_registry
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ class TaskRuntime:
         self.settings = settings
         #: The app's own Datastore (project, namespace, emulator of its settings).
         self.datastore = datastore if datastore is not None else db.Datastore.from_settings(settings)
-        self.registry = registry if registry is not None else active_registry()
+        #: The app's registry: everything the code declared (or the one given), with the built-ins.
+        self.registry = (registry if registry is not None else redirected_registry() or TaskRegistry.declared())
+        self.registry.install_builtins()
         self.modules = modules
         self.users: UserProvider = users or AnonymousUsers()
         self.environment = environment

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import aio
-from core.tasks.deferred import DeferredTarget, defer
-from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.reprs import safe_repr
+from core.tasks import aio, message
+from core.tasks.deferred import DEFERRED_PATH, send_task
+from core.tasks.errors import PayloadError, TaskNotFound
+from core.tasks.periodic_declare import check_no_arguments
+from core.tasks.registry import declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -40,12 +43,10 @@ def StartupTask(fn: Callable[[], Any]) -> Callable[[], Any]:  # noqa: N802 - ViU
         raise TypeError(f"@StartupTask needs a module-level function, got {fn!r}")
     if "." in fn.__qualname__:
         raise TypeError(f"@StartupTask needs a module-level function; {fn.__qualname__} is inside a class")
-    from core.tasks.periodic import check_no_arguments
-
     check_no_arguments(fn, False, "startup task")
     aio.check_runnable(fn, "startup task")
     spec = StartupSpec(qualified_name(fn), fn)
-    active_registry().startup.add(spec.name, spec, same=lambda a, b: a.func is b.func)
+    declare("startup", spec.name, spec, same=lambda a, b: a.func is b.func)
     return fn
 
 
@@ -78,15 +79,14 @@ def _claim(runtime: TaskRuntime, names: list[str], version: str) -> list[str]:
         return []
     target_version = version if runtime.settings.runtime == "appengine" else None
     for name in missing:
-        defer(runtime, RUN_TARGET, (name, version), {}, _name=startup_task_name(version, name),
-              _target_version=target_version, _track=True)
+        send_task(runtime, RUN_TARGET.name, {"startup": name, "version": version}, target=RUN_TARGET.name,
+                  name=startup_task_name(version, name), tracked=True, target_version=target_version)
     record["queued"] = list(record.get("queued") or []) + missing
     db.put(record)
     return missing
 
 
 def _queue_startup_tasks(runtime: TaskRuntime) -> list[str]:
-    install_builtins(runtime.registry)
     names = sorted(runtime.registry.startup)
     if not names:
         return []
@@ -143,9 +143,13 @@ def _mark(key: db.Key, name: str, error: str | None) -> None:
     db.put(record)
 
 
-def run_startup_task(name: str, version: str) -> None:
-    """Run one startup task of ``version`` (the deferred call :func:`runStartupTasks` queued)."""
-    runtime = get_runtime()
+def run_startup_task(runtime: TaskRuntime, envelope: message.Envelope, info: Any) -> None:
+    """Run one startup task of a version (the ``startup`` task :func:`runStartupTasks` queued)."""
+    name, version = envelope.payload.get("startup"), envelope.payload.get("version")
+    if not isinstance(name, str):
+        raise TaskNotFound(f"a startup run names no startup task but {safe_repr(name)}")
+    if not isinstance(version, str):
+        raise PayloadError(f"a startup run of {name} names no version but {safe_repr(version)}")
     if version != runtime.settings.app_version:
         # Another version's code: that version ran (or runs) its own; running it here would be extra.
         log.info("startup task %s of version %s skipped on version %s", name, version, runtime.settings.app_version)
@@ -167,13 +171,8 @@ def run_startup_task(name: str, version: str) -> None:
     db.run_in_transaction(_mark, key, name, None)
 
 
-RUN_TARGET = DeferredTarget(qualified_name(run_startup_task), run_startup_task, "function")
-
-
-def install_builtins(registry: TaskRegistry) -> None:
-    """Make sure ``registry`` knows the deferred target that runs startup tasks."""
-    if RUN_TARGET.name not in registry.deferred:
-        registry.deferred.add(RUN_TARGET.name, RUN_TARGET)
+#: The kind of every startup run's task (also what its task record names as target).
+RUN_TARGET = declare_kind("startup", run_startup_task, DEFERRED_PATH)
 
 
 def startup_overview(runtime: TaskRuntime, version: str | None = None) -> dict[str, Any]:
@@ -187,5 +186,3 @@ def startup_overview(runtime: TaskRuntime, version: str | None = None) -> dict[s
             "last_error": record.get("last_error") if record else None,
             "last_error_task": record.get("last_error_task") if record else None}
 
-
-active_registry().deferred.add(RUN_TARGET.name, RUN_TARGET)
