@@ -150,7 +150,7 @@ _transaction_state: contextvars.ContextVar[_TransactionState | None] = contextva
 
 
 class Datastore:
-    """One project + namespace and a lazily built client. Swap it with :func:`configure`."""
+    """One project + namespace and a lazily built client; an app has its own (:func:`bind`)."""
 
     def __init__(self, project: str, namespace: str | None = None, emulator_host: str | None = None) -> None:
         self.project = project
@@ -191,26 +191,24 @@ class Datastore:
             self._client = None
 
 
-_active: Datastore | None = None
-_active_lock = threading.Lock()
-#: The store of the current app context (set by the app's task runtime); wins over the process default.
+#: The store of the current context: the app's (bound by its task runtime), or one set by :func:`configure`.
 _current: contextvars.ContextVar[Datastore | None] = contextvars.ContextVar("core_datastore", default=None)
 
 
-def configure(settings_or_store: Settings | Datastore) -> Datastore:
-    """Set the process's default store, used outside any app context (scripts, test set-up).
+class NoDatastore(RuntimeError):
+    """A Datastore call was made where no store is bound (outside any app context)."""
 
-    Inside a request, task or ``app.app_context()`` the app's own store is used instead.
+
+def configure(settings_or_store: Settings | Datastore) -> Datastore:
+    """Make a store current in this context from now on (scripts, a test's set-up); returns it.
+
+    Not a process default: another thread, or an app context, has its own. Apps bind theirs to
+    each of their contexts (:meth:`TaskRuntime.bound`).
     """
-    global _active
-    if isinstance(settings_or_store, Datastore):
-        store = settings_or_store
-    else:
-        store = Datastore.from_settings(settings_or_store)
-    with _active_lock:
-        previous, _active = _active, store
-    if previous is not None and previous is not store:
-        previous.close()
+    store = settings_or_store
+    if not isinstance(store, Datastore):
+        store = Datastore.from_settings(store)
+    _current.set(store)
     return store
 
 
@@ -224,18 +222,12 @@ def unbind(token: contextvars.Token[Datastore | None]) -> None:
 
 
 def get_datastore() -> Datastore:
-    """The current app's store, else the process default (configured, or from the environment)."""
-    global _active
+    """The current context's store: the app's inside a request, task, CLI command or ``app.app_context()``."""
     current = _current.get()
-    if current is not None:
-        return current
-    if _active is None:
-        from core.config import get_settings
-
-        with _active_lock:
-            if _active is None:
-                _active = Datastore.from_settings(get_settings())
-    return _active
+    if current is None:
+        raise NoDatastore("no Datastore here: use it inside an app context (a request, a task, a CLI command, "
+                          "`with app.app_context():`), or give this context a store with db.configure(...)")
+    return current
 
 
 def key(*path: Any, namespace: str | None = None, parent: Key | None = None) -> Key:

@@ -17,14 +17,12 @@ Whatever cannot be created is kept in the outbox; nothing is dropped.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
 import datetime
 import hashlib
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 from core import db
 from core import json as tagged_json
 from core.tasks.errors import EnqueueError
-from core.tasks.runtime import TaskRuntime
+from core.tasks.runtime import TaskRuntime, current_runtime
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 log = logging.getLogger(__name__)
@@ -160,7 +158,7 @@ def _flush_through_outbox(runtime: TaskRuntime, batch: Sequence[_Pending]) -> No
         log.exception("could not write the batch to the outbox; creating it now instead")
         _flush(runtime, batch)
         return
-    _background().submit(_create_from_outbox, runtime, named, keys,
+    runtime.background.submit(_create_from_outbox, runtime, named, keys,
                          [p for p in batch if p.outbox_key is not None], [p for p in batch if p.outbox_key is None])
 
 
@@ -269,31 +267,8 @@ def sweep_outbox(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP
     return sent
 
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_futures: set[concurrent.futures.Future[Any]] = set()
-
-
-def _background() -> _Tracked:
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="task-outbox")
-    return _Tracked(_executor)
-
-
-class _Tracked:
-    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
-        self.executor = executor
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        context = contextvars.copy_context()
-        future = self.executor.submit(context.run, fn, *args)
-        _futures.add(future)
-        future.add_done_callback(_futures.discard)
-
-
-def wait_for_background(timeout: float = 30.0) -> None:
-    """Wait until batches handed to the background have been created (tests, shutdown)."""
-    concurrent.futures.wait(list(_futures), timeout=timeout)
+def wait_for_background(timeout: float = 30.0, runtime: TaskRuntime | None = None) -> None:
+    """Wait until batches the app (default: the current one) handed to the background are created."""
+    runtime = runtime if runtime is not None else current_runtime()
+    if runtime is not None:
+        runtime.background.wait(timeout)

@@ -15,6 +15,7 @@ iterator's finish): it calls a function every few seconds until the work ends.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import hashlib
@@ -147,7 +148,10 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Heartbeat:
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat {self.what}", daemon=True)
+        # In the starter's context: the beat uses the app's Datastore bound there.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=f"heartbeat {self.what}",
+                                        daemon=True)
         self._thread.start()
         return self
 

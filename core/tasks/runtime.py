@@ -9,6 +9,7 @@ built lazily from the settings.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import logging
@@ -50,6 +51,36 @@ class EnvironmentHandler(Protocol):
         ...
 
 
+class Background:
+    """The app's threads for work after a response (a large batch created from the outbox)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on a worker, in a copy of the caller's context (its app, its store)."""
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="task-outbox")
+        context = contextvars.copy_context()
+        future = self._pool.submit(context.run, fn, *args)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait until the work submitted so far is done (tests, shutdown)."""
+        concurrent.futures.wait(list(self._futures), timeout=timeout)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
 class TaskRuntime:
     """Settings, registry, live modules, users and the queue transport of one app."""
 
@@ -75,6 +106,7 @@ class TaskRuntime:
         self.hooks: list[Any] = []
         for hook in hooks:
             self.add_hook(hook)
+        self.background = Background()
         self._transport = transport
         self._verifier: RequestVerifier | None = None
         self._lock = threading.Lock()
@@ -117,6 +149,7 @@ class TaskRuntime:
             unbind(token)
 
     def close(self) -> None:
+        self.background.close()
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -4,7 +4,7 @@ Fixtures (each can be overridden by a fixture of the same name in a ``conftest.p
 
 - ``datastore_emulator`` (session): the real Cloud Datastore emulator on a free port.
 - ``settings``: settings of one test: that emulator, the in-process queue, fixed secrets.
-- ``datastore``: the emulator wiped, its store the default one.
+- ``datastore``: the emulator wiped, its store current for the test's own calls.
 - ``make_app(app_or_modules=None, **options)``: a test app on those settings whose runtime stays
   current for the rest of the test (deferred calls made by the test itself go to its queue; no
   app context is kept pushed, so every test-client request still gets a fresh ``g``). Give it
@@ -72,9 +72,15 @@ def settings(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Settings:
 
 @pytest.fixture
 def datastore(datastore_emulator: DatastoreEmulator, settings: Settings) -> Iterator[db.Datastore]:
-    """A wiped emulator, configured as the default store."""
+    """A wiped emulator, its store current for the test (outside app contexts: the test's own calls)."""
     datastore_emulator.reset()
-    yield db.configure(settings)
+    store = db.Datastore.from_settings(settings)
+    token = db.bind(store)
+    try:
+        yield store
+    finally:
+        db.unbind(token)
+        store.close()
 
 
 @pytest.fixture
@@ -119,6 +125,8 @@ def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Iterator
     The test's own Datastore calls (outside an app context) then reach the stack's data.
     """
     stacks: list[LocalStack] = []
+    stores: list[db.Datastore] = []
+    tokens: list[Any] = []
     datastore_emulator.reset()
 
     def start(app_module: str | None = None, **kwargs: Any) -> LocalStack:
@@ -129,10 +137,15 @@ def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Iterator
         stack = LocalStack(datastore=datastore_emulator, persist=False, cron=kwargs.pop("cron", False), **kwargs)
         stacks.append(stack)
         stack.start()
-        db.configure(Settings(project=stack.settings.project, datastore_emulator_host=datastore_emulator.host))
+        stores.append(db.Datastore(project=stack.settings.project, emulator_host=datastore_emulator.host))
+        tokens.append(db.bind(stores[-1]))
         return stack
 
     yield start
+    for token in reversed(tokens):
+        db.unbind(token)
+    for store in stores:
+        store.close()
     for stack in stacks:
         stack.stop()
 
