@@ -15,6 +15,7 @@ The client is built on first use from :class:`core.config.Settings`, never at im
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -219,6 +220,16 @@ def bind(store: Datastore) -> contextvars.Token[Datastore | None]:
 
 def unbind(token: contextvars.Token[Datastore | None]) -> None:
     _current.reset(token)
+
+
+@contextlib.contextmanager
+def using(store: Datastore) -> Iterator[Datastore]:
+    """``store`` current inside the block (a thread of a script or a test: threads start without one)."""
+    token = bind(store)
+    try:
+        yield store
+    finally:
+        unbind(token)
 
 
 def get_datastore() -> Datastore:

@@ -23,7 +23,7 @@ from core.tasks.deferred import DEFERRED_PATH, send_task
 from core.tasks.errors import PayloadError, TaskNotFound
 from core.tasks.periodic_declare import check_no_arguments
 from core.tasks.registry import declare, declare_kind, qualified_name
-from core.tasks.runtime import TaskRuntime, get_runtime
+from core.tasks.runtime import TaskRuntime, current_runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,12 @@ def runStartupTasks(runtime: TaskRuntime | None = None, *, background: bool = Fa
     """
     runtime = runtime or get_runtime()
     if background:
-        threading.Thread(target=_run_bound, args=(runtime,), name="startup-tasks", daemon=True).start()
+        threading.Thread(target=runStartupTasks, args=(runtime,), name="startup-tasks", daemon=True).start()
         return []
     try:
+        if current_runtime() is not runtime:  # a thread of its own, or the app's start: its store is the app's
+            with runtime.bound():
+                return _queue_startup_tasks(runtime)
         return _queue_startup_tasks(runtime)
     except db.TransactionFailedError:
         log.info("startup tasks: another instance is queuing them")
@@ -123,12 +126,6 @@ def runStartupTasks(runtime: TaskRuntime | None = None, *, background: bool = Fa
 
 
 run_startup_tasks = runStartupTasks
-
-
-def _run_bound(runtime: TaskRuntime) -> None:
-    """A new thread starts without the app's context: bind the runtime (and its Datastore) first."""
-    with runtime.bound():
-        runStartupTasks(runtime)
 
 
 def _mark(key: db.Key, name: str, error: str | None) -> None:

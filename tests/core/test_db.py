@@ -1,6 +1,7 @@
 """core.db against the real Datastore emulator."""
 from __future__ import annotations
 
+import contextvars
 import datetime
 import threading
 
@@ -154,7 +155,7 @@ def test_transaction_retries_on_contention(datastore):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(worker,)) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

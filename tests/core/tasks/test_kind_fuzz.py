@@ -91,10 +91,13 @@ def test_signed_periodic_and_startup_tasks_end_in_2xx_whatever_their_fields(app,
             db.delete(outcome.dead_letter)
         assert db.Query(DEAD_LETTER_KIND).keys_only().run() == []
 
+    RUNS.clear()
     check()
+    assert {"periodic", "startup"} <= set(RUNS), "the fuzz reaches past the checks to real runs of both kinds"
 
 
 def test_a_periodic_task_sent_to_the_query_iter_route_is_a_dead_letter(app, client):
+    RUNS.clear()
     body = tagged_json.dumps({"v": 1, "id": "misrouted", "kind": "periodic", "queue": "default", "created": 1.0,
                               "payload": {"periodic": f"{__name__}.fuzzed_periodic"}}).encode()
     headers = {SIGNATURE_HEADER: sign_request("test-task-secret", "POST", "/_tasks/queryIter", body)}
