@@ -160,13 +160,12 @@ def verify(delivery: Delivery, proceed: Proceed) -> Outcome:
 def decode(delivery: Delivery, proceed: Proceed) -> Outcome:
     """Parse the envelope and find its kind; anything wrong is a permanent failure (a dead letter)."""
     envelope = message.decode(delivery.body)
-    if delivery.expected_kinds is not None and envelope.kind not in delivery.expected_kinds:
-        raise PayloadError(f"a {envelope.kind!r} task was sent to {delivery.path}")
     kind = delivery.runtime.registry.kinds.find(envelope.kind)
+    expected = delivery.expected_kinds
+    if (envelope.kind not in expected) if expected is not None else (kind is None or delivery.path not in kind.routes):
+        raise PayloadError(f"a {envelope.kind!r} task was sent to {delivery.path}")
     if kind is None:
         raise TaskNotFound(f"unknown task kind {envelope.kind!r}")
-    if delivery.expected_kinds is None and delivery.path not in kind.routes:
-        raise PayloadError(f"a {envelope.kind!r} task was sent to {delivery.path}")
     delivery.envelope, delivery.kind, delivery.target = envelope, kind, target_of(envelope)
     return proceed(delivery)
 

@@ -139,9 +139,6 @@ class TaskRegistry:
             declarations.follow(self, everything=False)
         return self
 
-    def kind(self, name: str) -> TaskKind | None:
-        return self.kinds.find(name)
-
 
 @dataclasses.dataclass(frozen=True)
 class Declaration:
