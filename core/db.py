@@ -2,7 +2,8 @@
 
 - :class:`Key` and :class:`Entity` are the library's classes with a URL-safe string form. A key
   made without a project (``Key("invoice", 5)``, as ViUR code writes it) takes the project and
-  namespace of the active store; with a ``parent`` it takes the parent's.
+  namespace of the current store (:mod:`core.db_store`: the app's in its contexts; none outside
+  them); with a ``parent`` it takes the parent's.
 - ``get``/``put``/``delete`` take one value or a list; multi-writes are chunked to 500 mutations
   per commit (the emulator accepts more, production refuses).
 - :class:`Query` pages by cursor: the emulator answers at most 300 entities per call, so a short
@@ -15,22 +16,18 @@ The client is built on first use from :class:`core.config.Settings`, never at im
 from __future__ import annotations
 
 import base64
-import contextlib
 import contextvars
 import dataclasses
 import logging
-import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
-if TYPE_CHECKING:
-    from core.config import Settings
+from core.db_store import Datastore, NoDatastore, bind, configure, get_datastore, unbind, using
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,8 @@ DEFAULT_PAGE_SIZE = 500
 
 __all__ = [
     "Key", "Entity", "Query", "QueryPage", "Datastore", "get", "put", "delete", "allocate_ids",
-    "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore",
+    "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore", "bind", "unbind", "using",
+    "NoDatastore",
     "KeyError_", "TransactionFailedError", "MAX_MUTATIONS_PER_COMMIT",
 ]
 
@@ -150,100 +148,12 @@ _transaction_state: contextvars.ContextVar[_TransactionState | None] = contextva
     "core_db_transaction", default=None)
 
 
-class Datastore:
-    """One project + namespace and a lazily built client; an app has its own (:func:`bind`)."""
-
-    def __init__(self, project: str, namespace: str | None = None, emulator_host: str | None = None) -> None:
-        self.project = project
-        self.namespace = namespace
-        self.emulator_host = emulator_host
-        self._client: datastore.Client | None = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Datastore:
-        return cls(settings.project, settings.namespace, settings.datastore_emulator_host)
-
-    @property
-    def client(self) -> datastore.Client:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = self._build_client()
-        return self._client
-
-    def _build_client(self) -> datastore.Client:
-        if self.emulator_host and not os.environ.get("DATASTORE_EMULATOR_HOST"):
-            from google.auth.credentials import AnonymousCredentials
-
-            return datastore.Client(project=self.project, namespace=self.namespace,
-                                    credentials=AnonymousCredentials(),
-                                    client_options={"api_endpoint": f"http://{self.emulator_host}"})
-        return datastore.Client(project=self.project, namespace=self.namespace)
-
-    def key(self, *path: Any, namespace: str | None = None, parent: Key | None = None) -> Key:
-        if parent is not None:
-            return Key(*path, parent=parent)
-        return Key(*path, project=self.project, namespace=namespace if namespace is not None else self.namespace)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-#: The store of the current context: the app's (bound by its task runtime), or one set by :func:`configure`.
-_current: contextvars.ContextVar[Datastore | None] = contextvars.ContextVar("core_datastore", default=None)
-
-
-class NoDatastore(RuntimeError):
-    """A Datastore call was made where no store is bound (outside any app context)."""
-
-
-def configure(settings_or_store: Settings | Datastore) -> Datastore:
-    """Make a store current in this context from now on (scripts, a test's set-up); returns it.
-
-    Not a process default: another thread, or an app context, has its own. Apps bind theirs to
-    each of their contexts (:meth:`TaskRuntime.bound`).
-    """
-    store = settings_or_store
-    if not isinstance(store, Datastore):
-        store = Datastore.from_settings(store)
-    _current.set(store)
-    return store
-
-
-def bind(store: Datastore) -> contextvars.Token[Datastore | None]:
-    """Make ``store`` current in this context (an app context); undo with :func:`unbind`."""
-    return _current.set(store)
-
-
-def unbind(token: contextvars.Token[Datastore | None]) -> None:
-    _current.reset(token)
-
-
-@contextlib.contextmanager
-def using(store: Datastore) -> Iterator[Datastore]:
-    """``store`` current inside the block (a thread of a script or a test: threads start without one)."""
-    token = bind(store)
-    try:
-        yield store
-    finally:
-        unbind(token)
-
-
-def get_datastore() -> Datastore:
-    """The current context's store: the app's inside a request, task, CLI command or ``app.app_context()``."""
-    current = _current.get()
-    if current is None:
-        raise NoDatastore("no Datastore here: use it inside an app context (a request, a task, a CLI command, "
-                          "`with app.app_context():`), or give this context a store with db.configure(...)")
-    return current
-
-
 def key(*path: Any, namespace: str | None = None, parent: Key | None = None) -> Key:
-    """A key in the active project: ``db.key("invoice", 12)``."""
-    return get_datastore().key(*path, namespace=namespace, parent=parent)
+    """A key in the current store's project: ``db.key("invoice", 12)``."""
+    if parent is not None:
+        return Key(*path, parent=parent)
+    store = get_datastore()
+    return Key(*path, project=store.project, namespace=namespace if namespace is not None else store.namespace)
 
 
 # --- reads and writes -------------------------------------------------------------------------
