@@ -27,7 +27,9 @@ from typing import Any, TypeVar, overload
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
+from core import json as tagged_json
 from core.db_store import Datastore, NoDatastore, bind, configure, get_datastore, unbind, using
+from core.db_tags import EntityTag, KeyTag
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,11 @@ class Entity(datastore.Entity):
     def __init__(self, key: datastore.Key | None = None, exclude_from_indexes: Iterable[str] = ()) -> None:
         super().__init__(key=None if key is None else Key.from_library(key),
                          exclude_from_indexes=tuple(exclude_from_indexes))
+
+
+# Keys and entities (ours and the library's) travel in task payloads as the ``~k`` and ``~e`` tags.
+_key_tag = tagged_json.register(KeyTag(Key, datastore.Key))
+tagged_json.register(EntityTag(Entity, datastore.Entity, _key_tag))
 
 
 def _wrap_value(value: Any) -> Any:

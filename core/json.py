@@ -28,6 +28,13 @@ tag       type                         payload
 A plain dict with one key starting with ``~`` is written in the ``~m`` form, so it can never be
 mistaken for a tag; a decoder that meets an unknown tag raises ``ValueError`` instead of guessing.
 
+Tags live in a registry, as in Flask's ``TaggedJSONSerializer``: ``core.db`` registers ``~k`` and
+``~e`` when it is imported (this module knows nothing of Datastore), and an app registers a type of
+its own the same way, once, at import: subclass :class:`JSONTag` (``key``, ``types``, ``to_json``,
+``to_python``) and pass an instance to :func:`register` (the README shows one).
+Every module here that decodes task payloads imports ``core.db``, so a payload holding keys decodes
+whichever module a process imported first.
+
 Only the exact types above (and ``None``, ``bool``, ``int``, ``float``, ``str``, ``list``) are
 accepted: a subclass such as an ``IntEnum`` or an ``OrderedDict`` would come back as its base type,
 so it is refused like any other object, with a ``TypeError`` that says where it sits. Keys and
@@ -47,7 +54,8 @@ import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable", "SerializationError"]
+__all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable", "SerializationError",
+           "JSONTag", "Nested", "TagRegistry", "register"]
 
 #: Every tag key starts with this; plain dicts with one such key are escaped.
 TAG_PREFIX = "~"
@@ -88,16 +96,6 @@ class _Unserializable(Exception):
         return SerializationError(self.reason, root, "".join(reversed(self.segments)))
 
 
-def _unsupported(value: Any) -> _Unserializable:
-    cls = type(value)
-    reason = f"cannot serialize object of type {cls.__qualname__}"
-    for base in _SUPPORTED_BASES:
-        if isinstance(value, base):
-            reason += f" (a subclass of {base.__qualname__}; only the exact type round-trips)"
-            break
-    return _Unserializable(reason)
-
-
 def _key_segment(key: Any) -> str:
     try:
         text = repr(key)
@@ -115,7 +113,7 @@ def _encode(value: Any, active: set[int]) -> _Tree:
         return value if -_BIG_INT < value < _BIG_INT else {"~i": format(value, "x")}
     if cls is float:
         return value if value - value == 0.0 else {"~f": "nan" if value != value else ("inf" if value > 0 else "-inf")}
-    encoder = _ENCODERS.get(cls) or _late_encoder(value)
+    encoder = _ENCODERS.get(cls) or _REGISTRY.late_encoder(value)
     return encoder(value, active)
 
 
@@ -238,30 +236,6 @@ def _zone_key(tz: datetime.tzinfo | None) -> str | None:
     return tz.key if type(tz) is zoneinfo.ZoneInfo else None
 
 
-def _library_key_payload(key: Any) -> _Tree:
-    """The URL-safe string when it round-trips exactly, else the parts of the key."""
-    from core import db
-
-    flat_path = key.flat_path
-    if not key.is_partial and all(flat_path[1::2]) and not key.database and key.namespace != "":
-        try:
-            return db.Key.from_library(key).to_urlsafe()
-        except Exception:  # noqa: BLE001 - e.g. a name the key protobuf cannot hold; parts still work
-            pass
-    return [key.project, key.namespace, key.database, list(flat_path)]
-
-
-def _encode_key(value: Any, active: set[int]) -> _Tree:
-    return {"~k": _library_key_payload(value)}
-
-
-def _encode_entity(value: Any, active: set[int]) -> _Tree:
-    key = None if value.key is None else _library_key_payload(value.key)
-    properties = _encode_mapping(value, active)
-    excluded = sorted(value.exclude_from_indexes)
-    return {"~e": [key, properties, excluded] if excluded else [key, properties]}
-
-
 _ENCODERS: dict[type, _Encoder] = {
     list: _encode_list,
     dict: _encode_mapping,
@@ -282,22 +256,6 @@ _SUPPORTED_BASES: tuple[type, ...] = (
     datetime.timedelta, bytes, decimal.Decimal, uuid.UUID)
 
 
-def _late_encoder(value: Any) -> _Encoder:
-    """Datastore keys and entities of any class (imported on first need), or refuse the value."""
-    from core import db
-
-    library_entity = db.Entity.__mro__[1]  # google.cloud.datastore.Entity, which db.Entity extends
-    library_key = db.Key.__mro__[1]
-    if isinstance(value, library_entity):
-        encoder = _encode_entity
-    elif isinstance(value, library_key):
-        encoder = _encode_key
-    else:
-        raise _unsupported(value)
-    _ENCODERS[type(value)] = encoder
-    return encoder
-
-
 def _to_tree(value: Any, path: str) -> _Tree:
     try:
         return _encode(value, set())
@@ -316,25 +274,6 @@ def _expect(payload: Any, cls: type) -> Any:
     return payload
 
 
-def _decode_key(payload: Any) -> Any:
-    from core import db
-
-    if type(payload) is str:
-        return db.Key.from_urlsafe(payload)
-    project, namespace, database, flat_path = _expect(payload, list)
-    return db.Key(*_expect(flat_path, list), project=project, namespace=namespace, database=database)
-
-
-def _decode_entity(payload: Any) -> Any:
-    from core import db
-
-    key, properties, *rest = _expect(payload, list)
-    if len(rest) > 1:
-        raise ValueError("too many items")
-    excluded = _expect(rest[0], list) if rest else ()
-    entity = db.Entity(None if key is None else _decode_key(key), exclude_from_indexes=excluded)
-    entity.update(_expect(properties, dict))
-    return entity
 
 
 def _zoned(parsed: Any, payload: Any) -> Any:
@@ -394,8 +333,6 @@ def _decode_pairs(payload: Any) -> dict[Any, Any]:
 
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "~k": _decode_key,
-    "~e": _decode_entity,
     "~dt": _decode_datetime,
     "~d": lambda p: datetime.date.fromisoformat(_expect(p, str)),
     "~t": _decode_time,
@@ -425,12 +362,103 @@ def jsonDecodeObjectHook(obj: dict[str, Any]) -> Any:
             return obj
         decoder = _DECODERS.get(tag)
         if decoder is None:
-            raise ValueError(f"unknown tag {tag!r} in tagged JSON")
+            hint = f" (import {_REGISTERED_BY[tag]}, which registers it)" if tag in _REGISTERED_BY else ""
+            raise ValueError(f"unknown tag {tag!r} in tagged JSON{hint}")
         try:
             return decoder(payload)
         except Exception as exc:  # noqa: BLE001 - any failure means the payload is not ours
             raise ValueError(f"malformed {tag!r} value {payload!r:.80}: {exc}") from exc
     return obj  # unreachable: the loop runs once
+
+
+# --- the tag registry ---------------------------------------------------------------------------
+
+class Nested:
+    """What a tag's ``to_json`` writes the values inside its value with (cycle checks, error paths)."""
+
+    __slots__ = ("_active",)
+
+    def __init__(self, active: set[int]) -> None:
+        self._active = active
+
+    def value(self, value: Any) -> _Tree:
+        """Any value the codec carries, in its tagged form."""
+        return _encode(value, self._active)
+
+    def mapping(self, value: Any) -> _Tree:
+        """A mapping (a ``dict`` or a subclass) written as a plain dict of it would be."""
+        return _encode_mapping(value, self._active)
+
+
+class JSONTag:
+    """One type the codec carries beyond the built-in ones; register an instance with :func:`register`.
+
+    ``key`` is the tag written on the wire (it must start with ``~``); values whose exact type is in
+    ``types`` use it, and so do values :meth:`check` accepts (e.g. every subclass of a library's class).
+    """
+
+    key: str = ""
+    types: tuple[type, ...] = ()
+
+    def check(self, value: Any) -> bool:
+        """Whether a value of a type not in ``types`` is written with this tag."""
+        return False
+
+    def to_json(self, value: Any, nested: Nested) -> _Tree:
+        """The payload that stands beside the key: JSON types, or ``nested.value(...)`` of what it holds."""
+        raise NotImplementedError
+
+    def to_python(self, payload: Any) -> Any:
+        """The value back from its payload (whose own tagged values are decoded already)."""
+        raise NotImplementedError
+
+
+class TagRegistry:
+    """The codec's tags by key and by type; duplicates raise ``KeyError`` unless forced (as Flask's)."""
+
+    def __init__(self, encoders: dict[type, _Encoder], decoders: dict[str, Callable[[Any], Any]]) -> None:
+        self.encoders, self.decoders = encoders, decoders
+        self.tags: dict[str, tuple[JSONTag, _Encoder]] = {}
+        self._bases: list[type] = list(_SUPPORTED_BASES)
+
+    def register(self, tag: JSONTag, *, force: bool = False) -> JSONTag:
+        """Add ``tag``; with ``force`` it replaces a tag of the same key or type."""
+        if not tag.key.startswith(TAG_PREFIX) or len(tag.key) < 2:
+            raise ValueError(f"a tag key starts with {TAG_PREFIX!r} and names the tag: {tag.key!r}")
+        taken = [t.__qualname__ for t in tag.types if t in self.encoders]
+        if not force and (tag.key in self.decoders or taken):
+            raise KeyError(f"tag {tag.key!r} or type {', '.join(taken) or '-'} is registered already")
+
+        def encode(value: Any, active: set[int]) -> _Tree:
+            return {tag.key: tag.to_json(value, Nested(active))}
+
+        self.tags[tag.key] = (tag, encode)
+        self.decoders[tag.key] = tag.to_python
+        self.encoders.update(dict.fromkeys(tag.types, encode))
+        self._bases.extend(tag.types)
+        return tag
+
+    def late_encoder(self, value: Any) -> _Encoder:
+        """The encoder of a type met for the first time: a tag whose ``check`` takes it, or a refusal."""
+        for tag, encode in self.tags.values():
+            if tag.check(value):
+                self.encoders[type(value)] = encode
+                return encode
+        reason = f"cannot serialize object of type {type(value).__qualname__}"
+        for base in self._bases:
+            if isinstance(value, base):
+                reason += f" (a subclass of {base.__qualname__}; only the exact type round-trips)"
+                break
+        raise _Unserializable(reason)
+
+
+_REGISTRY = TagRegistry(_ENCODERS, _DECODERS)
+
+#: Add a :class:`JSONTag` to the codec (``register(MyTag())``); see the module's docstring.
+register = _REGISTRY.register
+
+#: Tags registered by a module of this package on import: named in the error for a missing one.
+_REGISTERED_BY = {"~k": "core.db", "~e": "core.db"}
 
 
 # --- public API ---------------------------------------------------------------------------------
