@@ -18,6 +18,7 @@ from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
 from core import current, db, safety, trace
+from core.admin import views as admin_views
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
 from core.config import Settings, get_settings
@@ -30,7 +31,7 @@ from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch
 from core.tasks import periodic as _periodic  # noqa: F401
 from core.tasks import queryiter as _queryiter  # noqa: F401
-from core.tasks.handler import TaskHandler
+from core.tasks.handler import CALLABLE_PAGES, TaskHandler
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
 from core.tasks.startup import runStartupTasks
@@ -95,6 +96,7 @@ class Tasks:
         app.extensions["core"] = runtime
         app.extensions["core.modules"] = tree
         app.extensions["core.tasks"] = self
+        app.extensions[CALLABLE_PAGES] = admin_views.PAGES
         app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
         app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
         safety.init_app(app, settings)  # before the request hooks: a body too large is refused first

@@ -30,17 +30,19 @@ from flask import Response, flash, jsonify, redirect, request
 from core import db, db_query
 from core import json as tagged_json
 from core.admin import forms, paging, tasks_page
-from core.admin.render import error_response, guarded, require_admin, respond, wants_json
+from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
-from core.module import Module, exposed
+from core.module import exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, periodic_now, records
+from core.tasks import dispatch, lifecycle, periodic_now, queryiter, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.periodic import periodic_overview
 from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter import RunInfo
 from core.tasks.runtime import TaskRuntime
+from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
 
 #: Seconds between reloads of a page that shows something running.
@@ -48,7 +50,7 @@ REFRESH_SECONDS = 2
 _SUMMARY_LENGTH = 160
 
 
-class TaskAdmin(Module):
+class TaskAdmin(Dashboard):
     """Administrators' view of periodic tasks, query iterator runs, failed tasks and callable runs."""
 
     @exposed(methods=("GET",))
@@ -157,10 +159,6 @@ class TaskAdmin(Module):
         refused = self._checked_action()
         if refused is not None:
             return refused
-        try:
-            from core.tasks import queryiter
-        except ImportError:
-            raise NotFound("query iterators are not part of this app") from None
         if action == "stop":
             changed = queryiter.stop_run(run_id)
             message = f"Run {run_id} stopped." if changed else f"Run {run_id} was not running."
@@ -212,22 +210,14 @@ class TaskAdmin(Module):
 
 # --- data of the pages (Flask-free) --------------------------------------------------------------
 
-def periodic_tasks(runtime: TaskRuntime) -> list[dict[str, Any]] | None:
-    """``core.tasks.periodic.periodic_overview``, or ``None`` where periodic tasks are not built in."""
-    try:
-        from core.tasks.periodic import periodic_overview
-    except ImportError:
-        return None
+def periodic_tasks(runtime: TaskRuntime) -> list[dict[str, Any]]:
+    """``core.tasks.periodic.periodic_overview`` as dicts."""
     return [dict(entry) for entry in periodic_overview(runtime)]
 
 
-def query_runs(limit: int) -> list[dict[str, Any]] | None:
-    """The newest query iterator runs as dicts (with ``rate`` and ``elapsed``), or ``None`` if absent."""
-    try:
-        from core.tasks.queryiter import list_runs
-    except ImportError:
-        return None
-    return [_run_dict(run) for run in list_runs(limit)]
+def query_runs(limit: int) -> list[dict[str, Any]]:
+    """The newest query iterator runs as dicts (with ``rate`` and ``elapsed``)."""
+    return [_run_dict(run) for run in queryiter.list_runs(limit)]
 
 
 def describe_query_run(entity: db.Entity) -> dict[str, Any]:
@@ -310,8 +300,6 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
 
     ``False`` when it is gone already (retried or discarded by someone else): never sent twice.
     """
-    from core.tasks.security import SIGNATURE_HEADER, sign_request
-
     def retry() -> bool:
         letter = db.get(key)
         if letter is None:

@@ -11,6 +11,8 @@ from typing import Any
 from flask_wtf import FlaskForm
 from wtforms import Field, PasswordField, SubmitField
 
+from core.tasks.callable import summarize
+
 CSRF_FIELD = "csrf_token"
 
 
@@ -46,8 +48,6 @@ def form_data(form: FlaskForm) -> dict[str, Any]:
 
 def data_summary(form: FlaskForm) -> str:
     """A short summary of the input for the run record; passwords are masked."""
-    from core.tasks.callable import summarize
-
     return summarize({field.name: "***" if isinstance(field, PasswordField) else field.data
                       for field in input_fields(form)})
 

@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 
 from core import current
 from core.admin.records import format_duration
+from core.module import Module
 from core.reprs import safe_repr, too_long_for_text
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -29,6 +30,10 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 _ENV_KEY = "core.admin.jinja"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Dashboard(Module):
+    """Base of the task dashboard module (``TaskAdmin``): every page links to where the app mounts it."""
 
 
 def wants_json(path_args: tuple[str, ...] = ()) -> bool:
@@ -70,10 +75,8 @@ def require_admin() -> TaskRuntime:
 
 def dashboard_path() -> str | None:
     """Where the task dashboard is mounted in this app, if it is."""
-    from core.admin.dashboard import TaskAdmin
-
     modules = get_runtime().modules
-    found = modules.instances_of(TaskAdmin) if modules is not None else []
+    found = modules.instances_of(Dashboard) if modules is not None else []
     return "/" + found[0].module_path if found else None
 
 

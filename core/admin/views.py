@@ -28,6 +28,7 @@ from core.admin.render import (
 from core.tasks import callable as callable_tasks
 from core.tasks import queryiter
 from core.tasks.errors import Forbidden, NotFound
+from core.tasks.handler import CallablePages
 from core.tasks.runtime import get_runtime
 from core.tasks.started import StartedWork
 
@@ -134,3 +135,7 @@ def _show_run(task: callable_tasks.CallableTaskBase, run_id: str) -> Response:
     return respond("run.html", {"run": described, "task": describe_task(task)},
                    refresh=RUN_REFRESH if watching else None,
                    title=f"Run of {task.name or task.key}")
+
+
+#: What ``TaskHandler.list`` and ``TaskHandler.execute`` serve in every app (``Tasks(app)`` installs it).
+PAGES = CallablePages(list=list_callable_tasks, execute=execute_callable_task)

@@ -2,20 +2,43 @@
 
 Every route verifies its request before anything runs; unverifiable requests get 4xx and never
 5xx (Cloud Tasks retries 5xx). Outcome → status is the mapping of :mod:`core.tasks.errors`.
+
+The callable-task pages (``list``, ``execute``) are ViUR's routes of this module, but the pages
+themselves belong to the web layer: the app's :class:`CallablePages` (``core.admin`` gives them,
+``Tasks(app)`` installs them in ``app.extensions[CALLABLE_PAGES]``) answer there, so the task layer
+never imports the admin pages.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from core.module import Module, exposed
 from core.safety import read_body
 from core.tasks import executor
+from core.tasks.periodic import cron_request, find_bound_task
 from core.tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+#: The key of the app's :class:`CallablePages` in ``app.extensions``.
+CALLABLE_PAGES = "core.callable_pages"
+
+
+@dataclasses.dataclass(frozen=True)
+class CallablePages:
+    """The views behind ``/_tasks/list[/json]`` and ``/_tasks/execute/<taskID>``."""
+
+    list: Callable[..., Any]
+    execute: Callable[[str | None], Any]
+
+
+def callable_pages() -> CallablePages | None:
+    return current_app.extensions.get(CALLABLE_PAGES)
 
 
 def outcome_response(outcome: executor.Outcome) -> Response:
@@ -50,8 +73,6 @@ class TaskHandler(Module):
     @exposed(methods=("GET", "POST"))
     def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803
         """Enqueue every periodic task of the cron group that is due (cron / Cloud Scheduler ping)."""
-        from core.tasks.periodic import cron_request
-
         status, body = cron_request(get_runtime(), cron_name=cronName, method=request.method, path=request.path,
                                     headers=request.headers, body=read_body())
         response = jsonify(body)
@@ -61,19 +82,19 @@ class TaskHandler(Module):
     @exposed(methods=("GET",))
     def list(self, *args: Any, **kwargs: Any) -> Any:
         """The callable tasks the current user may run (HTML, or JSON when asked for)."""
-        from core.admin.views import list_callable_tasks
-
-        return list_callable_tasks(*args)
+        pages = callable_pages()
+        return pages.list(*args) if pages is not None else _no_pages()
 
     @exposed(methods=("GET", "POST"))
     def execute(self, taskID: str | None = None, *args: Any, **kwargs: Any) -> Any:  # noqa: N803
         """Show a callable task's form (GET) or queue a run of it (POST)."""
-        from core.admin.views import execute_callable_task
-
-        return execute_callable_task(taskID)
+        pages = callable_pages()
+        return pages.execute(taskID) if pages is not None else _no_pages()
 
     def findBoundTask(self, task: Any, obj: Any = None, depth: int = 0) -> Any:  # noqa: N802
         """ViUR's lookup of the live instance a periodic method belongs to: ``(bound method, instance)``."""
-        from core.tasks.periodic import find_bound_task
-
         return find_bound_task(task, obj, depth)
+
+
+def _no_pages() -> Response:
+    return Response("this app serves no callable-task pages\n", status=404, mimetype="text/plain")
