@@ -18,14 +18,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core import db
+from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
 from core.tasks.registry import TaskRegistry, redirected_registry
+from core.tasks.security import RequestVerifier
+from core.tasks.transports.cloudtasks import CloudTasksTransport
+from core.tasks.transports.inline import InlineTransport
+from core.tasks.transports.local import LocalQueueStore, LocalTransport
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
     from core.config import Settings
     from core.tasks.executor import Outcome
-    from core.tasks.security import RequestVerifier
     from core.tasks.transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -122,8 +126,6 @@ class TaskRuntime:
     @property
     def verifier(self) -> RequestVerifier:
         if self._verifier is None:
-            from core.tasks.security import RequestVerifier
-
             self._verifier = RequestVerifier(self.settings)
         return self._verifier
 
@@ -160,19 +162,11 @@ def build_transport(settings: Settings) -> Transport:
     """The transport the settings ask for: ``local``, ``cloudtasks`` or ``inline``."""
     backend = settings.tasks_backend
     if backend == "local":
-        from core.tasks.transports.local import LocalQueueStore, LocalTransport
-
         return LocalTransport(LocalQueueStore(local_queue_path(settings)))
     if backend == "cloudtasks":
-        from core.tasks.transports.cloudtasks import CloudTasksTransport
-
         return CloudTasksTransport(settings)
     if backend == "inline":
-        from core.tasks.transports.inline import InlineTransport
-
         return InlineTransport()
-    from core.tasks.errors import ConfigurationError
-
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
 
 
@@ -206,8 +200,6 @@ def get_runtime() -> TaskRuntime:
     """The runtime of the current app: inside a request, a task, a CLI command or ``app.app_context()``."""
     runtime = _current.get()
     if runtime is None:
-        from core.tasks.errors import ConfigurationError
-
         raise ConfigurationError("no task runtime here: defer calls inside a request or a CLI command of an app "
                                  "with Tasks(app) (or create_app), or inside `with app.app_context():`")
     return runtime
@@ -218,6 +210,4 @@ def runtime_of(app: Any) -> TaskRuntime:
     try:
         return app.extensions["core"]  # type: ignore[no-any-return]
     except KeyError:
-        from core.tasks.errors import ConfigurationError
-
         raise ConfigurationError(f"{app!r} has no task runtime: call Tasks(app) or tasks.init_app(app)") from None

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.tasks.errors import PermanentTaskFailure
-from core.tasks.runtime import runtime_of
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -88,7 +87,8 @@ class InlineTransport:
         :class:`TaskFailed`. Returns every outcome, in order.
         """
         outcomes: list[Outcome] = []
-        runtime = runtime_of(app)
+        # The app's runtime (kept there by ``Tasks(app)``): read, not imported, as transports sit below it.
+        runtime = app.extensions["core"]
         runtime.outcome_listeners.append(outcomes.append)
         client = app.test_client()
         try:
