@@ -15,6 +15,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
 from core.devserver.stack import run_local
+from core.tasks.cloudscheduler import sync_scheduler
+from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
+from core.tasks.errors import ConfigurationError
+from core.tasks.queues import load_queue_config
+from core.tasks.transports.cloudtasks import sync_queues
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 
@@ -27,8 +32,6 @@ tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Schedu
                    "(exit status 1 if not).")
 def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
     """Print the cron.yaml that pings every cron group the app's periodic tasks declare."""
-    from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
-
     runtime = current_app.extensions["core"]
     timezone = runtime.settings.tasks_timezone
     if check_path is not None:
@@ -52,9 +55,6 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
               help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
 def sync_queues_command(queue_yaml: Path | None) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
-    from core.tasks.queues import load_queue_config
-    from core.tasks.transports.cloudtasks import sync_queues
-
     settings = current_app.extensions["core"].settings
     for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
         click.echo(f"synced {path}")
@@ -89,9 +89,6 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 def sync_scheduler_command(dry_run: bool) -> None:
     """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
-    from core.tasks.cloudscheduler import sync_scheduler
-    from core.tasks.errors import ConfigurationError
-
     runtime = current_app.extensions["core"]
     try:
         changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)

@@ -24,6 +24,7 @@ from core.config import Settings, default_queue_yaml, project_root
 from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
 from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
+from core.tasks.cronyaml import CronPinger
 
 log = logging.getLogger("devserver")
 
@@ -173,10 +174,6 @@ class LocalStack:
         raise RuntimeError(f"gunicorn did not answer on {self.url}: {self.log_tail('gunicorn')}")
 
     def start_cron(self) -> None:
-        try:
-            from core.tasks.cronyaml import CronPinger
-        except ImportError:  # cron support not installed in this tree
-            return
         settings = self.settings
         self.cron_pinger = CronPinger(self.url, settings.tasks_secret, settings.cron_yaml)
         self.cron_pinger.start()

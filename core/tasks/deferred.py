@@ -46,6 +46,7 @@ from core.tasks.priority import check_priority, check_tags, queue_for
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
+from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -235,8 +236,6 @@ def build_request(runtime: TaskRuntime, envelope: message.Envelope, path: str, *
                   target_version: str | None = None,
                   dispatch_deadline: datetime.timedelta | None = None) -> TaskRequest:
     """Encode, sign and address an envelope: the request a queue will push back to ``path``."""
-    from core.tasks.security import SIGNATURE_HEADER, sign_request
-
     settings = runtime.settings
     body = message.encode(envelope, limit=settings.tasks_payload_limit)
     headers = {"Content-Type": "application/json",

@@ -28,6 +28,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from core.config import Settings
 from core.tasks.errors import ConfigurationError, EnqueueError
+from core.tasks.queues import load_queue_config
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -220,8 +221,6 @@ class CloudTasksTransport:
     def queues(self) -> Mapping[str, QueueConfig]:
         """The queue configuration, read from ``settings.queue_yaml`` on first use."""
         if self._queues is None:
-            from core.tasks.queues import load_queue_config
-
             self._queues = load_queue_config(self.settings.queue_yaml)
         return self._queues
 
