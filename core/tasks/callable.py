@@ -30,13 +30,13 @@ and lists of them are fine; a file upload is not (store it first and pass its ke
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from core import current, db
+from core.clock import utc_now as _now
 from core.tasks import aio, arguments, started
 from core.tasks.deferred import DeferredFunction, TaskHandle
 from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound
@@ -249,6 +249,3 @@ def _update(run_id: str, task_key: str, **fields: Any) -> None:
     except Exception:  # the record is for people to watch; it must not decide the task's fate
         log.exception("could not update the record of callable run %s", run_id)
 
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)

@@ -21,7 +21,6 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +30,7 @@ from core import db
 from core import json as tagged_json
 from core.tasks.errors import EnqueueError
 from core.tasks.runtime import TaskRuntime, current_runtime
-from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest, hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ def _delete_quietly(keys: list[db.Key]) -> None:
 # --- the outbox -------------------------------------------------------------------------------
 
 def _task_name(outbox_id: str, index: int) -> str:
-    return "ob-" + hashlib.sha256(f"{outbox_id}:{index}".encode()).hexdigest()[:40]
+    return hashed_task_name(f"{outbox_id}:{index}", prefix="ob-", digits=40)
 
 
 def _encode_request(request: TaskRequest) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import logging
 import weakref
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from core.tasks.queues import QueueConfig, load_queue_config
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime
 from core.tasks.security import TaskInfo
-from core.tasks.transports.base import TASK_NAME_RE
+from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +210,7 @@ def _attempt_name(task_id: str, number: int) -> str:
     name = f"{task_id}-a{number}"
     if TASK_NAME_RE.match(name):
         return name
-    return hashlib.sha256(name.encode()).hexdigest()[:40] + f"-a{number}"
+    return hashed_task_name(name, f"-a{number}", digits=40)
 
 
 def _schedule_next(runtime: TaskRuntime, attempt: Attempt, name: str, eta: datetime.datetime) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from core.tasks.pipeline import verified
 from core.tasks.registry import TaskRegistry, declare_kind
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import CalendarSchedule, IntervalSchedule, Schedule, describe, due_slot, named_zone, next_due
+from core.tasks.transports.base import hashed_task_name
 
 __all__ = ["CRON_NAME_RE", "DEFAULT_CRON", "PeriodicFunction", "PeriodicSpec", "PeriodicTask", "check_no_arguments",
            "periodic_task", "remove_periodic_task", "removePeriodicTask", "spec_of", "RUN_TARGET", "STATE_KIND",
@@ -181,8 +181,7 @@ def _assess(binding: PeriodicBinding, state: db.Entity, now: datetime.datetime,
 
 def run_task_name(binding: PeriodicBinding, slot: datetime.datetime, generation: int) -> str:
     """The queue's name for one run: hashed (Cloud Tasks spreads hashed names best), unique per claim."""
-    material = f"{binding.state_id}\n{slot.isoformat()}\n{generation}".encode()
-    return f"{hashlib.sha256(material).hexdigest()[:32]}-periodic"
+    return hashed_task_name(f"{binding.state_id}\n{slot.isoformat()}\n{generation}", "-periodic")
 
 
 def _describe_into(state: db.Entity, binding: PeriodicBinding, tz: datetime.tzinfo,

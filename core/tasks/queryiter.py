@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 from core import db, db_query
 from core import json as tagged_json
+from core.clock import utc_now as _now
 from core.tasks import aio, dispatch, lease, message, started
 from core.tasks.context import capture_environment
 from core.tasks.deferred import build_request
@@ -63,7 +64,7 @@ from core.tasks.errors import (
 from core.tasks.registry import TaskRegistry, declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.security import TaskInfo
-from core.tasks.transports.base import TaskRequest
+from core.tasks.transports.base import TaskRequest, hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,6 @@ class RunInfo:
                    total=entity.get("total"))
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def _run_key(run_id: str) -> db.Key:
     return db.key(RUN_KIND, run_id)
 
@@ -278,8 +275,7 @@ def list_runs(limit: int = 50) -> list[RunInfo]:
 
 def step_task_name(run_id: str, generation: int, step: int) -> str:
     """The queue name of one step: hashed first (Cloud Tasks wants no sequential prefixes)."""
-    digest = hashlib.sha256(f"{run_id}/{generation}/{step}".encode()).hexdigest()
-    return f"{digest[:32]}-qi-{generation}-{step}"
+    return hashed_task_name(f"{run_id}/{generation}/{step}", f"-qi-{generation}-{step}")
 
 
 def _step_request(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str, env: dict[str, Any],

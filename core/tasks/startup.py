@@ -9,14 +9,13 @@ does nothing more than one lookup. The queue retries a failing startup task like
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from core import db
+from core.clock import utc_now as _now
 from core.reprs import safe_repr
 from core.tasks import aio, message
 from core.tasks.deferred import DEFERRED_PATH, send_task
@@ -24,6 +23,7 @@ from core.tasks.errors import PayloadError, TaskNotFound
 from core.tasks.periodic_declare import check_no_arguments
 from core.tasks.registry import declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, current_runtime, get_runtime
+from core.tasks.transports.base import hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,13 @@ def StartupTask(fn: Callable[[], Any]) -> Callable[[], Any]:  # noqa: N802 - ViU
 startup_task = StartupTask
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def record_key(version: str) -> db.Key:
     return db.key(STARTUP_KIND, version)
 
 
 def startup_task_name(version: str, name: str) -> str:
     """The queue's name for a version's run of one startup task (hashed, so new per version)."""
-    digest = hashlib.sha256(f"{version}\n{name}".encode()).hexdigest()
-    return f"{digest[:32]}-startup"
+    return hashed_task_name(f"{version}\n{name}", "-startup")
 
 
 def _claim(runtime: TaskRuntime, names: list[str], version: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -19,6 +20,12 @@ TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 #: Cloud Tasks refuses schedule times further ahead than this.
 MAX_SCHEDULE_AHEAD = datetime.timedelta(days=30)
+
+
+def hashed_task_name(material: str, suffix: str = "", *, prefix: str = "", digits: int = 32) -> str:
+    """A task name led by a SHA-256 digest of ``material``: the same material gives the same name
+    (so the queue refuses a duplicate), and hashed names are what Cloud Tasks spreads best."""
+    return f"{prefix}{hashlib.sha256(material.encode()).hexdigest()[:digits]}{suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
