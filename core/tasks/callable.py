@@ -39,7 +39,7 @@ from core import current, db
 from core.clock import utc_now as _now
 from core.tasks import aio, arguments, started
 from core.tasks.deferred import DeferredFunction, TaskHandle
-from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound
+from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound, error_text
 from core.tasks.registry import declare
 from core.tasks.runtime import TaskRuntime, get_runtime
 
@@ -53,7 +53,6 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 #: Keys appear in URLs (``/_tasks/execute/<key>``): keep them to URL-safe characters.
 KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MAX_SUMMARY = 500
-_MAX_ERROR = 2000
 _UNINDEXED = ("data_summary", "error", "started_work")
 
 
@@ -205,7 +204,7 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
             aio.call(task.execute, **data)
     except Exception as exc:
         final = isinstance(exc, PermanentTaskFailure) or attempt >= cls.max_attempts
-        _update(run_id, task_key, status=FAILED, finished=_now(), error=f"{type(exc).__name__}: {exc}",
+        _update(run_id, task_key, status=FAILED, finished=_now(), error=error_text(exc),
                 retrying=not final)
         if final and not isinstance(exc, PermanentTaskFailure):
             raise PermanentTaskFailure(f"{task_key} failed on attempt {attempt} of {cls.max_attempts}: "
@@ -243,7 +242,7 @@ def _update(run_id: str, task_key: str, **fields: Any) -> None:
             entity.update({"task": task_key, "task_name": task_key, "user": None, "data_summary": "",
                            "created": _now(), "started": None, "task_id": None, "retrying": False})
         if isinstance(fields.get("error"), str):
-            fields["error"] = fields["error"][:_MAX_ERROR]
+            fields["error"] = error_text(fields["error"])
         entity.update(fields)
         db.put(entity)
     except Exception:  # the record is for people to watch; it must not decide the task's fate

@@ -21,6 +21,16 @@ Requests we cannot verify are answered 4xx and never 5xx, so a forged request is
 """
 from __future__ import annotations
 
+#: Characters of error text a record keeps (task records, callable and query-iterator runs, periodic
+#: and startup state alike); the traceback, where one is kept, has its own field.
+MAX_ERROR_TEXT = 2_000
+
+
+def error_text(error: BaseException | str) -> str:
+    """``Type: message`` of an exception (a text as it is), cut to :data:`MAX_ERROR_TEXT` with ``…``."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT - 1] + "…"
+
 
 class TaskError(Exception):
     """Base of every error the task module raises on purpose."""

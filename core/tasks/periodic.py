@@ -28,7 +28,15 @@ from core import db
 from core.reprs import safe_repr
 from core.tasks import aio, dispatch, locks, message, records
 from core.tasks.deferred import DEFERRED_PATH, send_task
-from core.tasks.errors import ConfigurationError, LockHeld, NotFound, PayloadError, PermanentTaskFailure, TaskNotFound
+from core.tasks.errors import (
+    ConfigurationError,
+    LockHeld,
+    NotFound,
+    PayloadError,
+    PermanentTaskFailure,
+    TaskNotFound,
+    error_text,
+)
 from core.tasks.periodic_declare import (  # the public names of periodic tasks, documented here
     CRON_NAME_RE,
     DEFAULT_CRON,
@@ -59,7 +67,6 @@ STATE_KIND = "_tasks_periodic_state"
 #: (the queue gave up on it) and claimed again; the lost one, should it still arrive, finds itself
 #: superseded. A run that is running renews its claim a few times per this period.
 STALE_PENDING = datetime.timedelta(hours=2)
-_ERROR_TEXT_LIMIT = 1500
 
 
 def now_utc() -> datetime.datetime:
@@ -361,7 +368,7 @@ def run_periodic(runtime: TaskRuntime, envelope: message.Envelope, info: Any) ->
     except LockHeld:
         raise
     except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_LIMIT]
+        text = error_text(exc)
         try:
             db.run_in_transaction(_record_failure, key, generation, text, now_utc(),
                                   isinstance(exc, PermanentTaskFailure))

@@ -60,6 +60,7 @@ from core.tasks.errors import (
     PermanentTaskFailure,
     RetryTask,
     TaskNotFound,
+    error_text,
 )
 from core.tasks.registry import TaskRegistry, declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -83,8 +84,6 @@ DEFAULT_PAGE_SIZE = 500
 MIN_PAGE_SIZE = 10
 #: Custom data, query and caller environment must fit in the run record (entities stop at 1 MiB).
 MAX_RECORD_DATA_BYTES = 900_000
-#: Error texts kept on the run record are cut to this length.
-MAX_ERROR_CHARS = 4_000
 _UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
 
@@ -425,10 +424,6 @@ def _key_digest(entity: db.Entity) -> str:
     return hashlib.blake2b(repr(entity.key.flat_path).encode(), digest_size=8).hexdigest()
 
 
-def _error_text(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " ..."
-
-
 _EXHAUSTED, _YIELD, _STOPPED = "exhausted", "yield", "stopped"
 
 
@@ -619,7 +614,7 @@ class _Chunk:
             self.position.write(record)
             record["seconds_per_entry"] = self.seconds_per_entry
             if error is not None:
-                record["last_error"] = _error_text(error)
+                record["last_error"] = error_text(error)
 
         self._update(change)
         self.saved_at = time.monotonic()
@@ -627,7 +622,7 @@ class _Chunk:
     def _stop(self, error: str) -> None:
         def change(record: db.Entity) -> None:
             self.position.write(record)
-            record.update({"status": STOPPED, "last_error": _error_text(error)})
+            record.update({"status": STOPPED, "last_error": error_text(error)})
 
         self._update(change)
         log.warning("query run %s stopped by handleError: %s", self.run_id, error)
@@ -690,7 +685,7 @@ class _Chunk:
         def release() -> None:
             record = db.get(self.key)
             if record is not None and record.get("finish_token") == token:
-                record.update({"finishing_since": None, "finish_token": None, "last_error": _error_text(error),
+                record.update({"finishing_since": None, "finish_token": None, "last_error": error_text(error),
                                "updated": _now()})
                 db.put(record)
 
@@ -707,7 +702,7 @@ def _fail_run(key: db.Key, error: str) -> None:
     def fail() -> None:
         record = db.get(key)
         if record is not None and record["status"] == RUNNING:
-            record.update({"status": FAILED, "last_error": _error_text(error), "updated": _now()})
+            record.update({"status": FAILED, "last_error": error_text(error), "updated": _now()})
             db.put(record)
 
     db.run_in_transaction(fail)

@@ -39,8 +39,9 @@ from typing import Any
 
 import yaml
 
+from core.tasks.transports.base import QUEUE_NAME_RE
+
 DEFAULT_QUEUE = "default"
-_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*([smhd])\s*$")
 _AGE_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -163,7 +164,7 @@ def _parse_queue(entry: Any, index: int) -> QueueConfig | None:
     if not isinstance(entry, Mapping):
         raise ValueError(f"queue #{index + 1}: expected a mapping, got {type(entry).__name__}")
     name = entry.get("name")
-    if not isinstance(name, str) or not _QUEUE_NAME_RE.match(name):
+    if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
         raise ValueError(f"queue #{index + 1}: field 'name' must match [A-Za-z0-9-]{{1,100}}, got {name!r}")
     unknown = set(entry) - _QUEUE_FIELDS
     if unknown:

@@ -22,6 +22,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.tasks.errors import error_text
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: Bytes of encoded result a record keeps (Datastore refuses entities over 1 MiB).
 MAX_RESULT_BYTES = 900_000
-#: Characters of error text and traceback kept.
-MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS = 1_400, 20_000
+#: Characters of traceback kept (the error text is cut by ``errors.error_text``).
+MAX_TRACEBACK_CHARS = 20_000
 #: Characters of a target name, tag or group kept (indexed), and of a description.
 MAX_INDEXED_CHARS, MAX_DESCRIPTION_CHARS = 300, 20_000
 _UNINDEXED = ("traceback", "result", "error", "description")
@@ -144,7 +145,7 @@ def _end(record: db.Entity, state: str, now: datetime.datetime) -> None:
 
 
 def _error_fields(error: BaseException) -> dict[str, Any]:
-    return {"error": f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS], "error_type": type(error).__name__,
+    return {"error": error_text(error), "error_type": type(error).__name__,
             "traceback": "".join(tb.format_exception(error))[-MAX_TRACEBACK_CHARS:]}
 
 

@@ -19,7 +19,7 @@ from core.clock import utc_now as _now
 from core.reprs import safe_repr
 from core.tasks import aio, message
 from core.tasks.deferred import DEFERRED_PATH, send_task
-from core.tasks.errors import PayloadError, TaskNotFound
+from core.tasks.errors import PayloadError, TaskNotFound, error_text
 from core.tasks.periodic_declare import check_no_arguments
 from core.tasks.registry import declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, current_runtime, get_runtime
@@ -28,7 +28,6 @@ from core.tasks.transports.base import hashed_task_name
 log = logging.getLogger(__name__)
 
 STARTUP_KIND = "_tasks_startup"
-_ERROR_TEXT_LIMIT = 1500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +155,7 @@ def run_startup_task(runtime: TaskRuntime, envelope: message.Envelope, info: Any
         aio.call(spec.func)
     except Exception as exc:
         try:
-            db.run_in_transaction(_mark, key, name, f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_LIMIT])
+            db.run_in_transaction(_mark, key, name, error_text(exc))
         except Exception:
             log.exception("could not record the failure of startup task %s", name)
         raise
