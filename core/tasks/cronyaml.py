@@ -324,16 +324,21 @@ def plan_cron(registry: Any, timezone: str = "UTC") -> list[CronPlan]:
 
 
 def render_cron_yaml(plans: Iterable[CronPlan]) -> str:
-    """cron.yaml text for ``plans``: one entry per cron group."""
-    lines = ["# Cron groups of the periodic tasks; regenerate with `flask --app main tasks cron-yaml`.",
-             "# Each group is pinged finely enough for its shortest interval or crontab.", "cron:"]
+    """cron.yaml text for ``plans``: one entry per cron group (written by PyYAML, so any value is quoted right)."""
+    entries = []
     for plan in plans:
-        lines += [f"- description: periodic tasks of cron group {plan.group}",
-                  f"  url: {plan.url}",
-                  f"  schedule: {plan.schedule}"]
+        entry = {"description": f"periodic tasks of cron group {plan.group}", "url": plan.url,
+                 "schedule": plan.schedule}
         if plan.timezone:
-            lines.append(f"  timezone: {plan.timezone}")
-    return "\n".join(lines) + "\n"
+            entry["timezone"] = plan.timezone
+        entries.append(entry)
+    body = yaml.safe_dump({"cron": entries}, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                          width=1_000_000)
+    return _CRON_YAML_HEADER + body
+
+
+_CRON_YAML_HEADER = ("# Cron groups of the periodic tasks; regenerate with `flask --app main tasks cron-yaml`.\n"
+                     "# Each group is pinged finely enough for its shortest interval or crontab.\n")
 
 
 #: How late after a calendar time its ping may come for :func:`coverage_problems`.
