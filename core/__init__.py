@@ -7,18 +7,15 @@ Names load on first use, so importing one room (e.g. the local queue) does not i
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core import lazy
 
 _EXPORTS = {"create_app": "core.app", "Tasks": "core.extension", "Module": "core.module", "exposed": "core.module"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'core' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core import lazy
 
 _EXPORTS = {"LocalStack": "core.devserver.stack", "run_local": "core.devserver.stack",
             "read_state": "core.devserver.stack", "DatastoreEmulator": "core.devserver.datastore_emulator",
@@ -14,11 +15,7 @@ _EXPORTS = {"LocalStack": "core.devserver.stack", "run_local": "core.devserver.s
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'core.devserver' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
