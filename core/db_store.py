@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import datastore
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ class Datastore:
 
     def _build_client(self) -> datastore.Client:
         if self.emulator_host and not os.environ.get("DATASTORE_EMULATOR_HOST"):
-            from google.auth.credentials import AnonymousCredentials
-
             return datastore.Client(project=self.project, namespace=self.namespace,
                                     credentials=AnonymousCredentials(),
                                     client_options={"api_endpoint": f"http://{self.emulator_host}"})
