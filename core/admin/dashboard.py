@@ -139,8 +139,10 @@ class TaskAdmin(Dashboard):
     def _base(self) -> str:
         return "/" + self.module_path
 
-    def _checked_action(self) -> Response | None:
-        """A 400 response unless the POST carries a valid CSRF token."""
+    def _refused(self, action: str | None, allowed: tuple[str, ...], subject: str | None = "") -> Response | None:
+        """404 for an action this page lacks (or one without its subject), 400 without a valid CSRF token."""
+        if subject is None or action not in allowed:
+            raise NotFound("no such action")
         form = forms.ActionForm()
         if not form.validate():
             return error_response(400, "The form expired or did not come from this site (CSRF token missing "
@@ -154,9 +156,7 @@ class TaskAdmin(Dashboard):
         return redirect(f"{self._base()}/{page}", code=303)
 
     def _queryiter_action(self, runtime: TaskRuntime, run_id: str | None, action: str | None) -> Response:
-        if run_id is None or action not in ("stop", "resume"):
-            raise NotFound("no such action")
-        refused = self._checked_action()
+        refused = self._refused(action, ("stop", "resume"), run_id)
         if refused is not None:
             return refused
         if action == "stop":
@@ -168,9 +168,7 @@ class TaskAdmin(Dashboard):
         return self._done("queryiters", message, changed=changed)
 
     def _periodic_action(self, runtime: TaskRuntime, action: str | None) -> Response:
-        if action != "run":
-            raise NotFound("no such action")
-        refused = self._checked_action()
+        refused = self._refused(action, ("run",))
         if refused is not None:
             return refused
         name = request.form.get("task", "")
@@ -180,9 +178,7 @@ class TaskAdmin(Dashboard):
         return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
 
     def _task_action(self, runtime: TaskRuntime, task_id: str | None, action: str | None) -> Response:
-        if task_id is None or action not in ("cancel", "retry"):
-            raise NotFound("no such action")
-        refused = self._checked_action()
+        refused = self._refused(action, ("cancel", "retry"), task_id)
         if refused is not None:
             return refused
         task_id = tasks_page.checked_task_id(task_id)
@@ -193,9 +189,7 @@ class TaskAdmin(Dashboard):
         return self._done("tasks", message)
 
     def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
-        if letter_id is None or action not in ("retry", "discard"):
-            raise NotFound("no such action")
-        refused = self._checked_action()
+        refused = self._refused(action, ("retry", "discard"), letter_id)
         if refused is not None:
             return refused
         key = dead_letter_key(letter_id)
