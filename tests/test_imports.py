@@ -8,7 +8,7 @@ interpreter, so a cycle dodged by importing inside a function is still an edge. 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,20 +217,47 @@ def test_no_core_imports_inside_functions(modules: dict[str, Module]) -> None:
     assert not found, "imports of core modules inside functions:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize(("lower", "upper"), [
-    ("core.tasks", "core.admin"),
-    ("core.json", "core.db"),
-    ("core.json", "core.tasks"),
-    ("core.tasks.transports", "core.tasks.runtime"),
-])
-def test_dependencies_point_one_way(graph: dict[str, set[str]], lower: str, upper: str) -> None:
-    wrong = []
+#: The web layer: pages, the module tree, the extension, the CLI and the local stack.
+WEB = ("core.admin", "core.module", "core.extension", "core.app", "core.cli", "core.devserver", "core.testing")
+
+
+def _in(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _violations(graph: dict[str, set[str]], lower: tuple[str, ...], exempt: tuple[str, ...],
+                wrong: Callable[[str], bool]) -> list[str]:
+    found = []
     for name in sorted(graph):
-        if name != lower and not name.startswith(lower + "."):
-            continue
-        via = reachable(graph, name)
-        wrong += [chain(via, name, t) for t in sorted(via) if t == upper or t.startswith(upper + ".")]
-    assert not wrong, f"{lower} imports {upper}:\n" + "\n".join(wrong)
+        if _in(name, lower) and not _in(name, exempt):
+            via = reachable(graph, name)
+            found += [chain(via, name, target) for target in sorted(via) if wrong(target)]
+    return found
+
+
+@pytest.mark.parametrize(("lower", "upper", "exempt"), [
+    (("core.tasks",), ("core.admin",), ()),
+    (("core.tasks",), WEB, ("core.tasks.handler",)),  # the handler is the tasks' own web view
+    (("core.json",), ("core.db",), ()),
+    (("core.json",), ("core.tasks",), ()),
+    (("core.db", "core.db_tags", "core.db_query"), ("core.tasks", *WEB), ()),
+    (("core.tasks.transports",), ("core.tasks.runtime",), ()),
+], ids=["tasks-admin", "tasks-web", "json-db", "json-tasks", "db-tasks-web", "transports-runtime"])
+def test_dependencies_point_one_way(graph: dict[str, set[str]], lower: tuple[str, ...], upper: tuple[str, ...],
+                                    exempt: tuple[str, ...]) -> None:
+    wrong = _violations(graph, lower, exempt, lambda target: _in(target, upper))
+    assert not wrong, f"{' / '.join(lower)} load {' / '.join(upper)}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize(("lower", "allowed"), [
+    (("core.json",), ()),  # the codec stands on the standard library alone
+    (("core.tasks.transports",), ("core.tasks.transports", "core.tasks.errors", "core.tasks.queues", "core.config",
+                                  "core.files")),
+], ids=["json", "transports"])
+def test_the_lowest_rooms_load_only_what_they_stand_on(graph: dict[str, set[str]], lower: tuple[str, ...],
+                                                       allowed: tuple[str, ...]) -> None:
+    wrong = _violations(graph, lower, (), lambda target: not _in(target, allowed))
+    assert not wrong, f"{' / '.join(lower)} load more than {allowed}:\n" + "\n".join(wrong)
 
 
 def test_every_user_of_the_codec_loads_the_datastore_tags(graph: dict[str, set[str]]) -> None:
