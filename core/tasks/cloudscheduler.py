@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.api_core import exceptions as api_exceptions
 from google.cloud import scheduler_v1
 from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudSchedulerGrpcTransport
 from google.protobuf import field_mask_pb2
@@ -19,6 +18,7 @@ from google.protobuf import field_mask_pb2
 from core.config import Settings
 from core.tasks.cronyaml import plan_cron
 from core.tasks.errors import ConfigurationError
+from core.tasks.google_admin import admin_calls
 from core.tasks.scheduler_plan import JobChange, JobSpec, desired_jobs, plan_changes
 
 
@@ -88,20 +88,14 @@ def sync_scheduler(settings: Settings, registry: Any, *, dry_run: bool = False,
     desired = wanted_jobs(settings, registry)
     api = make_client(settings) if client is None else client
     parent = location_path(settings)
-    step = f"listing the jobs of {parent}"
-    try:
+    with admin_calls("Cloud Scheduler", api, f"listing the jobs of {parent}", close=client is None) as step:
         existing = {spec.job_id: spec for spec in map(spec_of, api.list_jobs(parent=parent))}
         changes = plan_changes(desired, existing, settings.tasks_scheduler_prefix)
         if not dry_run:
             for change in changes:
-                step = f"{change.action.rstrip('e')}ing job {change.job_id}"
+                step.now = f"{change.action.rstrip('e')}ing job {change.job_id}"
                 _apply(api, settings, parent, change)
         return changes
-    except api_exceptions.GoogleAPICallError as error:
-        raise ConfigurationError(f"Cloud Scheduler refused {step}: {error}") from error
-    finally:
-        if client is None:
-            api.transport.close()
 
 
 def _apply(api: scheduler_v1.CloudSchedulerClient, settings: Settings, parent: str, change: JobChange) -> None:

@@ -28,6 +28,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from core.config import Settings
 from core.tasks.errors import ConfigurationError, EnqueueError
+from core.tasks.google_admin import admin_calls
 from core.tasks.queues import load_queue_config
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
@@ -386,13 +387,12 @@ def sync_queues(
     """
     api: Any = make_client(settings) if client is None else client
     parent = f"projects/{settings.project}/locations/{settings.tasks_region}"
-    step = f"listing the queues of {parent}"
-    try:
+    with admin_calls("Cloud Tasks", api, f"listing the queues of {parent}", close=client is None) as step:
         existing = {queue.name: queue for queue in api.list_queues(parent=parent)}
         synced: list[str] = []
         for config in queues.values():
             queue, fields = build_queue(settings, config)
-            step = f"syncing queue {queue.name}"
+            step.now = f"syncing queue {queue.name}"
             current = existing.get(queue.name)
             if current is None:
                 current = api.create_queue(parent=parent, queue=queue)
@@ -407,8 +407,3 @@ def sync_queues(
                 api.resume_queue(name=queue.name)
             synced.append(queue.name)
         return synced
-    except api_exceptions.GoogleAPICallError as error:
-        raise ConfigurationError(f"Cloud Tasks refused {step}: {error}") from error
-    finally:
-        if client is None:
-            api.transport.close()
