@@ -274,8 +274,6 @@ def _expect(payload: Any, cls: type) -> Any:
     return payload
 
 
-
-
 def _zoned(parsed: Any, payload: Any) -> Any:
     """Put back the zone and fold that ``[iso, zone or null, fold]`` carries beside the ISO text."""
     _, zone, fold = payload
