@@ -39,6 +39,7 @@ from core.tasks.schedule import (
     next_fire,
     to_instant,
 )
+from core.tasks.security import sign_cron_ping
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +471,6 @@ class CronPinger:
 
     def ping(self, entry: CronEntry) -> int | None:
         """Send one signed ping now; returns the HTTP status (``None`` if the app did not answer)."""
-        from core.tasks.security import sign_cron_ping
-
         request = urllib.request.Request(self.base_url + entry.url, method="GET",
                                          headers={**sign_cron_ping(self.secret, entry.path),
                                                   "User-Agent": "local-cron"})
