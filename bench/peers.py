@@ -1,0 +1,408 @@
+"""Ours against Celery 5, dramatiq and RQ: the same task body, systems alternating, medians.
+
+Run: ``deploy/bench-setup.sh && .venv/bin/python -m bench.peers`` (``--tasks 500 --rounds 1
+--latency-tasks 50`` for a quick smoke run). Progress goes to stderr; a table and, last:
+``peers: ours/celery=<x> ours/dramatiq=<y> ours/rq=<z> p50_ours/p50_celery=<w>`` (end-to-end rates,
+and the latency medians).
+
+Every task body is one Redis ``INCR`` on a counter (the latency task instead appends the time its
+body started beside the time its enqueue call began). The systems:
+
+- ours: the example app on the local stack as app.yaml runs it (gunicorn, 2 threaded workers x 8
+  threads), tasks queued by deferred calls into the durable local queue and pushed over HTTP by
+  its dispatcher (queue rates off, as the peers have none), run by the task handler;
+- Celery 5 with its Redis broker, one worker with the prefork pool of 2 processes;
+- dramatiq with its Redis broker, 2 processes (its default 8 threads each);
+- RQ, two ``SimpleWorker`` processes.
+
+Each round starts, for each system in turn (the order rotates per round), a redis-server of its
+own on a free port (no persistence) and the system's processes, warms them up, and measures:
+(a) end to end: tasks/s from the first of ``--tasks`` enqueue calls, made by one process with the
+workers running, until the counter reaches ``--tasks``; (b) drain: ``--tasks`` queued with the
+workers stopped, then tasks/s from the first task seen until the last; (c) latency: one task every
+20 ms (``--latency-tasks``), the delay from each enqueue call to its body, p50 and p99. The peers
+run from ``.venv-bench`` and ours from ``.venv``: each system's workers and enqueuer are
+subprocesses with their own interpreter, started in their own process groups and stopped by PID.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from core.devserver.datastore_emulator import start_datastore_emulator
+from core.devserver.ports import free_port, wait_for_port
+from core.devserver.processes import stop_process_group
+from core.devserver.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_VENV = ROOT / ".venv-bench"
+#: The Redis client alone, for ours (on its PYTHONPATH beside the app's virtualenv).
+OURS_SITE = BENCH_VENV / "ours"
+SYSTEMS = ("ours", "celery", "dramatiq", "rq")
+PEERS = SYSTEMS[1:]
+WARM_TASKS = 50
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values measured (``None``: a round that failed); ``None`` if none was."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100): a value that was measured."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 < q <= 100:
+        raise ValueError(f"percentile {q} is not in (0, 100]")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+@dataclasses.dataclass
+class Figures:
+    """One system's figures, a value (or ``None`` for a failed step) per round."""
+
+    e2e: list[float | None] = dataclasses.field(default_factory=list)
+    enqueue: list[float | None] = dataclasses.field(default_factory=list)
+    drain: list[float | None] = dataclasses.field(default_factory=list)
+    p50: list[float | None] = dataclasses.field(default_factory=list)
+    p99: list[float | None] = dataclasses.field(default_factory=list)
+
+    def median(self, name: str) -> float | None:
+        return median(getattr(self, name))
+
+
+def format_table(figures: dict[str, Figures]) -> str:
+    """Medians per system, and ours divided by each (rates) or each divided into ours (latency)."""
+    ours = figures.get("ours", Figures())
+    header = ("system", "end to end/s", "drain/s", "enqueue/s", "p50 ms", "p99 ms",
+              "ours/it e2e", "ours/it drain", "p50 ours/it")
+    rows = [header]
+    for name, f in figures.items():
+        rows.append((name, fmt(f.median("e2e")), fmt(f.median("drain")), fmt(f.median("enqueue")),
+                     fmt(f.median("p50"), 1), fmt(f.median("p99"), 1),
+                     fmt(ratio(ours.median("e2e"), f.median("e2e")), 2),
+                     fmt(ratio(ours.median("drain"), f.median("drain")), 2),
+                     fmt(ratio(ours.median("p50"), f.median("p50")), 2)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_line(figures: dict[str, Figures]) -> str:
+    """The last line: ours' end-to-end rate over each peer's, and ours' latency p50 over Celery's."""
+    ours = figures.get("ours", Figures())
+    parts = [f"ours/{peer}={fmt(ratio(ours.median('e2e'), figures.get(peer, Figures()).median('e2e')), 2)}"
+             for peer in PEERS]
+    p50 = ratio(ours.median("p50"), figures.get("celery", Figures()).median("p50"))
+    return "peers: " + " ".join(parts) + f" p50_ours/p50_celery={fmt(p50, 2)}"
+
+
+def rotated(systems: Sequence[str], round_index: int) -> list[str]:
+    """The systems in the order of one round: each round starts one later, so none always goes first."""
+    shift = round_index % len(systems) if systems else 0
+    return [*systems[shift:], *systems[:shift]]
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+def start_process(args: Sequence[str], *, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+class Redis:
+    """A redis-server of one system's run: a free loopback port, nothing written to disk."""
+
+    def __init__(self, folder: Path) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("redis-server is missing: run deploy/bench-setup.sh")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "redis.log", "ab") as log:
+            self.process = start_process(
+                [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(folder), "--daemonize", "no"], env=dict(os.environ), log=log)
+        if not wait_for_port(self.port, timeout=20):
+            self.stop()
+            raise RuntimeError(f"redis-server did not listen on {self.port}: see {folder / 'redis.log'}")
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+
+
+class System:
+    """A system's worker processes and the interpreter its enqueuer runs with."""
+
+    name = ""
+
+    def __init__(self, redis: Redis, folder: Path) -> None:
+        self.redis = redis
+        self.folder = folder
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def python(self) -> str:
+        return str(BENCH_VENV / "bin" / "python")
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env.update({"PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis.url})
+        return env
+
+    def worker_commands(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.start_workers()
+
+    def start_workers(self) -> None:
+        with open(self.folder / f"{self.name}.log", "ab") as log:
+            self.processes = [start_process(args, env=self.env, log=log) for args in self.worker_commands()]
+
+    def stop_workers(self) -> None:
+        for process in self.processes:
+            stop_process_group(process)
+        self.processes = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+
+    def check(self) -> None:
+        """Raise if a worker process died (its log says why)."""
+        for process in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} worker exited with {process.returncode}: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        path = self.folder / f"{self.name}.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+class Celery(System):
+    name = "celery"
+
+    def worker_commands(self) -> list[list[str]]:
+        return [[str(BENCH_VENV / "bin" / "celery"), "-A", "bench.peer_tasks.celery_app", "worker",
+                 "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", "bench@%h"]]
+
+
+class Dramatiq(System):
+    name = "dramatiq"
+
+    def worker_commands(self) -> list[list[str]]:
+        return [[str(BENCH_VENV / "bin" / "dramatiq"), "bench.peer_tasks.dramatiq_actors", "--processes", "2",
+                 "--path", str(ROOT)]]
+
+
+class Rq(System):
+    name = "rq"
+
+    def worker_commands(self) -> list[list[str]]:
+        return [[str(BENCH_VENV / "bin" / "rq"), "worker", "--worker-class", "rq.SimpleWorker", "--url",
+                 self.redis.url, "--path", str(ROOT), "--quiet", "--name", f"bench-{i}-{self.redis.port}"]
+                for i in range(2)]
+
+
+class Ours(System):
+    """The local stack: gunicorn as app.yaml runs it, the durable local queue and its dispatcher."""
+
+    name = "ours"
+
+    def __init__(self, redis: Redis, folder: Path, datastore: Any) -> None:
+        super().__init__(redis, folder)
+        self.stack = LocalStack(
+            data_dir=folder / "local", datastore=datastore, persist=False, cron=False,
+            app_module="bench.peer_tasks.ours_app:app", workers=2, worker_class="gthread", threads=8,
+            dispatcher_args=("--no-rate-limits",),
+            extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(OURS_SITE)]), "BENCH_REDIS_URL": redis.url})
+
+    @property
+    def python(self) -> str:
+        return sys.executable
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.stack.env
+
+    def start(self) -> None:
+        self.stack.start()
+
+    def start_workers(self) -> None:
+        self.stack.start_dispatcher()
+
+    def stop_workers(self) -> None:
+        self.stack.stop_dispatcher()
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    def check(self) -> None:
+        for process in (self.stack.gunicorn, self.stack.dispatcher):
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"ours: a process exited with {process.returncode}: "
+                                   f"{self.stack.log_tail('gunicorn')}{self.stack.log_tail('dispatcher')}")
+
+
+PEER_CLASSES: dict[str, type[System]] = {"celery": Celery, "dramatiq": Dramatiq, "rq": Rq}
+
+
+# --- one system, one round ----------------------------------------------------------------------
+
+def driver(system: System, mode: str, count: int, *, timeout: float, interval: float = 0.02,
+           ) -> subprocess.Popen[str]:
+    args = [system.python, "-m", "bench.peers_driver", system.name, mode, str(count), "--timeout", str(timeout),
+            "--interval", str(interval)]
+    return subprocess.Popen(args, env=system.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def result_of(process: subprocess.Popen[str], what: str, timeout: float) -> dict[str, Any]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process_group(process)  # type: ignore[arg-type]
+        raise RuntimeError(f"{what}: the driver did not finish within {timeout:.0f} s") from None
+    lines = out.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"{what}: the driver exited with {process.returncode}: {err[-2000:]}") from None
+    if "error" in result:
+        raise RuntimeError(f"{what}: {result['error']}")
+    return result
+
+
+def run_driver(system: System, mode: str, count: int, timeout: float) -> dict[str, Any]:
+    return result_of(driver(system, mode, count, timeout=timeout), f"{system.name} {mode}", timeout + 60)
+
+
+def drain(system: System, count: int, timeout: float) -> float:
+    """Queue ``count`` tasks with the workers stopped, start them, and return the driver's drain rate."""
+    system.stop_workers()
+    process = driver(system, "drain", count, timeout=timeout)
+    assert process.stdout is not None
+    line = process.stdout.readline()  # "filled", once every task is queued
+    if line.strip() != "filled":
+        return result_of(process, f"{system.name} drain", 60)["rate"]  # raises with the driver's error
+    system.start_workers()
+    return result_of(process, f"{system.name} drain", timeout + 60)["rate"]
+
+
+def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
+    """Warm ``system`` up, then (a) end to end, (c) latency and (b) drain; ``None`` for a failed step."""
+    timeout = 120 + args.tasks / 50
+    run_driver(system, "warm", WARM_TASKS, timeout=120)
+    steps: dict[str, Any] = {}
+    for step in ("e2e", "latency", "drain"):
+        try:
+            system.check()
+            if step == "e2e":
+                result = run_driver(system, "e2e", args.tasks, timeout)
+                steps["e2e"], steps["enqueue"] = result["rate"], result["enqueue_rate"]
+            elif step == "latency":
+                result = run_driver(system, "latency", args.latency_tasks, 120 + args.latency_tasks * 0.1)
+                steps["p50"] = percentile(result["latencies_ms"], 50)
+                steps["p99"] = percentile(result["latencies_ms"], 99)
+            else:
+                steps["drain"] = drain(system, args.tasks, timeout)
+        except RuntimeError as exc:
+            progress(f"  {system.name} {step} failed: {exc}")
+    for name in ("e2e", "enqueue", "drain", "p50", "p99"):
+        getattr(figures, name).append(steps.get(name))
+    progress(f"  {system.name}: end to end {fmt(steps.get('e2e'))}/s (enqueue {fmt(steps.get('enqueue'))}/s), "
+             f"drain {fmt(steps.get('drain'))}/s, latency p50 {fmt(steps.get('p50'), 1)} ms "
+             f"p99 {fmt(steps.get('p99'), 1)} ms")
+
+
+def run_system(name: str, folder: Path, datastore: Any, figures: Figures, args: argparse.Namespace) -> None:
+    """One round of one system: its own redis-server and processes, all stopped at the end."""
+    rounds = len(figures.e2e)
+    redis = Redis(folder)
+    try:
+        system = Ours(redis, folder, datastore) if name == "ours" else PEER_CLASSES[name](redis, folder)
+        try:
+            system.start()
+            measure(system, figures, args)
+        finally:
+            system.stop()
+    except RuntimeError as exc:  # a system that cannot start or warm up loses the round, not the run
+        progress(f"  {name} failed: {exc}")
+        if len(figures.e2e) == rounds:
+            for field in dataclasses.fields(Figures):
+                getattr(figures, field.name).append(None)
+    finally:
+        redis.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks of (a) and (b) per system and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-tasks", type=int, default=500, help="tasks of (c), one every 20 ms")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset, comma-separated")
+    args = parser.parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+    if any(s in PEERS for s in systems) and not (BENCH_VENV / "bin" / "python").exists():
+        raise SystemExit(".venv-bench is missing: run deploy/bench-setup.sh")
+    if "ours" in systems and not (OURS_SITE / "redis").exists():
+        raise SystemExit(f"{OURS_SITE} is missing: run deploy/bench-setup.sh")
+
+    figures = {name: Figures() for name in systems}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    datastore = start_datastore_emulator() if "ours" in systems else None
+    started = time.monotonic()
+    try:
+        for round_index in range(args.rounds):
+            for name in rotated(systems, round_index):
+                progress(f"round {round_index + 1}/{args.rounds}: {name}")
+                run_system(name, tmp / f"{name}-{round_index}", datastore, figures[name], args)
+    finally:
+        if datastore is not None:
+            datastore.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"done in {time.monotonic() - started:.0f} s")
+    print(f"{args.tasks} tasks (a, b) and {args.latency_tasks} at 20 ms intervals (c) per system; "
+          f"medians of {args.rounds} rounds; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print(format_table(figures))
+    print(summary_line(figures))
+
+
+if __name__ == "__main__":
+    main()
