@@ -294,8 +294,11 @@ def result_of(process: subprocess.Popen[str], what: str, timeout: float) -> dict
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stop_process_group(process)  # type: ignore[arg-type]
+        stop_process_group(process)
         raise RuntimeError(f"{what}: the driver did not finish within {timeout:.0f} s") from None
+    except BaseException:  # Ctrl-C: the driver runs in its own session and would not see it
+        stop_process_group(process)
+        raise
     lines = out.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -315,11 +318,14 @@ def drain(system: System, count: int, timeout: float) -> float:
     system.stop_workers()
     process = driver(system, "drain", count, timeout=timeout)
     assert process.stdout is not None
-    line = process.stdout.readline()  # "filled", once every task is queued
-    if line.strip() != "filled":
-        return result_of(process, f"{system.name} drain", 60)["rate"]  # raises with the driver's error
-    system.start_workers()
-    return result_of(process, f"{system.name} drain", timeout + 60)["rate"]
+    try:
+        line = process.stdout.readline()  # "filled", once every task is queued
+        if line.strip() == "filled":
+            system.start_workers()
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return result_of(process, f"{system.name} drain", timeout + 60)["rate"]  # or raises with the driver's error
 
 
 def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
@@ -372,7 +378,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks of (a) and (b) per system and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--latency-tasks", type=int, default=500, help="tasks of (c), one every 20 ms")
+    parser.add_argument("--latency-tasks", type=int, default=300, help="tasks of (c), one every 20 ms")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset, comma-separated")
     args = parser.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
