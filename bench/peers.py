@@ -20,7 +20,9 @@ own on a free port (no persistence) and the system's processes, warms them up, a
 (a) end to end: tasks/s from the first of ``--tasks`` enqueue calls, made by one process with the
 workers running, until the counter reaches ``--tasks``; (b) drain: ``--tasks`` queued with the
 workers stopped, then tasks/s from the first task seen until the last; (c) latency: one task every
-20 ms (``--latency-tasks``), the delay from each enqueue call to its body, p50 and p99. The peers
+20 ms (``--latency-tasks``), the delay from each enqueue call to its body, p50 and p99; and the
+CPU time per task of the system's processes and its redis-server during (a), read from ``/proc``
+(the enqueuing process left out): less blurred than rates on a loaded machine. The peers
 run from ``.venv-bench`` and ours from ``.venv``: each system's workers and enqueuer are
 subprocesses with their own interpreter, started in their own process groups and stopped by PID.
 """
@@ -37,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,6 +96,8 @@ class Figures:
     drain: list[float | None] = dataclasses.field(default_factory=list)
     p50: list[float | None] = dataclasses.field(default_factory=list)
     p99: list[float | None] = dataclasses.field(default_factory=list)
+    #: CPU µs per task of the system's processes and its redis-server during (a).
+    cpu: list[float | None] = dataclasses.field(default_factory=list)
 
     def median(self, name: str) -> float | None:
         return median(getattr(self, name))
@@ -102,15 +106,16 @@ class Figures:
 def format_table(figures: dict[str, Figures]) -> str:
     """Medians per system, and ours divided by each (rates) or each divided into ours (latency)."""
     ours = figures.get("ours", Figures())
-    header = ("system", "end to end/s", "drain/s", "enqueue/s", "p50 ms", "p99 ms",
-              "ours/it e2e", "ours/it drain", "p50 ours/it")
+    header = ("system", "end to end/s", "drain/s", "enqueue/s", "p50 ms", "p99 ms", "CPU us/task",
+              "ours/it e2e", "ours/it drain", "p50 ours/it", "CPU ours/it")
     rows = [header]
     for name, f in figures.items():
         rows.append((name, fmt(f.median("e2e")), fmt(f.median("drain")), fmt(f.median("enqueue")),
-                     fmt(f.median("p50"), 1), fmt(f.median("p99"), 1),
+                     fmt(f.median("p50"), 1), fmt(f.median("p99"), 1), fmt(f.median("cpu")),
                      fmt(ratio(ours.median("e2e"), f.median("e2e")), 2),
                      fmt(ratio(ours.median("drain"), f.median("drain")), 2),
-                     fmt(ratio(ours.median("p50"), f.median("p50")), 2)))
+                     fmt(ratio(ours.median("p50"), f.median("p50")), 2),
+                     fmt(ratio(ours.median("cpu"), f.median("cpu")), 2)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -125,6 +130,26 @@ def summary_line(figures: dict[str, Figures]) -> str:
              for peer in PEERS]
     p50 = ratio(ours.median("p50"), figures.get("celery", Figures()).median("p50"))
     return "peers: " + " ".join(parts) + f" p50_ours/p50_celery={fmt(p50, 2)}"
+
+
+def stat_cpu(stat: str) -> tuple[int, int]:
+    """``(process group, user + system clock ticks)`` from the text of a ``/proc/<pid>/stat``."""
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and parens
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def group_cpu_seconds(groups: Collection[int]) -> float:
+    """CPU seconds used so far by the live processes (all threads) of the given process groups."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                group, used = stat_cpu(Path(entry.path, "stat").read_text())
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if group in groups:
+                ticks += used
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rotated(systems: Sequence[str], round_index: int) -> list[str]:
@@ -191,6 +216,10 @@ class System:
     def start_workers(self) -> None:
         with open(self.folder / f"{self.name}.log", "ab") as log:
             self.processes = [start_process(args, env=self.env, log=log) for args in self.worker_commands()]
+
+    def groups(self) -> set[int]:
+        """The process groups (each started in its own session) whose CPU is the system's cost."""
+        return {p.pid for p in self.processes} | {self.redis.process.pid}
 
     def stop_workers(self) -> None:
         for process in self.processes:
@@ -261,6 +290,9 @@ class Ours(System):
     def start(self) -> None:
         self.stack.start()
 
+    def groups(self) -> set[int]:
+        return {p.pid for p in (self.stack.gunicorn, self.stack.dispatcher) if p is not None} | {self.redis.process.pid}
+
     def start_workers(self) -> None:
         self.stack.start_dispatcher()
 
@@ -313,18 +345,31 @@ def run_driver(system: System, mode: str, count: int, timeout: float) -> dict[st
     return result_of(driver(system, mode, count, timeout=timeout), f"{system.name} {mode}", timeout + 60)
 
 
+def expect_line(process: subprocess.Popen[str], word: str) -> bool:
+    """Wait for the driver to print ``word`` alone on a line (``False`` if it ended without)."""
+    assert process.stdout is not None
+    try:
+        return process.stdout.readline().strip() == word
+    except BaseException:
+        stop_process_group(process)
+        raise
+
+
+def end_to_end(system: System, count: int, timeout: float) -> tuple[dict[str, Any], float | None]:
+    """The driver's (a) figures, and the CPU µs per task the system used meanwhile."""
+    groups = system.groups()
+    process = driver(system, "e2e", count, timeout=timeout)
+    cpu = group_cpu_seconds(groups) if expect_line(process, "start") else None
+    result = result_of(process, f"{system.name} e2e", timeout + 60)  # or raises with the driver's error
+    return result, None if cpu is None else (group_cpu_seconds(groups) - cpu) / count * 1e6
+
+
 def drain(system: System, count: int, timeout: float) -> float:
     """Queue ``count`` tasks with the workers stopped, start them, and return the driver's drain rate."""
     system.stop_workers()
     process = driver(system, "drain", count, timeout=timeout)
-    assert process.stdout is not None
-    try:
-        line = process.stdout.readline()  # "filled", once every task is queued
-        if line.strip() == "filled":
-            system.start_workers()
-    except BaseException:
-        stop_process_group(process)
-        raise
+    if expect_line(process, "filled"):  # every task is queued
+        system.start_workers()
     return result_of(process, f"{system.name} drain", timeout + 60)["rate"]  # or raises with the driver's error
 
 
@@ -337,7 +382,7 @@ def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
         try:
             system.check()
             if step == "e2e":
-                result = run_driver(system, "e2e", args.tasks, timeout)
+                result, steps["cpu"] = end_to_end(system, args.tasks, timeout)
                 steps["e2e"], steps["enqueue"] = result["rate"], result["enqueue_rate"]
             elif step == "latency":
                 result = run_driver(system, "latency", args.latency_tasks, 120 + args.latency_tasks * 0.1)
@@ -347,11 +392,11 @@ def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
                 steps["drain"] = drain(system, args.tasks, timeout)
         except RuntimeError as exc:
             progress(f"  {system.name} {step} failed: {exc}")
-    for name in ("e2e", "enqueue", "drain", "p50", "p99"):
-        getattr(figures, name).append(steps.get(name))
+    for field in dataclasses.fields(Figures):
+        getattr(figures, field.name).append(steps.get(field.name))
     progress(f"  {system.name}: end to end {fmt(steps.get('e2e'))}/s (enqueue {fmt(steps.get('enqueue'))}/s), "
              f"drain {fmt(steps.get('drain'))}/s, latency p50 {fmt(steps.get('p50'), 1)} ms "
-             f"p99 {fmt(steps.get('p99'), 1)} ms")
+             f"p99 {fmt(steps.get('p99'), 1)} ms, CPU {fmt(steps.get('cpu'))} us/task")
 
 
 def run_system(name: str, folder: Path, datastore: Any, figures: Figures, args: argparse.Namespace) -> None:

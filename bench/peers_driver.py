@@ -4,7 +4,8 @@ Run by ``bench.peers`` with the system's interpreter (``.venv`` for ours, ``.ven
 peers): ``python -m bench.peers_driver SYSTEM MODE COUNT``. Prints one JSON object, last:
 
 - ``warm``: enqueue COUNT tasks and wait for them (workers up, connections open), then reset;
-- ``e2e``: enqueue COUNT tasks with the workers running, time until the counter reaches COUNT;
+- ``e2e``: enqueue COUNT tasks with the workers running, time until the counter reaches COUNT
+  (``start`` is printed first, once the enqueuer is ready);
 - ``drain``: enqueue COUNT tasks with the workers stopped, print ``filled``, then time the
   workers (started by the caller) from the first task seen to the last;
 - ``latency``: one task every ``--interval`` s, then the delays from each enqueue call to its body.
@@ -68,6 +69,7 @@ def run(system: str, mode: str, count: int, interval: float, timeout: float) -> 
     deadline = time.monotonic() + timeout
     with enqueuers(system) as (incr, stamp):
         if mode in ("warm", "e2e"):
+            print("start", flush=True)  # the caller reads the workers' CPU from here
             start = time.monotonic()
             for _ in range(count):
                 incr()

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from bench.peers import Figures, format_table, median, percentile, ratio, rotated, summary_line
+from bench.peers import Figures, format_table, median, percentile, ratio, rotated, stat_cpu, summary_line
 
 LAST_LINE = re.compile(r"peers: ours/celery=(\S+) ours/dramatiq=(\S+) ours/rq=(\S+) p50_ours/p50_celery=(\S+)")
 
@@ -68,23 +68,34 @@ def test_summary_line_names_every_peer_even_when_one_was_not_measured() -> None:
 
 def test_table_shows_medians_and_ours_over_each_system() -> None:
     table = format_table({"ours": Figures(e2e=[3000.0, 2000.0, 2500.0], drain=[4000.0], enqueue=[6000.0],
-                                          p50=[3.0], p99=[6.25]),
-                          "celery": Figures(e2e=[1000.0], drain=[2000.0], enqueue=[3000.0], p50=[1.5], p99=[2.0])})
+                                          p50=[3.0], p99=[6.25], cpu=[400.0, 300.0, 350.0]),
+                          "celery": Figures(e2e=[1000.0], drain=[2000.0], enqueue=[3000.0], p50=[1.5], p99=[2.0],
+                                            cpu=[1400.0])})
     lines = table.splitlines()
     assert lines[0].split() == ["system", "end", "to", "end/s", "drain/s", "enqueue/s", "p50", "ms", "p99", "ms",
-                                "ours/it", "e2e", "ours/it", "drain", "p50", "ours/it"]
+                                "CPU", "us/task", "ours/it", "e2e", "ours/it", "drain", "p50", "ours/it", "CPU",
+                                "ours/it"]
     assert set(lines[1]) == {"-", " "}
-    assert lines[2].split() == ["ours", "2,500", "4,000", "6,000", "3.0", "6.2", "1.00", "1.00", "1.00"]
-    assert lines[3].split() == ["celery", "1,000", "2,000", "3,000", "1.5", "2.0", "2.50", "2.00", "2.00"]
+    assert lines[2].split() == ["ours", "2,500", "4,000", "6,000", "3.0", "6.2", "350", "1.00", "1.00", "1.00",
+                                "1.00"]
+    assert lines[3].split() == ["celery", "1,000", "2,000", "3,000", "1.5", "2.0", "1,400", "2.50", "2.00", "2.00",
+                                "0.25"]
     assert len({len(line) for line in lines}) == 1  # columns line up
 
 
 def test_table_marks_what_failed() -> None:
-    table = format_table({"ours": Figures(e2e=[None], drain=[None], enqueue=[None], p50=[None], p99=[None])})
-    assert table.splitlines()[2].split() == ["ours"] + ["n/a"] * 8
+    table = format_table({"ours": Figures(e2e=[None], drain=[None], enqueue=[None], p50=[None], p99=[None],
+                                          cpu=[None])})
+    assert table.splitlines()[2].split() == ["ours"] + ["n/a"] * 10
 
 
 @pytest.mark.parametrize(("index", "expected"), [(0, ["a", "b", "c"]), (1, ["b", "c", "a"]), (2, ["c", "a", "b"]),
                                                  (3, ["a", "b", "c"])])
 def test_rounds_rotate_the_order_of_the_systems(index: int, expected: list[str]) -> None:
     assert rotated(["a", "b", "c"], index) == expected
+
+
+def test_cpu_ticks_are_read_after_the_command_name_whatever_it_holds() -> None:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    stat = "4242 (gunicorn: worker) [x)) S 4200 4100 4100 0 -1 4194560 900 0 0 0 1234 567 3 4 20 0 9 0\n"
+    assert stat_cpu(stat) == (4100, 1234 + 567)
