@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
-from core import current, db, safety, trace
+from core import current, db, safety, task_routes, trace
 from core.admin import views as admin_views
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
@@ -99,6 +99,7 @@ class Tasks:
         app.extensions[CALLABLE_PAGES] = admin_views.PAGES
         app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
         app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
+        app.extensions["core.task_routes"] = task_routes.init_app(app, tree)
         safety.init_app(app, settings)  # before the request hooks: a body too large is refused first
         tree.register_routes(app)
         init_cli(app)
@@ -143,18 +144,26 @@ def _unbind_app_context(error: BaseException | None) -> None:
 
 
 def _enter_request() -> None:
-    app = current_app
-    runtime = runtime_of(app)
-    if app.extensions.get("core.startup_pending"):
-        app.extensions["core.startup_pending"] = False
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    extensions = app.extensions
+    runtime = extensions["core"]
+    if extensions.get("core.startup_pending"):
+        extensions["core.startup_pending"] = False
         runStartupTasks(runtime, background=True)
-    current.request.set(request)
-    current.trace.set(trace.from_headers(request.headers))
-    current.user.set(runtime.users.load_from_request(request))
-    current.language.set(app.extensions["core.language_selector"](request))
+    environ = req.environ
+    current.request.set(req)
+    current.trace.set(trace.from_headers(req.headers))
+    if req.path in extensions["core.task_routes"]:
+        # A queue's push: the executor restores the caller's user and language from the envelope.
+        current.user.set(None)
+        current.language.set(app.config["LANGUAGES"][0])
+    else:
+        current.user.set(runtime.users.load_from_request(req))
+        current.language.set(extensions["core.language_selector"](req))
     scope = dispatch.request_scope(runtime)
     scope.__enter__()
-    request.environ["core.task_scope"] = scope
+    environ["core.task_scope"] = scope
 
 
 def _flush_request(response: Response) -> Response:

@@ -59,6 +59,8 @@ class TaskHandler(Module):
 
     #: ViUR's name: from this retry on, each failure is logged as an error and mailed once.
     retryCountWarningThreshold = executor.RETRY_WARNING_THRESHOLD  # noqa: N815 - ViUR's name
+    #: The routes only queues and schedulers call: no session, no user or language from the request.
+    push_routes = ("deferred", "queryIter", "cron")
 
     @exposed(methods=("POST",), raw=True)
     def deferred(self, *args: Any, **kwargs: Any) -> Response:
