@@ -107,4 +107,11 @@ def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
         name = str(key).lower()
         if name in ("traceparent", "x-cloud-trace-context") and name not in found:
             found[name] = str(value)
-    return parse_traceparent(found.get("traceparent")) or parse_cloud_trace_context(found.get("x-cloud-trace-context"))
+    return from_values(found.get("traceparent"), found.get("x-cloud-trace-context"))
+
+
+def from_values(traceparent: str | None, cloud_trace_context: str | None) -> TraceContext | None:
+    """:func:`from_headers` for the two header values already looked up (e.g. from a WSGI environ)."""
+    if not traceparent and not cloud_trace_context:
+        return None
+    return parse_traceparent(traceparent) or parse_cloud_trace_context(cloud_trace_context)
