@@ -7,6 +7,7 @@ before the call, it ends as a :class:`PayloadError`: a dead letter.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -23,15 +24,15 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
     ``types=False`` checks names and count only: for input a form built (an optional field is
     ``None`` whatever the annotation says), not a caller.
     """
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
+    signature, hints = _shape(func) if inspect.isfunction(func) else _read_shape(func)
+    if signature is None:
         return  # no signature to check against (a builtin): the call itself decides
     try:
         call = signature.bind(*bound, *args, **kwargs)
     except TypeError as exc:
         raise PayloadError(f"the arguments of {name} do not fit it: {exc}") from None
-    hints = _hints(func) if types else {}
+    if not types:
+        hints = {}
     for parameter, value in list(call.arguments.items())[len(bound):]:
         expected = hints.get(parameter)
         kind = signature.parameters[parameter].kind
@@ -41,6 +42,21 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
             if expected is not None and not _matches(item, expected):
                 raise PayloadError(f"argument {parameter!r} of {name} is a {type(item).__name__}, "
                                    f"not {_describe(expected)}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(func: Callable[..., Any]) -> tuple[inspect.Signature | None, dict[str, Any]]:
+    """:func:`_read_shape` once per function: a task target's signature and hints do not change."""
+    return _read_shape(func)
+
+
+def _read_shape(func: Callable[..., Any]) -> tuple[inspect.Signature | None, dict[str, Any]]:
+    """The signature of ``func`` (``None`` if it has none) and its resolved type hints."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None, {}
+    return signature, _hints(func)
 
 
 def _hints(func: Callable[..., Any]) -> dict[str, Any]:
