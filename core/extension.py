@@ -100,7 +100,7 @@ class Tasks:
         app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
         app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
         app.extensions["core.task_routes"] = task_routes.init_app(app, tree)
-        safety.init_app(app, settings)  # before the request hooks: a body too large is refused first
+        safety.init_app(app, settings)
         tree.register_routes(app)
         init_cli(app)
         appcontext_pushed.connect(_bind_app_context, app)
@@ -146,6 +146,7 @@ def _unbind_app_context(error: BaseException | None) -> None:
 def _enter_request() -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     req = request._get_current_object()  # type: ignore[attr-defined]
+    safety.refuse_large_body(req, app.config[safety.LIMIT_KEY])  # first: nothing else runs for it
     extensions = app.extensions
     runtime = extensions["core"]
     if extensions.get("core.startup_pending"):
@@ -171,7 +172,7 @@ def _flush_request(response: Response) -> Response:
     if scope is not None:
         # Creates every task this request deferred (or keeps it in the outbox) before answering.
         scope.__exit__(None, None, None)
-    return response
+    return safety.secure(response)
 
 
 def _leave_request(error: BaseException | None) -> None:

@@ -24,3 +24,16 @@ def test_every_response_refuses_framing(client):
         assert response.headers["X-Frame-Options"] == "DENY", path
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_header_the_view_set_itself_is_kept(make_app):
+    app = make_app()
+
+    @app.get("/framed")
+    def framed():
+        return "ok", 200, {"x-frame-options": "SAMEORIGIN", "Referrer-Policy": "no-referrer"}
+
+    response = app.test_client().get("/framed")
+    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert response.headers.getlist("Referrer-Policy") == ["no-referrer"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
