@@ -133,8 +133,9 @@ def _datastore(settings: Settings) -> db.Datastore:
 
 def _bind_app_context(app: Flask, **_: Any) -> None:
     # Sent after Flask made the new context current, so ``g`` is the new context's.
-    if not hasattr(g, _TOKENS):
-        setattr(g, _TOKENS, bind(runtime_of(app)))
+    namespace = g._get_current_object()  # type: ignore[attr-defined]
+    if not hasattr(namespace, _TOKENS):
+        setattr(namespace, _TOKENS, bind(runtime_of(app)))
 
 
 def _unbind_app_context(error: BaseException | None) -> None:

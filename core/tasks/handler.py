@@ -25,6 +25,8 @@ from core.tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
+_TEXT = "text/plain; charset=utf-8"
+
 #: The key of the app's :class:`CallablePages` in ``app.extensions``.
 CALLABLE_PAGES = "core.callable_pages"
 
@@ -43,14 +45,14 @@ def callable_pages() -> CallablePages | None:
 
 def outcome_response(outcome: executor.Outcome) -> Response:
     headers = {"X-Task-Outcome": "ok" if outcome.error is None else type(outcome.error).__name__}
-    return Response(outcome.message + "\n", status=outcome.status, mimetype="text/plain", headers=headers)
+    return Response(outcome.message + "\n", status=outcome.status, content_type=_TEXT, headers=headers)
 
 
 def run_task_request(*kinds: str) -> Response:
     """Hand the current Flask request to the executor (a kind's own routes say where it may come)."""
-    outcome = executor.execute(get_runtime(), method=request.method, path=request.path,
-                               headers=request.headers, body=read_body(),
-                               expected_kinds=kinds or None)
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    outcome = executor.execute(get_runtime(), method=req.method, path=req.path, headers=req.headers,
+                               body=read_body(), expected_kinds=kinds or None)
     return outcome_response(outcome)
 
 
