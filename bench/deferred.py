@@ -1,12 +1,15 @@
 """Deferred calls: end-to-end rate, the HTTP limit, the Cloud Tasks emulator, and enqueue cost.
 
 Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figures and, last:
-``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t>``
+``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>``
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
     pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified,
-    decoded and run by the handler;
-(b) the limit: ``wrk`` on a bare no-op POST route of the same gunicorn;
+    decoded and run by the handler; and the app's CPU time per task (user + system time of the
+    gunicorn workers during the drain, divided by the tasks run): the cost a deployment pays per task;
+(b) the limit: ``wrk`` on a bare no-op POST route of the same gunicorn, with as many connections as
+    the dispatcher opens. (a) and (b) alternate over ``--e2e-rounds`` rounds and the medians count,
+    so a neighbour's load on the machine moves both alike;
 (c) gcloud-tasks-emulator's own push rate to a bare route of the same gunicorn;
 (d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
     vs. 100 sequential ``create_task`` calls against the same emulator;
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shutil
 import statistics
@@ -35,6 +39,9 @@ from core.tasks.transports.local import LocalQueueStore
 from tests.services.tasks_emulator import start_tasks_emulator
 
 PROJECT, LOCATION = "bench-project", "europe-west1"
+#: Connections the dispatcher may open, and wrk's for the limit: both push at the same concurrency.
+CONNECTIONS = 64
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
@@ -46,8 +53,20 @@ def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
     return time.monotonic()
 
 
-def e2e_rate(stack: LocalStack, count: int, *, track: bool = False) -> float:
-    """Queue ``count`` no-op tasks with the dispatcher stopped, then time the drain."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far (Linux ``/proc``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+    return total / _CLOCK_TICKS
+
+
+def e2e_rate(stack: LocalStack, count: int, *, track: bool = False) -> tuple[float, float]:
+    """Queue ``count`` no-op tasks with the dispatcher stopped, then time the drain.
+
+    Returns tasks per second and the gunicorn workers' CPU microseconds per task during the drain.
+    """
     stack.stop_dispatcher()
     session = requests.Session()
     per_request = min(count, 1000)
@@ -57,15 +76,19 @@ def e2e_rate(stack: LocalStack, count: int, *, track: bool = False) -> float:
     store = LocalQueueStore(stack.queue_db)
     queued = store.pending()  # a worker's first request may add this version's startup task
     assert count <= queued <= count + 2, (count, queued)
+    workers = stack.worker_pids()
+    cpu_before = cpu_seconds(workers)
     start = time.monotonic()
     stack.start_dispatcher()
     end = wait_until(lambda: store.pending() == 0, timeout=600)
+    cpu_us = (cpu_seconds(workers) - cpu_before) / count * 1e6
     failed = store.counts()
     store.close()
     rate = count / (end - start)
     label = "(e) end to end, tracked" if track else "(a) end to end"
-    print(f"{label}: {count} no-op tasks in {end - start:.2f} s = {rate:.0f} tasks/s  [{failed}]")
-    return rate
+    print(f"{label}: {count} no-op tasks in {end - start:.2f} s = {rate:.0f} tasks/s, "
+          f"app CPU {cpu_us:.0f} µs/task  [{failed}]")
+    return rate, cpu_us
 
 
 def rpcs_per_task(datastore, tmp: Path, calls: int = 20) -> dict[str, tuple[float, float]]:
@@ -93,17 +116,17 @@ def rpcs_per_task(datastore, tmp: Path, calls: int = 20) -> dict[str, tuple[floa
     return figures
 
 
-def wrk_rate(url: str, seconds: int) -> float:
+def wrk_rate(url: str, seconds: int, connections: int = CONNECTIONS) -> float:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is missing: run deploy/setup.sh (Debian package wrk)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.body = ""\n')
-    output = subprocess.run([wrk, "-t2", "-c32", f"-d{seconds}s", "-s", script.name, url],
+    output = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
                             capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    print(f"(b) limit: wrk -t2 -c32 on a bare no-op POST route: {rate:.0f} req/s"
+    print(f"(b) limit: wrk -t2 -c{connections} on a bare no-op POST route: {rate:.0f} req/s"
           + (f" ({errors.group(1)} non-2xx!)" if errors else ""))
     return rate
 
@@ -185,6 +208,8 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=8)
     parser.add_argument("--emulator-tasks", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--e2e-rounds", type=int, default=3,
+                        help="rounds of (b) then (a), alternating; their medians give e2e/limit")
     parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"),
                         help="gunicorn workers for (a)-(c): threaded as app.yaml runs them, or sync")
     args = parser.parse_args()
@@ -194,14 +219,22 @@ def main() -> None:
         counter = tmp / "count"
         stack = LocalStack(data_dir=tmp / "local", datastore=datastore, persist=False, cron=False,
                            app_module="bench.app:app", extra_env={"BENCH_COUNTER_FILE": str(counter)},
-                           dispatcher_args=("--no-rate-limits",), worker_class=args.worker_class,
+                           dispatcher_args=("--no-rate-limits", "--max-connections", str(CONNECTIONS)),
+                           worker_class=args.worker_class,
                            threads=4 if args.worker_class == "gthread" else 1)
         with stack:
             print(f"gunicorn: {stack.workers} {stack.worker_class} workers x {stack.threads} threads on {stack.url}; "
                   f"Python {sys.version.split()[0]}")
-            limit = wrk_rate(f"{stack.url}/bare/noop", args.wrk_seconds)
-            e2e = e2e_rate(stack, args.tasks)
-            tracked = e2e_rate(stack, args.tasks, track=True)
+            limits, rates, cpus = [], [], []
+            for _ in range(args.e2e_rounds):
+                limits.append(wrk_rate(f"{stack.url}/bare/noop", args.wrk_seconds))
+                rate, cpu_us = e2e_rate(stack, args.tasks)
+                rates.append(rate)
+                cpus.append(cpu_us)
+            limit, e2e, cpu_per_task = statistics.median(limits), statistics.median(rates), statistics.median(cpus)
+            print(f"    medians of {args.e2e_rounds} alternating rounds: limit {limit:.0f} req/s, "
+                  f"end to end {e2e:.0f} tasks/s, app CPU {cpu_per_task:.0f} µs/task")
+            tracked, _ = e2e_rate(stack, args.tasks, track=True)
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
         added, sequential = enqueue_cost(datastore, tmp, args.rounds)
         rpcs_per_task(datastore, tmp)
@@ -209,7 +242,8 @@ def main() -> None:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
-          f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f}")
+          f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f} "
+          f"app_cpu_us/task={cpu_per_task:.0f}")
 
 
 if __name__ == "__main__":
