@@ -84,7 +84,8 @@ def valid_value(annotation: Any, names: st.SearchStrategy[str]) -> st.SearchStra
 def deferred_calls(draw, runtime: TaskRuntime) -> tuple[str, dict[str, Any]]:
     """A ``deferred`` payload for one registered target, its arguments around their signature."""
     names = names_of(runtime)
-    every = sorted(runtime.registry.deferred)
+    # The library's and the example app's own targets; other test modules' targets fail on purpose.
+    every = sorted(name for name in runtime.registry.deferred if name.startswith(("core.", "example.")))
     name = draw(st.sampled_from([name for name in every if name.startswith("core.")]) | st.sampled_from(every))
     target = runtime.registry.deferred.get(name)
     try:
