@@ -11,7 +11,7 @@ import contextvars
 import os
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import datastore
@@ -48,6 +48,13 @@ class Datastore:
                                     credentials=AnonymousCredentials(),
                                     client_options={"api_endpoint": f"http://{self.emulator_host}"})
         return datastore.Client(project=self.project, namespace=self.namespace)
+
+    def key(self, *path: Any, namespace: str | None = None, parent: datastore.Key | None = None) -> datastore.Key:
+        """A key in this store's project and namespace (or under ``parent``)."""
+        if parent is not None:
+            return datastore.Key(*path, parent=parent)
+        return datastore.Key(*path, project=self.project,
+                             namespace=namespace if namespace is not None else self.namespace)
 
     def close(self) -> None:
         if self._client is not None:
