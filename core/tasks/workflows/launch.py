@@ -1,0 +1,79 @@
+"""Making a workflow's calls: a signature becomes an ordinary tracked deferred task, marked.
+
+The mark (``"workflow"`` in the task's payload: the workflow's id, its role and index) is what
+the workflow hook reads when the task ends; ``"group"`` puts the workflow's id on the task's
+record, so its tasks can be listed by workflow.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from core.tasks.deferred import DeferredTarget, defer
+from core.tasks.errors import TaskNotFound
+from core.tasks.handle import TaskHandle
+from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.tasks.runtime import TaskRuntime
+from core.tasks.workflows.signature import Signature
+
+MEMBER, CALLBACK, STEP = "member", "callback", "step"
+_NO_LEAD = object()
+_internal: list[DeferredTarget] = []
+
+
+def mark(workflow_id: str, role: str, index: int) -> dict[str, Any]:
+    return {"workflow": {"id": workflow_id, "role": role, "index": index}, "group": workflow_id}
+
+
+def marker_of(payload: Any) -> tuple[str, str, int] | None:
+    """``(workflow id, role, index)`` of a task's payload, or ``None`` for a task of no workflow."""
+    found = payload.get("workflow") if isinstance(payload, dict) else None
+    if not isinstance(found, dict):
+        return None
+    workflow_id, role, index = found.get("id"), found.get("role"), found.get("index")
+    if not isinstance(workflow_id, str) or role not in (MEMBER, CALLBACK, STEP) or not isinstance(index, int):
+        return None
+    return workflow_id, role, index
+
+
+def send(runtime: TaskRuntime, sig: Signature, workflow_id: str, role: str, index: int, *,
+         lead: Any = _NO_LEAD, name: str | None = None) -> TaskHandle:
+    """Defer ``sig`` as a tracked task of the workflow (``lead``: the result it receives first)."""
+    target = runtime.registry.deferred.find(sig.target)
+    if target is None:
+        raise TaskNotFound(f"{sig.target} is not a registered deferred function")
+    instance = None
+    if target.kind == "method":
+        instance = runtime.modules.get(sig.instance) if runtime.modules is not None and sig.instance else None
+        if instance is None:
+            raise TaskNotFound(f"no module is mounted at {sig.instance!r} for {sig.target}")
+    args = sig.args if lead is _NO_LEAD else (lead, *sig.args)
+    options = {k: v for k, v in sig.options.items() if v is not None}
+    return defer(runtime, target, tuple(args), dict(sig.kwargs), instance=instance, _track=True, _name=name,
+                 _extra=mark(workflow_id, role, index), **options)
+
+
+def internal(func: Callable[..., Any]) -> DeferredTarget:
+    """Register a workflow's own task (bookkeeping, spawning) in the active registry."""
+    target = DeferredTarget(qualified_name(func), func, "function")
+    active_registry().deferred.add(target.name, target)
+    _internal.append(target)
+    return target
+
+
+def install(registry: TaskRegistry) -> None:
+    """Make sure ``registry`` knows the workflows' own tasks (the active one does from import)."""
+    for target in _internal:
+        if target.name not in registry.deferred:
+            registry.deferred.add(target.name, target)
+
+
+def member_name(workflow_id: str, index: int) -> str:
+    """The queue name of a group's member: deterministic, hashed (queues spread hashed names best)."""
+    return "wfm-" + hashlib.sha256(f"{workflow_id}:{index}".encode()).hexdigest()[:40]
+
+
+def task_name(workflow_id: str, suffix: str) -> str:
+    """A deterministic queue name of one of a workflow's own tasks (ids are hex: always a valid name)."""
+    return f"wf-{workflow_id}-{suffix}"
