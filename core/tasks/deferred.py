@@ -48,7 +48,7 @@ from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
-from core.tasks.workflows.signature import Signature, signature
+from core.tasks.workflows.signatures import Signature, signature
 
 if TYPE_CHECKING:
     from core.tasks.security import TaskInfo

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
-    "Signature": "core.tasks.workflows.signature", "signature": "core.tasks.workflows.signature",
+    "Signature": "core.tasks.workflows.signatures", "signature": "core.tasks.workflows.signatures",
     "group": "core.tasks.workflows.groups", "Group": "core.tasks.workflows.groups",
     "chain": "core.tasks.workflows.chains", "Chain": "core.tasks.workflows.chains",
     "GroupHandle": "core.tasks.workflows.handle", "ChainHandle": "core.tasks.workflows.handle",
@@ -46,4 +46,4 @@ if TYPE_CHECKING:
     from core.tasks.workflows.groups import Group, group
     from core.tasks.workflows.handle import ChainHandle, GroupHandle, WorkflowFailed, WorkflowStatus
     from core.tasks.workflows.hook import WorkflowHook, install
-    from core.tasks.workflows.signature import Signature, signature
+    from core.tasks.workflows.signatures import Signature, signature

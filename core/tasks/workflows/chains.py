@@ -22,7 +22,7 @@ from core.tasks import records
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.workflows import launch, store
 from core.tasks.workflows.handle import ChainHandle
-from core.tasks.workflows.signature import Signature, check_complete
+from core.tasks.workflows.signatures import Signature, check_complete
 
 #: Steps a chain may have (its signatures live in the root entity).
 MAX_STEPS = 1000

@@ -35,7 +35,7 @@ from core.tasks import records
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.workflows import launch, store
 from core.tasks.workflows.handle import GroupHandle
-from core.tasks.workflows.signature import Signature, check_complete
+from core.tasks.workflows.signatures import Signature, check_complete
 
 #: Members one spawn task queues.
 SPAWN_BATCH = 200

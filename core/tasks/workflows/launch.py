@@ -15,7 +15,7 @@ from core.tasks.errors import TaskNotFound
 from core.tasks.handle import TaskHandle
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
 from core.tasks.runtime import TaskRuntime
-from core.tasks.workflows.signature import Signature
+from core.tasks.workflows.signatures import Signature
 
 MEMBER, CALLBACK, STEP = "member", "callback", "step"
 _NO_LEAD = object()
