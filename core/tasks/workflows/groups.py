@@ -11,10 +11,8 @@
 
 **Starting.** The members' signatures are stored in batches of ``SPAWN_BATCH``; the transaction
 that writes the group's root also queues the first spawn task (so a group exists if and only if
-it will be spawned). Spawn tasks queue the members, each under a deterministic task name, so a
-member is queued once however often its spawn task runs. (One transaction cannot hold the
-members: Datastore allows 25 entity groups per transaction, and each member has its record and
-its request.)
+it will be spawned). Spawn tasks queue the members a few per transaction, each transaction also
+moving the batch's mark past them, so a member is queued once however often its spawn task runs.
 
 **Ending.** When a member's task has ended (its record says so), its index is added to its shard's
 set in a transaction, with its result; the transaction that completes a shard's set adds the shard
@@ -39,6 +37,9 @@ from core.tasks.workflows.signatures import Signature, check_complete
 
 #: Members one spawn task queues.
 SPAWN_BATCH = 200
+#: Members queued per transaction: each has its record and its request, and Datastore allows 25
+#: entity groups in one transaction (the batch's own entity is the 25th).
+SPAWN_STEP = 11
 BATCH_KIND = "_tasks_workflow_batch"
 
 
@@ -91,7 +92,7 @@ def start_group(runtime: TaskRuntime, spec: Group) -> GroupHandle:
         entity = db.Entity(db.key(BATCH_KIND, f"{workflow_id}.{number}"), exclude_from_indexes=("calls",))
         calls = [m.to_json() for m in spec.members[first:first + SPAWN_BATCH]]
         entity.update({"workflow": workflow_id, "number": number, "first": first, "count": len(calls),
-                       "calls": tagged_json.dumps(calls), "spawned": False})
+                       "calls": tagged_json.dumps(calls), "spawned": 0})
         batches.append(entity)
     root["batches"] = len(batches)
     store.put_chunked(batches)  # unreachable until the root exists
@@ -112,29 +113,38 @@ def spawn_batch(workflow_id: str, number: int) -> int:
     """Queue the members of one stored batch, and the spawn tasks of two more; returns how many it queued.
 
     The spawn tasks form a binary tree (batch ``n`` starts ``2n + 1`` and ``2n + 2``), so a group
-    of many batches is queued in a few steps of parallel tasks. Every call has a deterministic
-    name: a spawn task that runs again (a duplicate push, a crash before its batch was marked
-    spawned) queues nothing twice.
+    of many batches is queued in a few steps of parallel tasks. Members are queued
+    ``SPAWN_STEP`` at a time, each step one transaction that writes their records and requests and
+    moves the batch's ``spawned`` mark past them: a spawn task that runs again (a duplicate push, a
+    crash halfway) queues no member twice, and one that died halfway goes on where it stopped.
     """
     runtime = get_runtime()
     root = db.get(store.root_key(workflow_id))
-    batch = db.get(db.key(BATCH_KIND, f"{workflow_id}.{number}"))
-    if root is None or batch is None:
+    key = db.key(BATCH_KIND, f"{workflow_id}.{number}")
+    if root is None:
         return 0
     for child in (2 * number + 1, 2 * number + 2):
         if child < int(root.get("batches") or 0):
             _send_spawn(runtime, workflow_id, child)
-    if batch.get("spawned"):
-        return 0
-    first = int(batch["first"])
-    calls = tagged_json.loads(batch["calls"])
-    for offset, call in enumerate(calls):
-        index = first + offset
-        launch.send(runtime, Signature.from_json(call), workflow_id, launch.MEMBER, index,
-                    name=launch.member_name(workflow_id, index))
-    batch.update({"spawned": True, "calls": None})
-    db.put(batch)
-    return len(calls)
+
+    def step() -> int:
+        batch = db.get(key)
+        if batch is None or batch.get("calls") is None:
+            return 0
+        calls = tagged_json.loads(batch["calls"])
+        first, done = int(batch["first"]), int(batch.get("spawned") or 0)
+        chosen = calls[done:done + SPAWN_STEP]
+        for offset, call in enumerate(chosen, start=done):
+            launch.send(runtime, Signature.from_json(call), workflow_id, launch.MEMBER, first + offset)
+        done += len(chosen)
+        batch.update({"spawned": done, "calls": batch["calls"] if done < len(calls) else None})
+        db.put(batch)
+        return len(chosen)
+
+    queued = 0
+    while (sent := db.run_in_transaction(step)) > 0:
+        queued += sent
+    return queued
 
 
 SPAWN = launch.internal(spawn_batch)

@@ -41,16 +41,10 @@ def book(runtime: TaskRuntime, workflow_id: str, role: str, index: int, task_id:
         chains.step_ended(runtime, root, index, record)
     elif role == launch.CALLBACK:
         groups.callback_ended(root, record)
+    elif root.get("state") == store.COMPLETE:
+        groups.finish(runtime, workflow_id)  # left undecided by a delivery that died after completing it
     else:
         groups.member_ended(runtime, root, index, record)
-        finish_if_complete(runtime, workflow_id)
-
-
-def finish_if_complete(runtime: TaskRuntime, workflow_id: str) -> None:
-    """A group left ``complete`` by a delivery that died before deciding is decided by the next one."""
-    root = db.get(store.root_key(workflow_id))
-    if root is not None and root.get("state") == store.COMPLETE:
-        groups.finish(runtime, workflow_id)
 
 
 def book_task(workflow_id: str, role: str, index: int, task_id: str) -> None:

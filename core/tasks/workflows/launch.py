@@ -6,7 +6,6 @@ record, so its tasks can be listed by workflow.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -67,11 +66,6 @@ def install(registry: TaskRegistry) -> None:
     for target in _internal:
         if target.name not in registry.deferred:
             registry.deferred.add(target.name, target)
-
-
-def member_name(workflow_id: str, index: int) -> str:
-    """The queue name of a group's member: deterministic, hashed (queues spread hashed names best)."""
-    return "wfm-" + hashlib.sha256(f"{workflow_id}:{index}".encode()).hexdigest()[:40]
 
 
 def task_name(workflow_id: str, suffix: str) -> str:

@@ -160,11 +160,12 @@ def test_bookkeeping_that_fails_is_handed_to_a_task(app, task_queue, monkeypatch
     assert handle.status().state == "succeeded"
 
 
-def test_a_large_group_is_spawned_in_batches_and_sharded(app, task_queue):
-    total = group_module.SPAWN_BATCH + 50
+def test_a_large_group_is_spawned_in_batches_and_sharded(app, task_queue, monkeypatch):
+    monkeypatch.setattr(group_module, "SPAWN_BATCH", 15)  # three batches: a spawn tree of two levels
+    total = 40
     handle = group(square.s(n) for n in range(total)).then(report.s("big")).start()
     root = db.get(store.root_key(handle.id))
-    assert root["shards"] == store.shard_count(total) == 16
+    assert root["shards"] == store.shard_count(total) == 16 and root["batches"] == 3
     assert len(task_queue.pending) == 1  # the first spawn task, not the members
     task_queue.transport.pending.extend(dataclasses.replace(t) for t in list(task_queue.pending))  # pushed twice
     _drain(task_queue)
