@@ -135,12 +135,14 @@ def spawn_batch(workflow_id: str, number: int) -> int:
         first, done = int(batch["first"]), int(batch.get("spawned") or 0)
         chosen = calls[done:done + SPAWN_STEP]
         for offset, call in enumerate(chosen, start=done):
-            launch.send(runtime, Signature.from_json(call), workflow_id, launch.MEMBER, first + offset)
+            launch.send(runtime, Signature.from_json(call), workflow_id, launch.MEMBER, first + offset,
+                        layout=layout)
         done += len(chosen)
         batch.update({"spawned": done, "calls": batch["calls"] if done < len(calls) else None})
         db.put(batch)
         return len(chosen)
 
+    layout = {"total": int(root["total"]), "shards": int(root["shards"])}
     queued = 0
     while (sent := db.run_in_transaction(step)) > 0:
         queued += sent
@@ -152,10 +154,13 @@ SPAWN = launch.internal(spawn_batch)
 
 # --- a member ended ----------------------------------------------------------------------------
 
-def member_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: db.Entity) -> None:
-    """Book member ``index`` as ended (idempotent), then close its shard and the group if it was the last."""
-    workflow_id = str(root.key.name)
-    total, shards = int(root["total"]), int(root["shards"])
+def member_ended(runtime: TaskRuntime, workflow_id: str, total: int, shards: int, index: int,
+                 record: db.Entity) -> None:
+    """Book member ``index`` as ended (idempotent), then close its shard and the group if it was the last.
+
+    A shard found complete is closed again every time (its member may be a redelivery after a crash
+    that came before the root heard of it); closing is idempotent too.
+    """
     if not 0 <= index < total:
         return
     succeeded = record.get("state") == records.SUCCEEDED

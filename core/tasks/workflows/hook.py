@@ -28,10 +28,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def book(runtime: TaskRuntime, workflow_id: str, role: str, index: int, task_id: str) -> None:
-    """Book one task of a workflow if its record says it has ended (idempotent)."""
+def book(runtime: TaskRuntime, workflow_id: str, role: str, index: int, task_id: str,
+         layout: tuple[int, int] | None = None) -> None:
+    """Book one task of a workflow if its record says it has ended (idempotent).
+
+    A member whose mark carries its group's ``layout`` (total, shards) is booked without reading
+    the group's root: a task record read and one shard transaction.
+    """
     record = records.get(task_id)
     if record is None or record.get("state") not in records.FINAL_STATES:
+        return
+    if role == launch.MEMBER and layout is not None:
+        groups.member_ended(runtime, workflow_id, *layout, index, record)
         return
     root = db.get(store.root_key(workflow_id))
     if root is None:
@@ -44,7 +52,7 @@ def book(runtime: TaskRuntime, workflow_id: str, role: str, index: int, task_id:
     elif root.get("state") == store.COMPLETE:
         groups.finish(runtime, workflow_id)  # left undecided by a delivery that died after completing it
     else:
-        groups.member_ended(runtime, root, index, record)
+        groups.member_ended(runtime, workflow_id, int(root["total"]), int(root["shards"]), index, record)
 
 
 def book_task(workflow_id: str, role: str, index: int, task_id: str) -> None:
@@ -65,7 +73,7 @@ class WorkflowHook(TaskHook):
         workflow_id, role, index = marker
         runtime = get_runtime()
         try:
-            book(runtime, workflow_id, role, index, task.id)
+            book(runtime, workflow_id, role, index, task.id, launch.layout_of(task.payload))
         except Exception:
             log.exception("could not book task %s of workflow %s now; a task will", task.id, workflow_id)
             launch.defer(runtime, BOOK, (workflow_id, role, index, task.id), {},

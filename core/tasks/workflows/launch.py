@@ -21,8 +21,9 @@ _NO_LEAD = object()
 _internal: list[DeferredTarget] = []
 
 
-def mark(workflow_id: str, role: str, index: int) -> dict[str, Any]:
-    return {"workflow": {"id": workflow_id, "role": role, "index": index}, "group": workflow_id}
+def mark(workflow_id: str, role: str, index: int, **layout: int) -> dict[str, Any]:
+    """The payload fields of a workflow's task; a member also carries its group's size and shards."""
+    return {"workflow": {"id": workflow_id, "role": role, "index": index, **layout}, "group": workflow_id}
 
 
 def marker_of(payload: Any) -> tuple[str, str, int] | None:
@@ -36,8 +37,17 @@ def marker_of(payload: Any) -> tuple[str, str, int] | None:
     return workflow_id, role, index
 
 
+def layout_of(payload: Any) -> tuple[int, int] | None:
+    """``(total, shards)`` a member's mark carries, so booking it needs no read of the root."""
+    found = payload.get("workflow") if isinstance(payload, dict) else None
+    total, shards = (found.get("total"), found.get("shards")) if isinstance(found, dict) else (None, None)
+    if isinstance(total, int) and isinstance(shards, int) and 0 < shards <= total:
+        return total, shards
+    return None
+
+
 def send(runtime: TaskRuntime, sig: Signature, workflow_id: str, role: str, index: int, *,
-         lead: Any = _NO_LEAD, name: str | None = None) -> TaskHandle:
+         lead: Any = _NO_LEAD, name: str | None = None, layout: dict[str, int] | None = None) -> TaskHandle:
     """Defer ``sig`` as a tracked task of the workflow (``lead``: the result it receives first)."""
     target = runtime.registry.deferred.find(sig.target)
     if target is None:
@@ -50,7 +60,7 @@ def send(runtime: TaskRuntime, sig: Signature, workflow_id: str, role: str, inde
     args = sig.args if lead is _NO_LEAD else (lead, *sig.args)
     options = {k: v for k, v in sig.options.items() if v is not None}
     return defer(runtime, target, tuple(args), dict(sig.kwargs), instance=instance, _track=True, _name=name,
-                 _extra=mark(workflow_id, role, index), **options)
+                 _extra=mark(workflow_id, role, index, **(layout or {})), **options)
 
 
 def internal(func: Callable[..., Any]) -> DeferredTarget:

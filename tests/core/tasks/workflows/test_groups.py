@@ -123,10 +123,10 @@ def test_a_crash_after_a_member_ran_but_before_its_bookkeeping_is_booked_by_the_
     last = _member_task(task_queue, 2)
     real = hook.book
 
-    def crash_on_last(runtime, workflow_id, role, index, task_id):
+    def crash_on_last(runtime, workflow_id, role, index, task_id, *layout):
         if index == 2:
             raise SystemExit("the process died")  # not an Exception: nothing in the request catches it
-        return real(runtime, workflow_id, role, index, task_id)
+        return real(runtime, workflow_id, role, index, task_id, *layout)
 
     monkeypatch.setattr(hook, "book", crash_on_last)
     with pytest.raises(SystemExit):
