@@ -6,10 +6,13 @@ import dataclasses
 import pytest
 
 from core import db
-from core.tasks import PermanentTaskFailure, callDeferred, message, records
+from core.module import Module
+from core.tasks import DeferredArgumentError, PermanentTaskFailure, callDeferred, message, records
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.workflows import WorkflowFailed, group, hook, store
+from core.tasks.runtime import runtime_of
+from core.tasks.workflows import WorkflowFailed, group, hook, signature, store
 from core.tasks.workflows import groups as group_module
+from core.testing import TaskQueue
 
 RUNS: list[tuple[str, object]] = []
 REPORTS: list[tuple[object, str]] = []
@@ -188,3 +191,26 @@ def test_a_group_without_callback_returns_the_members_results(app, task_queue):
     handle = group([square.s(3), square.s(4)]).start()
     _drain(task_queue)
     assert handle.result(timeout=5) == [9, 16]
+
+
+class Invoices(Module):
+    @callDeferred
+    def total(self, amount: int) -> int:
+        RUNS.append(("invoice", amount))
+        return amount + 1
+
+    @callDeferred
+    def summary(self, results: list) -> None:
+        REPORTS.append((results, self.module_path))
+
+
+def test_members_and_callback_can_be_deferred_methods_of_a_mounted_module(make_app):
+    app = make_app({"invoices": Invoices})
+    task_queue = TaskQueue(app)
+    live = runtime_of(app).modules.get("invoices")
+    handle = group(signature(live.total, n) for n in range(3)).then(signature(live.summary)).start()
+    _drain(task_queue)
+    assert sorted(RUNS) == [("invoice", 0), ("invoice", 1), ("invoice", 2)]
+    assert REPORTS == [([1, 2, 3], "invoices")] and handle.status().state == "succeeded"
+    with pytest.raises(DeferredArgumentError, match="not mounted"):
+        signature(Invoices("invoices", "elsewhere").total, 1)
