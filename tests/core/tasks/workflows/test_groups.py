@@ -68,13 +68,16 @@ def test_members_run_and_the_callback_runs_once_with_their_results_in_order(app,
 
 def test_duplicate_pushes_of_every_member_send_the_callback_once(app, task_queue):
     handle = group(square.s(n) for n in range(6)).then(report.s("dup")).start()
+    task_queue.run_pending(max_tasks=1)  # the spawn task
     copies = list(task_queue.pending)
+    assert len(copies) == 6
     _drain(task_queue)
     assert len(REPORTS) == 1
     task_queue.transport.pending.extend(dataclasses.replace(c) for c in copies)  # every member pushed again
     _drain(task_queue)
     assert len(REPORTS) == 1 and len(RUNS) == 6  # skipped as "ended before", booked again: no effect
-    assert handle.status().state == "succeeded"
+    status = handle.status()
+    assert (status.state, status.done, status.failed) == ("succeeded", 6, 0)
 
 
 def test_members_that_fail_and_are_retried_end_succeeded(app, task_queue):
