@@ -97,8 +97,7 @@ class WorkflowHook(TaskHook):
 
 
 def install(runtime: TaskRuntime) -> Any:
-    """Give ``runtime`` the workflow hook (once) and its registry the workflows' own tasks."""
-    launch.install(runtime.registry)
+    """Give ``runtime`` the workflow hook (once); the workflows' own tasks are built-ins of every registry."""
     for hook in runtime.hooks:
         if isinstance(hook, WorkflowHook):
             return hook

@@ -12,13 +12,12 @@ from typing import Any
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import TaskNotFound
 from core.tasks.handle import TaskHandle
-from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.tasks.registry import declare_builtin, qualified_name
 from core.tasks.runtime import TaskRuntime
 from core.tasks.workflows.signatures import Signature
 
 MEMBER, CALLBACK, STEP = "member", "callback", "step"
 _NO_LEAD = object()
-_internal: list[DeferredTarget] = []
 
 
 def mark(workflow_id: str, role: str, index: int, **layout: int) -> dict[str, Any]:
@@ -64,18 +63,10 @@ def send(runtime: TaskRuntime, sig: Signature, workflow_id: str, role: str, inde
 
 
 def internal(func: Callable[..., Any]) -> DeferredTarget:
-    """Register a workflow's own task (bookkeeping, spawning) in the active registry."""
+    """Declare a workflow's own task (bookkeeping, spawning): a built-in every app's registry gets."""
     target = DeferredTarget(qualified_name(func), func, "function")
-    active_registry().deferred.add(target.name, target)
-    _internal.append(target)
+    declare_builtin("deferred", target.name, target)
     return target
-
-
-def install(registry: TaskRegistry) -> None:
-    """Make sure ``registry`` knows the workflows' own tasks (the active one does from import)."""
-    for target in _internal:
-        if target.name not in registry.deferred:
-            registry.deferred.add(target.name, target)
 
 
 def task_name(workflow_id: str, suffix: str) -> str:
