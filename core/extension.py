@@ -36,6 +36,7 @@ from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
 from core.tasks.startup import runStartupTasks
 from core.tasks.transports.base import Transport
+from core.tasks.workflows.hook import install as install_workflows
 from core.users import UserProvider
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Tasks:
                               environment=opts.get("environment"), transport=opts.get("transport"),
                               admin_mail=opts.get("admin_mail"), datastore=_datastore(settings),
                               hooks=opts.get("hooks") or ())
+        install_workflows(runtime)  # groups and chains book their tasks through a hook
         runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up
         app.secret_key = app.secret_key or settings.secret_key
         app.config["LANGUAGES"] = languages

@@ -11,6 +11,7 @@ each also as JSON with ``?format=json`` or ``Accept: application/json``:
 - ``/_tasks/admin/failed``: failed tasks (dead letters) with ``POST .../failed/<id>/retry`` and
   ``.../discard``;
 - ``/_tasks/admin/runs``: runs of callable tasks;
+- ``/_tasks/admin/workflows``: groups and chains with done / failed / total (``workflows_page``);
 - ``/_tasks/admin/tasks``: tracked tasks (task records) with filters, the last hour's activity and
   the local queue's depth; ``POST .../tasks/<id>/cancel`` and ``.../retry`` (see ``tasks_page``).
 
@@ -29,7 +30,7 @@ from flask import Response, flash, jsonify, redirect, request
 
 from core import db, db_query
 from core import json as tagged_json
-from core.admin import forms, paging, tasks_page
+from core.admin import forms, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import exposed
@@ -133,6 +134,15 @@ class TaskAdmin(Dashboard):
             raise NotFound("no such page")
         data = tasks_page.page_data(runtime, request.args, f"{self._base()}/tasks")
         return respond("tasks.html", data, action_form=forms.ActionForm(), base=self._base(), title="Tasks")
+
+    @exposed(methods=("GET",))
+    @guarded
+    def workflows(self, *args: Any, **kwargs: Any) -> Response:
+        """Groups and chains with their progress (``core.admin.workflows_page``)."""
+        require_admin()
+        data = workflows_page.page_data(request.args, f"{self._base()}/workflows")
+        return respond("workflows.html", data, refresh=REFRESH_SECONDS if data["active"] else None,
+                       base=self._base(), title="Groups and chains")
 
     # --- actions ----------------------------------------------------------------------------
 

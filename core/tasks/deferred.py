@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from core import db
@@ -48,6 +48,7 @@ from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.workflows.signatures import Signature, signature
 
 if TYPE_CHECKING:
     from core.tasks.security import TaskInfo
@@ -135,6 +136,10 @@ class DeferredFunction:
             lock_name(self.target.lock, self.target.func, self.target.name,
                       args if bound is None else (bound, *args), kwargs)
         return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """The signature of this call, to run later in a group or chain (arguments checked now)."""
+        return signature(self, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<deferred {self.target.name}>"
@@ -248,8 +253,11 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
-          _track: bool | None = None) -> TaskHandle:
-    """Queue one call of ``target``; validates everything before anything is sent."""
+          _track: bool | None = None, _extra: Mapping[str, Any] | None = None) -> TaskHandle:
+    """Queue one call of ``target``; validates everything before anything is sent.
+
+    ``_extra`` adds fields to the task's payload (a workflow marks its tasks with it).
+    """
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     instance_path = None
@@ -272,6 +280,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["track"] = True
     if target.timeout is not None:
         call["timeout"] = target.timeout
+    if _extra:
+        call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
                                 env=capture_environment(runtime, target.name, queue))
     # A tracked task is named after its id, so a cancel can find it in the queue.

@@ -72,6 +72,8 @@ class TaskCall:
     eta: datetime.datetime | None = None
     #: What the queue says about the run (attempts); ``None`` before the task is sent.
     info: TaskInfo | None = None
+    #: The task's whole decoded payload (read it, don't change it): fields beyond the call's own.
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
     scratch: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -124,7 +126,7 @@ def call_of(envelope: Envelope, target: str | None, info: TaskInfo | None = None
                     kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
                     tags=_strings(payload.get("tags")),
                     description=description if isinstance(description, str) else None,
-                    name=name, eta=eta, info=info)
+                    name=name, eta=eta, info=info, payload=payload)
 
 
 def before_enqueue(runtime: TaskRuntime, own: Sequence[Any], envelope: Envelope, target: str, *,

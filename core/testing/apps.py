@@ -28,7 +28,8 @@ def as_test_app(app: Flask, *, settings: Settings, startup_tasks: bool = False, 
     runtime = TaskRuntime(settings, registry=options.get("registry", original.registry), modules=original.modules,
                           users=options.get("users", original.users),
                           environment=options.get("environment", original.environment),
-                          transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail))
+                          transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail),
+                          hooks=original.hooks)
     pending = app.extensions.get("core.startup_pending")
     app.extensions["core"] = runtime
     app.extensions["core.startup_pending"] = startup_tasks

@@ -12,6 +12,7 @@ from typing import Any
 from core import create_app, db
 from core.module import Module, exposed
 from core.tasks import PermanentTaskFailure, TaskHandle, callDeferred
+from core.tasks.workflows import group
 from example import MODULES, SessionUsers
 
 
@@ -70,6 +71,24 @@ def always_fails(token: str) -> None:
     raise RuntimeError("failing on purpose, always")
 
 
+@callDeferred
+def group_member(token: str, index: int, fail_once: bool) -> int:
+    """A group's member: fails its first run when ``fail_once``; records every run (two writes, no query)."""
+    if fail_once and db.get(db.key("probe_flag", f"{token}-{index}")) is None:
+        db.put(db.Entity(db.key("probe_flag", f"{token}-{index}")))
+        raise RuntimeError(f"member {index} fails once on purpose")
+    entity = db.Entity(db.key("probe_run", uuid.uuid4().hex))
+    entity.update({"probe": "group_member", "token": token, "index": index, "pid": os.getpid()})
+    db.put(entity)
+    return index * 2
+
+
+@callDeferred
+def group_report(results: list, token: str) -> int:
+    _record("group_report", token, count=len(results), total=sum(results))
+    return len(results)
+
+
 class Probes(Module):
     @exposed(methods=("POST",))
     def mixed(self, token: str, count: str = "10", seconds: str = "0.1") -> str:
@@ -113,6 +132,13 @@ class Probes(Module):
     def permanent(self, token: str) -> str:
         permanent(token)
         return "queued"
+
+    @exposed(methods=("POST",))
+    def group(self, token: str, count: str = "10", fail_every: str = "20") -> dict[str, Any]:
+        """A group of ``count`` members (every ``fail_every``-th fails once) with a report callback."""
+        every = int(fail_every)
+        members = (group_member.s(token, i, every > 0 and i % every == 0) for i in range(int(count)))
+        return {"id": group(members).then(group_report.s(token)).start().id}
 
     @exposed(methods=("POST",))
     def noop(self) -> str:
