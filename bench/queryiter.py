@@ -32,7 +32,8 @@ import requests
 
 from core import db
 from core.module import Module, exposed
-from core.tasks.queryiter import FINISHED, QueryIter, get_run
+from core.tasks.queryiter import QueryIter
+from core.tasks.queryiter.runs import FINISHED, get_run
 
 KIND = "bench_qi_item"
 WARM_KIND = "bench_qi_warm"

@@ -35,12 +35,13 @@ from core.admin.views import describe_run, run_is_active
 from core.module import exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, periodic_now, queryiter, records
+from core.tasks import dispatch, lifecycle, periodic_now, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import periodic_overview
-from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
-from core.tasks.queryiter import RunInfo
+from core.tasks.queryiter import runs as queryiter
+from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
+from core.tasks.queryiter.runs import RunInfo
 from core.tasks.runtime import TaskRuntime
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest

@@ -17,17 +17,8 @@ import requests
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks.queryiter import (
-    FINISHED,
-    QUERY_ITER_PATH,
-    RUN_KIND,
-    STOPPED,
-    DeleteEntitiesIter,
-    QueryIter,
-    get_run,
-    resume_run,
-    start_run,
-)
+from core.tasks.queryiter.api import DeleteEntitiesIter, QueryIter, start_run
+from core.tasks.queryiter.runs import FINISHED, QUERY_ITER_PATH, RUN_KIND, STOPPED, get_run, resume_run
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from tests.e2e.conftest import sign_in, wait_for
 

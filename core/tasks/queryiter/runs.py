@@ -1,0 +1,197 @@
+"""Run records of query iterators: what a run is, reading them, stopping and resuming, step names.
+
+A run record (kind :data:`RUN_KIND`) is the truth about one run; a step task only says which run,
+generation and step it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+import re
+from typing import Any
+
+from core import db
+from core import json as tagged_json
+from core.tasks import dispatch, message
+from core.tasks.deferred import build_request
+from core.tasks.errors import NotFound, PayloadError
+from core.tasks.runtime import TaskRuntime, get_runtime
+from core.tasks.transports.base import TaskRequest
+
+log = logging.getLogger(__name__)
+
+QUERY_ITER_PATH = "/_tasks/queryIter"
+TASK_KIND = "queryIter"
+RUN_KIND = "_tasks_query_run"
+
+RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
+STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
+
+#: Custom data, query and caller environment must fit in the run record (entities stop at 1 MiB).
+MAX_RECORD_DATA_BYTES = 900_000
+#: Error texts kept on the run record are cut to this length.
+MAX_ERROR_CHARS = 4_000
+UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """A run as the dashboard shows it."""
+
+    id: str
+    iterator: str
+    kind: str | None
+    queue: str
+    status: str
+    processed: int
+    errors: int
+    generation: int
+    step: int
+    cursor: str | None
+    started: datetime.datetime
+    updated: datetime.datetime
+    finished: datetime.datetime | None
+    last_error: str | None
+    #: Entities the query matched at the start; ``None`` for runs started before totals were kept.
+    total: int | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the start to the finish (running: to now; stopped/failed: last update)."""
+        if self.finished is not None:
+            end = self.finished
+        elif self.status == RUNNING:
+            end = now()
+        else:
+            end = self.updated
+        return max(0.0, (end - self.started).total_seconds())
+
+    @property
+    def rate(self) -> float:
+        """Entities per second over :attr:`elapsed`."""
+        elapsed = self.elapsed
+        return self.processed / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds until a running run reaches :attr:`total` at its current rate (``None``: unknown)."""
+        if self.status != RUNNING or self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.processed) / self.rate
+
+    @classmethod
+    def from_entity(cls, entity: db.Entity) -> RunInfo:
+        return cls(id=str(entity.key.name), iterator=entity["class"], kind=entity.get("kind"),
+                   queue=entity["queue"], status=entity["status"], processed=int(entity.get("processed") or 0),
+                   errors=int(entity.get("errors") or 0), generation=int(entity["generation"]),
+                   step=int(entity["step"]), cursor=entity.get("cursor"), started=entity["started"],
+                   updated=entity["updated"], finished=entity.get("finished"), last_error=entity.get("last_error"),
+                   total=entity.get("total"))
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def run_key(run_id: str) -> db.Key:
+    return db.key(RUN_KIND, run_id)
+
+
+def get_run(run_id: str) -> RunInfo | None:
+    """The run ``run_id``, or ``None``."""
+    entity = db.get(run_key(run_id))
+    return None if entity is None else RunInfo.from_entity(entity)
+
+
+def list_runs(limit: int = 50) -> list[RunInfo]:
+    """The latest runs, newest first (for the admin dashboard)."""
+    return [RunInfo.from_entity(e) for e in db.Query(RUN_KIND).order("-started").run(limit=limit)]
+
+
+def step_task_name(run_id: str, generation: int, step: int) -> str:
+    """The queue name of one step: hashed first (Cloud Tasks wants no sequential prefixes)."""
+    digest = hashlib.sha256(f"{run_id}/{generation}/{step}".encode()).hexdigest()
+    return f"{digest[:32]}-qi-{generation}-{step}"
+
+
+def step_request(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str, env: dict[str, Any],
+                 generation: int, step: int) -> TaskRequest:
+    """The signed task of one step of a run."""
+    envelope = message.Envelope(kind=TASK_KIND, queue=queue, env=env,
+                                payload={"run": run_id, "class": iter_id, "gen": generation, "step": step})
+    return build_request(runtime, envelope, QUERY_ITER_PATH, name=step_task_name(run_id, generation, step))
+
+
+def parse_step(payload: Any) -> tuple[str, str, int, int]:
+    """``(run id, class id, generation, step)`` of a step's payload (raises :class:`PayloadError`)."""
+    try:
+        run_id, iter_id = payload["run"], payload["class"]
+        generation, step = payload["gen"], payload["step"]
+    except (KeyError, TypeError):
+        raise PayloadError("malformed query iterator step") from None
+    if not (isinstance(run_id, str) and _RUN_ID_RE.fullmatch(run_id) and isinstance(iter_id, str)
+            and type(generation) is int and type(step) is int):
+        raise PayloadError("malformed query iterator step")
+    return run_id, iter_id, generation, step
+
+
+def error_text(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " ..."
+
+
+def fail_run(key: db.Key, error: str) -> None:
+    """Mark a running run failed (resumable), keeping its position."""
+    def fail() -> None:
+        record = db.get(key)
+        if record is not None and record["status"] == RUNNING:
+            record.update({"status": FAILED, "last_error": error_text(error), "updated": now()})
+            db.put(record)
+
+    db.run_in_transaction(fail)
+
+
+def stop_run(run_id: str) -> bool:
+    """Stop a running run where it is; ``False`` if it was not running or is already finishing.
+
+    Resume it with :func:`resume_run`.
+    """
+    def stop() -> bool:
+        record = db.get(run_key(run_id))
+        if record is None:
+            raise NotFound(f"no query run {run_id!r}")
+        if record["status"] != RUNNING or record.get("finishing_since") is not None:
+            return False
+        record.update({"status": STOPPED, "updated": now(), "last_error": "stopped on request"})
+        db.put(record)
+        return True
+
+    return db.run_in_transaction(stop)
+
+
+def resume_run(run_id: str, *, runtime: TaskRuntime | None = None) -> bool:
+    """Continue a stopped or failed run from its recorded position; ``False`` if it was neither.
+
+    Starts a new generation of step names, so steps queued before the stop can never run again.
+    """
+    runtime = runtime or get_runtime()
+
+    def resume() -> bool:
+        record = db.get(run_key(run_id))
+        if record is None:
+            raise NotFound(f"no query run {run_id!r}")
+        if record["status"] not in (STOPPED, FAILED):
+            return False
+        generation = int(record["generation"]) + 1
+        record.update({"status": RUNNING, "generation": generation, "updated": now(), "finished": None,
+                       "finishing_since": None, "finish_token": None})
+        db.put(record)
+        dispatch.send(runtime, step_request(runtime, run_id=run_id, iter_id=record["class"], queue=record["queue"],
+                                             env=tagged_json.loads(record["env"]), generation=generation,
+                                             step=int(record["step"])))
+        return True
+
+    return db.run_in_transaction(resume)
+
