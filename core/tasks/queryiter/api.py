@@ -12,12 +12,16 @@ from core import json as tagged_json
 from core.tasks import aio, dispatch, started
 from core.tasks.deferred import capture_environment
 from core.tasks.errors import ConfigurationError, DeferredArgumentError, TaskNotFound
+from core.tasks.queryiter import split
 from core.tasks.queryiter.runs import (
     MAX_RECORD_DATA_BYTES,
+    MAX_SHARDS,
     RUNNING,
+    SHARD_UNINDEXED,
     UNINDEXED,
     now,
     run_key,
+    shard_key,
     step_request,
 )
 from core.tasks.registry import TaskRegistry, active_registry, qualified_name
@@ -76,13 +80,15 @@ class QueryIter(metaclass=MetaQueryIter):
     finishLease: ClassVar[datetime.timedelta] = datetime.timedelta(minutes=10)  # noqa: N815
 
     @classmethod
-    def startIterOnQuery(cls, query: db.Query, customData: Any = None) -> str:  # noqa: N802, N803
+    def startIterOnQuery(cls, query: db.Query, customData: Any = None, shards: int = 1) -> str:  # noqa: N802, N803
         """Start iterating ``query`` on this class; returns the run id at once.
 
         The first chunk already runs as a task. ``customData`` must survive ``core.json``; a value
-        that can't, or a query a cursor can't resume (IN, NOT_IN, !=), raises here.
+        that can't, or a query a cursor can't resume (IN, NOT_IN, !=), raises here. ``shards > 1``
+        splits the key space into that many ranges, each its own chain of chunks, run in parallel;
+        ``handleFinish`` still runs once, with the total. A query that can't be split raises here.
         """
-        return start_run(cls, query, customData)
+        return start_run(cls, query, customData, shards=shards)
 
     @classmethod
     def handleEntry(cls, entry: db.Entity, customData: Any) -> None:  # noqa: N802, N803
@@ -154,12 +160,13 @@ def _encode_argument(value: Any, what: str, cls: type[QueryIter]) -> str:
         raise DeferredArgumentError(f"cannot start {cls.iter_id}: {exc}") from None
 
 
-def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
+def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *, shards: int = 1,
               runtime: TaskRuntime | None = None) -> str:
     """Create the run record of ``cls`` over ``query`` and queue its first step; returns the run id.
 
     Record and first task are written in one transaction (the task through the outbox), so a run
-    exists if and only if its chain was started.
+    exists if and only if its chain was started. With ``shards > 1`` the record, one shard record
+    per key range and each range's first step are written in that one transaction.
     """
     runtime = runtime or get_runtime()
     if not runtime.settings.tasks_secret:
@@ -172,6 +179,7 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
         raise DeferredArgumentError(
             f"cannot start {cls.iter_id}: {query!r} uses IN, NOT_IN or != and a cursor cannot resume it; "
             "start one run per value instead")
+    _check_shards(cls, query, shards)
     custom = _encode_argument(custom_data, "customData", cls)
     query_json = _encode_argument(query.to_dict(), "query", cls)
     env = capture_environment(runtime)
@@ -191,17 +199,44 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
         "started": started_at, "updated": started_at, "finished": None, "finishing_since": None, "finish_token": None,
         "last_error": None,
     })
-    request = step_request(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env,
-                            generation=0, step=0)
+    if shards == 1:
+        entities = [record]
+        requests = [step_request(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env,
+                                 generation=0, step=0)]
+    else:
+        ranges = split.key_ranges(split.split_points(query, shards))
+        record["shards"] = len(ranges)
+        entities = [record, *(_shard_record(run_id, index, lo, hi) for index, (lo, hi) in enumerate(ranges))]
+        requests = [step_request(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env,
+                                 generation=0, step=0, shard=index) for index in range(len(ranges))]
 
     def create() -> None:
-        db.put(record)
-        dispatch.send(runtime, request)
+        db.put(entities)
+        for request in requests:
+            dispatch.send(runtime, request)
 
     db.run_in_transaction(create)
-    log.info("started query run %s of %s over %r", run_id, cls.iter_id, query)
+    log.info("started query run %s of %s over %r in %d chain(s)", run_id, cls.iter_id, query, len(requests))
     started.note("queryiter", run_id, cls.__name__)
     return run_id
+
+
+def _check_shards(cls: type[QueryIter], query: db.Query, shards: Any) -> None:
+    if type(shards) is not int or not 1 <= shards <= MAX_SHARDS:
+        raise DeferredArgumentError(f"{cls.iter_id}.startIterOnQuery: shards must be an int from 1 to {MAX_SHARDS}, "
+                                    f"got {shards!r}")
+    reason = split.refusal(query) if shards > 1 else None
+    if reason is not None:
+        raise DeferredArgumentError(f"{cls.iter_id}.startIterOnQuery: cannot split {query!r} into {shards} shards: "
+                                    f"{reason}; start it with shards=1")
+
+
+def _shard_record(run_id: str, index: int, lo: db.Key | None, hi: db.Key | None) -> db.Entity:
+    shard = db.Entity(shard_key(run_id, index), exclude_from_indexes=SHARD_UNINDEXED)
+    shard.update({"run": run_id, "index": index, "lo": lo, "hi": hi, "state": RUNNING, "step": 0, "processed": 0,
+                  "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0, "updated": now(),
+                  "last_error": None})
+    return shard
 
 
 def _count(query: db.Query) -> int | None:

@@ -16,12 +16,14 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
-from core.tasks import aio, dispatch, executor, lease, message
-from core.tasks.errors import PayloadError, PermanentTaskFailure, RetryTask, TaskNotFound
+from core.tasks import aio, dispatch, executor, message
+from core.tasks.errors import PayloadError, PermanentTaskFailure, TaskNotFound
+from core.tasks.queryiter import split
 from core.tasks.queryiter.api import DEFAULT_CHUNK_SECONDS, QueryIter, batch_handler
+from core.tasks.queryiter.finish import Lost, call_finish, check_claim, claim_over_shards
 from core.tasks.queryiter.runs import (
-    FINISHED,
     RUNNING,
+    SHARD_DONE,
     STOPPED,
     TASK_KIND,
     error_text,
@@ -29,6 +31,7 @@ from core.tasks.queryiter.runs import (
     now,
     parse_step,
     run_key,
+    shard_key,
     step_request,
 )
 from core.tasks.runtime import TaskRuntime
@@ -72,26 +75,27 @@ def _key_digest(entity: db.Entity) -> str:
 _EXHAUSTED, _YIELD, _STOPPED = "exhausted", "yield", "stopped"
 
 
-class _Lost(Exception):
-    """The run record moved on without this execution (stopped, resumed or done by another)."""
-
-
 class _Chunk:
     """One execution of one step of a run."""
 
-    def __init__(self, runtime: TaskRuntime, cls: type[QueryIter], record: db.Entity, env: dict[str, Any],
-                 generation: int, step: int) -> None:
+    def __init__(self, runtime: TaskRuntime, cls: type[QueryIter], run: db.Entity, record: db.Entity,
+                 env: dict[str, Any], generation: int, step: int, shard: int | None) -> None:
+        """``record`` holds the position: the run record itself, or the shard record of ``shard``."""
         self.runtime, self.cls, self.env = runtime, cls, env
         self.key: db.Key = record.key
-        self.run_id = str(record.key.name)
-        self.queue: str = record["queue"]
-        self.generation, self.step = generation, step
-        self.custom = tagged_json.loads(record["custom"])
-        self.query = db.Query.from_dict(tagged_json.loads(record["query"]))
+        self.run_key: db.Key = run.key
+        self.run_id = str(run.key.name)
+        self.queue: str = run["queue"]
+        self.generation, self.step, self.shard = generation, step, shard
+        self.custom = tagged_json.loads(run["custom"])
+        self.query = db.Query.from_dict(tagged_json.loads(run["query"]))
+        if shard is not None:
+            self.query = split.in_range(self.query, record["lo"], record["hi"])
         if cls.keysOnly:
             self.query.keys_only()
         self.position = _Position.of(record)
-        self.finish_claimed = record.get("finishing_since") is not None
+        # A claimed finish whose execution failed or died, or a shard already done: the scan is over.
+        self.scanned = record.get("finishing_since") is not None or record.get("state") == SHARD_DONE
         self.seconds_per_entry = float(record.get("seconds_per_entry") or 0.0)
         self.budget = _chunk_seconds(runtime, cls)
         self.batch = batch_handler(cls)
@@ -104,14 +108,14 @@ class _Chunk:
     def run(self) -> None:
         """Handle entities until the budget is spent, the query ends or the run stops."""
         try:
-            # A claimed finish whose execution failed or died: the scan is over, only the finish is left.
-            outcome = _EXHAUSTED if self.finish_claimed else self._scan()
+            outcome = _EXHAUSTED if self.scanned else self._scan()
             if outcome == _EXHAUSTED:
                 self.finish()
             elif outcome == _YIELD:
                 self._advance()
-        except _Lost:
-            log.info("query run %s step %d: the run moved on, this execution stops", self.run_id, self.step)
+        except Lost:
+            log.info("query run %s step %d%s: the run moved on, this execution stops", self.run_id, self.step,
+                     "" if self.shard is None else f" of shard {self.shard}")
 
     def _scan(self) -> str:
         """Handle pages from the recorded position until the chunk must end; says why it ended."""
@@ -227,35 +231,42 @@ class _Chunk:
 
     # writes to the run record
 
-    def _update(self, change: Callable[[db.Entity], None], *, allow_stopped: bool = True) -> db.Entity:
-        """Apply ``change`` to the record in a transaction if it still belongs to this execution.
+    def _update(self, change: Callable[[db.Entity, db.Entity], None], *, allow_stopped: bool = True,
+                touch_run: bool = False) -> db.Entity:
+        """Apply ``change(record, run)`` in a transaction if the record still belongs to this execution.
 
-        A run stopped meanwhile still gets this execution's progress, then :class:`_Lost` ends it.
+        The run record decides status and generation; a shard's record its step and position. A
+        run stopped meanwhile still gets this execution's progress, then :class:`Lost` ends it.
+        ``touch_run`` writes the run record too (a shard stopping the run).
         """
         def apply() -> tuple[db.Entity, bool]:
-            record = db.get(self.key)
-            if (record is None or int(record["generation"]) != self.generation or int(record["step"]) != self.step
+            if self.shard is None:
+                run = record = db.get(self.key)
+            else:
+                run, record = db.get([self.run_key, self.key])
+            if (run is None or record is None or int(run["generation"]) != self.generation
+                    or int(record["step"]) != self.step or record.get("state") == SHARD_DONE
                     or int(record.get("processed") or 0) > self.position.processed):
-                raise _Lost()
-            status = record["status"]
+                raise Lost()
+            status = run["status"]
             if status == STOPPED and allow_stopped:
                 self.position.write(record)
                 db.put(record)
                 return record, False
             if status != RUNNING:
-                raise _Lost()
-            change(record)
-            db.put(record)
+                raise Lost()
+            change(record, run)
+            db.put([record, run] if touch_run and run is not record else record)
             return record, True
 
         record, running = db.run_in_transaction(apply)
         if not running:
-            raise _Lost()
+            raise Lost()
         return record
 
     def _save(self, error: str | None = None) -> None:
         """Checkpoint: commit the position so a retry of this step goes on from here."""
-        def change(record: db.Entity) -> None:
+        def change(record: db.Entity, run: db.Entity) -> None:
             self.position.write(record)
             record["seconds_per_entry"] = self.seconds_per_entry
             if error is not None:
@@ -265,16 +276,16 @@ class _Chunk:
         self.saved_at = time.monotonic()
 
     def _stop(self, error: str) -> None:
-        def change(record: db.Entity) -> None:
+        def change(record: db.Entity, run: db.Entity) -> None:
             self.position.write(record)
-            record.update({"status": STOPPED, "last_error": error_text(error)})
+            run.update({"status": STOPPED, "last_error": error_text(error), "updated": now()})
 
-        self._update(change)
+        self._update(change, touch_run=True)
         log.warning("query run %s stopped by handleError: %s", self.run_id, error)
 
     def _advance(self) -> None:
         """Commit the position as the end of this step, then queue the next step."""
-        def change(record: db.Entity) -> None:
+        def change(record: db.Entity, run: db.Entity) -> None:
             self.position.write(record)
             record.update({"step": self.step + 1, "seconds_per_entry": self.seconds_per_entry})
 
@@ -285,56 +296,34 @@ class _Chunk:
 
     def successor(self) -> TaskRequest:
         return step_request(self.runtime, run_id=self.run_id, iter_id=self.cls.iter_id, queue=self.queue,
-                             env=self.env, generation=self.generation, step=self.step + 1)
+                            env=self.env, generation=self.generation, step=self.step + 1, shard=self.shard)
 
     # the end
 
     def finish(self) -> None:
-        """Claim the finish, run ``handleFinish`` once, mark the run finished."""
+        """Claim the finish (a shard: mark itself done, then claim if all are), run ``handleFinish`` once."""
         token = uuid.uuid4().hex
         lease_time = self.cls.finishLease
+        if self.shard is not None:
+            if not self.scanned:
+                def done(record: db.Entity, run: db.Entity) -> None:
+                    self.position.write(record)
+                    record["state"] = SHARD_DONE
 
-        def claim(record: db.Entity) -> None:
-            since = record.get("finishing_since")
-            if since is not None and now() - since < lease_time:
-                raise RetryTask(f"query run {self.run_id} is being finished by another execution")
-            self.position.write(record)
-            record.update({"finishing_since": now(), "finish_token": token})
-
-        record = self._update(claim, allow_stopped=False)
-        total = int(record["processed"])
-        try:
-            with lease.Heartbeat(self._finish_keeper(token), lease.renew_interval(lease_time),
-                                 what=f"handleFinish of query run {self.run_id}"):
-                aio.call(self.cls.handleFinish, total, self.custom)
-        except BaseException as exc:
-            self._release_claim(token, f"handleFinish: {type(exc).__name__}: {exc}")
-            raise
-
-        def done() -> None:
-            current = db.get(self.key)
-            if current is None or current.get("finish_token") != token:
+                self._update(done)
+                log.info("query run %s: shard %d is done after %d entities", self.run_id, self.shard,
+                         self.position.processed)
+            total = claim_over_shards(self.run_key, self.generation, lease_time, token)
+            if total is None:
                 return
-            ended = now()
-            current.update({"status": FINISHED, "finished": ended, "updated": ended, "finishing_since": None})
-            db.put(current)
+        else:
+            def claim(record: db.Entity, run: db.Entity) -> None:
+                check_claim(record, lease_time, self.run_id)
+                self.position.write(record)
+                record.update({"finishing_since": now(), "finish_token": token})
 
-        db.run_in_transaction(done)
-        log.info("query run %s of %s finished after %d entities", self.run_id, self.cls.iter_id, total)
-
-    def _finish_keeper(self, token: str) -> Callable[[], bool]:
-        """Renews the finish claim while ``handleFinish`` runs, so no retry takes it over."""
-        return lease.stamper(self.key, "finishing_since", lambda record: record.get("finish_token") == token)
-
-    def _release_claim(self, token: str, error: str) -> None:
-        def release() -> None:
-            record = db.get(self.key)
-            if record is not None and record.get("finish_token") == token:
-                record.update({"finishing_since": None, "finish_token": None, "last_error": error_text(error),
-                               "updated": now()})
-                db.put(record)
-
-        db.run_in_transaction(release)
+            total = int(self._update(claim, allow_stopped=False)["processed"])
+        call_finish(self.cls, self.run_key, token, total, self.custom)
 
 
 def _chunk_seconds(runtime: TaskRuntime, cls: type[QueryIter]) -> float:
@@ -346,7 +335,7 @@ def _chunk_seconds(runtime: TaskRuntime, cls: type[QueryIter]) -> float:
 
 def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -> None:
     """Run one ``queryIter`` envelope (the executor's runner for this kind)."""
-    run_id, iter_id, generation, step = parse_step(envelope.payload)
+    run_id, iter_id, generation, step, shard = parse_step(envelope.payload)
     key = run_key(run_id)
     record = db.get(key)
     if record is None:
@@ -363,19 +352,31 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
         log.info("query run %s is %s (generation %s): step %d does nothing",
                  run_id, record["status"], record["generation"], step)
         return
-    chunk = _Chunk(runtime, cls, record, dict(envelope.env), generation, step)
-    if int(record["step"]) == step + 1:
+    holder = record if shard is None else _shard_of(record, shard)
+    chunk = _Chunk(runtime, cls, record, holder, dict(envelope.env), generation, step, shard)
+    if int(holder["step"]) == step + 1:
         # This step committed before and is being retried: make sure its successor exists.
         dispatch.send(runtime, chunk.successor())
         return
-    if int(record["step"]) != step:
-        log.warning("query run %s is at step %s; stale step %d does nothing", run_id, record["step"], step)
+    if int(holder["step"]) != step:
+        log.warning("query run %s is at step %s; stale step %d does nothing", run_id, holder["step"], step)
         return
     try:
         chunk.run()
     except PermanentTaskFailure as exc:
         fail_run(key, f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _shard_of(record: db.Entity, shard: int) -> db.Entity:
+    """The record of ``shard`` of the run ``record`` (a step naming a shard the run lacks is malformed)."""
+    run_id = str(record.key.name)
+    if shard >= int(record.get("shards") or 0):
+        raise PayloadError(f"a step names shard {shard} of query run {run_id}, which has {record.get('shards') or 0}")
+    holder = db.get(shard_key(run_id, shard))
+    if holder is None:
+        raise PermanentTaskFailure(f"shard {shard} of query run {run_id} does not exist")
+    return holder
 
 
 executor.register_kind(TASK_KIND, run_step)
