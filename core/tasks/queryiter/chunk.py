@@ -352,6 +352,8 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
         log.info("query run %s is %s (generation %s): step %d does nothing",
                  run_id, record["status"], record["generation"], step)
         return
+    if shard is None and record.get("shards"):
+        raise PayloadError(f"a step of sharded query run {run_id} names no shard")
     holder = record if shard is None else _shard_of(record, shard)
     chunk = _Chunk(runtime, cls, record, holder, dict(envelope.env), generation, step, shard)
     if int(holder["step"]) == step + 1:
