@@ -332,7 +332,6 @@ def _chunk_seconds(runtime: TaskRuntime, cls: type[QueryIter]) -> float:
     return runtime.settings.tasks_query_chunk_seconds or DEFAULT_CHUNK_SECONDS
 
 
-
 def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -> None:
     """Run one ``queryIter`` envelope (the executor's runner for this kind)."""
     run_id, iter_id, generation, step, shard = parse_step(envelope.payload)
