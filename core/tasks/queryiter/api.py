@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 
 from core import db, db_query
 from core import json as tagged_json
+from core.clock import utc_now as now
 from core.tasks import aio, dispatch, started
-from core.tasks.deferred import capture_environment
+from core.tasks.context import capture_environment
 from core.tasks.errors import ConfigurationError, DeferredArgumentError, TaskNotFound
 from core.tasks.queryiter import split
 from core.tasks.queryiter.runs import (
@@ -19,12 +20,11 @@ from core.tasks.queryiter.runs import (
     RUNNING,
     SHARD_UNINDEXED,
     UNINDEXED,
-    now,
     run_key,
     shard_key,
     step_request,
 )
-from core.tasks.registry import TaskRegistry, active_registry, qualified_name
+from core.tasks.registry import TaskRegistry, declare, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ DEFAULT_PAGE_SIZE = 500
 class MetaQueryIter(type):
     """Registers every query iterator class under a stable id (``module.qualname``).
 
-    The id goes into the active registry's ``query_iters`` table when the class is defined, so
-    any instance of the app that imported the code can run a chunk of any run. Classes defined
+    The id is declared in the ``query_iters`` table when the class is defined (every app's registry
+    takes it), so any instance of the app that imported the code can run a chunk of any run. Classes defined
     inside functions cannot be found by name elsewhere and are refused here.
     """
 
@@ -47,7 +47,7 @@ class MetaQueryIter(type):
         super().__init__(name, bases, namespace, **kwargs)
         cls.iter_id = qualified_name(cls)
         aio.check_hooks(cls, ("handleEntry", "handleEntries", "handleFinish", "handleError"), "QueryIter hook")
-        active_registry().query_iters.add(cls.iter_id, cls)
+        declare("query_iters", cls.iter_id, cls)
 
 
 class QueryIter(metaclass=MetaQueryIter):

@@ -16,24 +16,25 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
-from core.tasks import aio, dispatch, executor, message
-from core.tasks.errors import PayloadError, PermanentTaskFailure, TaskNotFound
+from core.clock import utc_now as now
+from core.tasks import aio, dispatch, message
+from core.tasks.errors import PayloadError, PermanentTaskFailure, TaskNotFound, error_text
 from core.tasks.queryiter import split
 from core.tasks.queryiter.api import DEFAULT_CHUNK_SECONDS, QueryIter, batch_handler
 from core.tasks.queryiter.finish import Lost, call_finish, check_claim, claim_over_shards
 from core.tasks.queryiter.runs import (
+    QUERY_ITER_PATH,
     RUNNING,
     SHARD_DONE,
     STOPPED,
     TASK_KIND,
-    error_text,
     fail_run,
-    now,
     parse_step,
     run_key,
     shard_key,
     step_request,
 )
+from core.tasks.registry import declare_kind
 from core.tasks.runtime import TaskRuntime
 from core.tasks.security import TaskInfo
 from core.tasks.transports.base import TaskRequest
@@ -380,4 +381,4 @@ def _shard_of(record: db.Entity, shard: int) -> db.Entity:
     return holder
 
 
-executor.register_kind(TASK_KIND, run_step)
+declare_kind(TASK_KIND, run_step, QUERY_ITER_PATH)

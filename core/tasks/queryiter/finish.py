@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
+from core.clock import utc_now as now
 from core.tasks import aio, lease
-from core.tasks.errors import RetryTask
+from core.tasks.errors import RetryTask, error_text
 from core.tasks.queryiter.api import QueryIter
-from core.tasks.queryiter.runs import FINISHED, RUNNING, SHARD_DONE, error_text, now, shard_keys
+from core.tasks.queryiter.runs import FINISHED, RUNNING, SHARD_DONE, shard_keys
 
 log = logging.getLogger(__name__)
 

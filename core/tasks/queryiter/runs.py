@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import logging
 import re
 from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now as now
 from core.tasks import dispatch, message
 from core.tasks.deferred import build_request
-from core.tasks.errors import NotFound, PayloadError
+from core.tasks.errors import NotFound, PayloadError, error_text
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.transports.base import TaskRequest
+from core.tasks.transports.base import TaskRequest, hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ MAX_SHARDS = 100
 
 #: Custom data, query and caller environment must fit in the run record (entities stop at 1 MiB).
 MAX_RECORD_DATA_BYTES = 900_000
-#: Error texts kept on the run record are cut to this length.
-MAX_ERROR_CHARS = 4_000
 UNINDEXED = ("query", "custom", "env", "cursor", "done", "last_error")
 SHARD_UNINDEXED = ("cursor", "done", "last_error", "lo", "hi")
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # run ids are uuid4 hex
@@ -127,10 +125,6 @@ class RunInfo:
                                    errors=sum(s.errors for s in shards), updated=updated, last_error=last_error)
 
 
-def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def run_key(run_id: str) -> db.Key:
     return db.key(RUN_KIND, run_id)
 
@@ -172,10 +166,8 @@ def list_runs(limit: int = 50) -> list[RunInfo]:
 def step_task_name(run_id: str, generation: int, step: int, shard: int | None = None) -> str:
     """The queue name of one step (of one shard): hashed first (Cloud Tasks wants no sequential prefixes)."""
     if shard is None:
-        digest = hashlib.sha256(f"{run_id}/{generation}/{step}".encode()).hexdigest()
-        return f"{digest[:32]}-qi-{generation}-{step}"
-    digest = hashlib.sha256(f"{run_id}/shard-{shard}/{generation}/{step}".encode()).hexdigest()
-    return f"{digest[:32]}-qi{shard}-{generation}-{step}"
+        return hashed_task_name(f"{run_id}/{generation}/{step}", f"-qi-{generation}-{step}")
+    return hashed_task_name(f"{run_id}/shard-{shard}/{generation}/{step}", f"-qi{shard}-{generation}-{step}")
 
 
 def step_request(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str, env: dict[str, Any],
@@ -201,10 +193,6 @@ def parse_step(payload: Any) -> tuple[str, str, int, int, int | None]:
             and (shard is None or (type(shard) is int and 0 <= shard < MAX_SHARDS))):
         raise PayloadError("malformed query iterator step")
     return run_id, iter_id, generation, step, shard
-
-
-def error_text(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " ..."
 
 
 def fail_run(key: db.Key, error: str) -> None:
