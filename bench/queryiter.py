@@ -1,7 +1,7 @@
 """QueryIter: a cursor scan's limit, the time-boxed chain, and ViUR's five-entities-per-task chain.
 
 Run: ``python -m bench.queryiter`` (after ``deploy/setup.sh``). Prints its figures and, last:
-``queryiter: qi/raw=<x> qi/viur5=<y> rss_growth_mb=<z>``
+``queryiter: qi/raw=<x> qi/viur5=<y> qi_shards4/qi_shards1=<s> rss_growth_mb=<z>``
 
 For ``--count`` (20,000) entities of a small kind on the Datastore emulator:
 
@@ -9,17 +9,21 @@ For ``--count`` (20,000) entities of a small kind on the Datastore emulator:
 (b) QueryIter end to end with a no-op ``handleEntry``: started over HTTP, chunks pushed by the
     durable local queue to gunicorn (2 sync workers), run until the run record says finished;
 (c) the same chain with ViUR's policy (5 entities per task, one task per step), same queue, same app;
+(d) the run of (b) started with ``shards=4``: four chains over key ranges at once, one finish;
 
 plus the peak RSS growth of the app's worker processes while (b) runs (``VmHWM`` after it minus
 ``VmRSS`` before it, the peak reset through ``/proc/<pid>/clear_refs``). The dispatcher runs without
 queue rate limits, so (c) is bound by its per-step cost and not by the query-iter queue's 50/s.
 
 The Datastore emulator does most of the work and shares the machine's cores with everything else,
-so (a) and (b) alternate for ``--rounds`` rounds and the best of each is compared.
+so (a), (b) and (d) alternate for ``--rounds`` rounds and the best of each is compared. For (b)
+and (d) the CPU seconds of the emulator, the app's workers and the dispatcher are printed beside the
+wall time: where the time goes (on 2 cores the emulator bounds both, so shards gain little there).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +36,8 @@ import requests
 
 from core import db
 from core.module import Module, exposed
-from core.tasks.queryiter import FINISHED, QueryIter, get_run
+from core.tasks.queryiter import QueryIter
+from core.tasks.queryiter.runs import FINISHED, get_run
 
 KIND = "bench_qi_item"
 WARM_KIND = "bench_qi_warm"
@@ -58,8 +63,8 @@ POLICIES: dict[str, type[QueryIter]] = {"qi": NoOp, "viur5": ViurFive}
 
 class BenchQueryIter(Module):
     @exposed(methods=("POST",))
-    def start(self, policy: str, kind: str) -> dict[str, str]:
-        return {"run": POLICIES[policy].startIterOnQuery(db.Query(kind))}
+    def start(self, policy: str, kind: str, shards: str = "1") -> dict[str, str]:
+        return {"run": POLICIES[policy].startIterOnQuery(db.Query(kind), shards=int(shards))}
 
 
 def bench_app() -> Any:
@@ -87,11 +92,11 @@ def raw_scan(kind: str) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def run_chain(url: str, policy: str, kind: str, timeout: float) -> tuple[float, Any]:
+def run_chain(url: str, policy: str, kind: str, timeout: float, shards: int = 1) -> tuple[float, Any]:
     """Start a run over HTTP and wait until its record says finished; wall seconds and the run."""
     session = requests.Session()
     started = time.perf_counter()
-    response = session.post(f"{url}/benchqi/start", data={"policy": policy, "kind": kind})
+    response = session.post(f"{url}/benchqi/start", data={"policy": policy, "kind": kind, "shards": str(shards)})
     response.raise_for_status()
     run_id = response.json()["run"]
     deadline = time.monotonic() + timeout
@@ -111,6 +116,32 @@ def _status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds so far of each group of processes (``/proc/<pid>/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        totals[name] = total / tick
+    return totals
+
+
+def timed_chain(url: str, kind: str, timeout: float, shards: int,
+                pids: dict[str, list[int]]) -> tuple[float, Any, dict[str, float]]:
+    """:func:`run_chain` of the no-op policy, with the CPU seconds each group of processes spent on it."""
+    before = cpu_seconds(pids)
+    seconds, run = run_chain(url, "qi", kind, timeout, shards)
+    after = cpu_seconds(pids)
+    return seconds, run, {name: after[name] - before[name] for name in pids}
+
+
+def _where(seconds: float, cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {used:.1f} s CPU ({used / seconds:.2f} cores)" for name, used in cpu.items())
 
 
 class PeakMemory:
@@ -184,22 +215,35 @@ def main() -> None:
             for _ in range(2):
                 run_chain(stack.url, "viur5", WARM_KIND, args.timeout)
             # Raw scans and chains alternate, so both see the same load on the shared cores; best against best.
-            scans, chains = [], []
+            scans, chains, sharded = [], [], []
             workers = stack.worker_pids()
+            assert stack.dispatcher is not None
+            pids = {"emulator": [datastore.pid], "app": workers, "dispatcher": [stack.dispatcher.pid]}
+            run_chain(stack.url, "qi", WARM_KIND, args.timeout, shards=4)
             with PeakMemory(workers) as memory:
                 for _ in range(args.rounds):
                     scans.append(raw_scan(KIND))
-                    chains.append(run_chain(stack.url, "qi", KIND, args.timeout))
+                    chains.append(timed_chain(stack.url, KIND, args.timeout, 1, pids))
+                    sharded.append(timed_chain(stack.url, KIND, args.timeout, 4, pids))
             count, raw_seconds = min(scans, key=lambda scan: scan[1])
             assert count == args.count, count
             raw = count / raw_seconds
             print(f"(a) raw cursor scan, pages of {db.DEFAULT_PAGE_SIZE}: {count} entities in {raw_seconds:.2f} s "
                   f"= {raw:.0f}/s (best of {args.rounds}: {', '.join(f'{s:.2f}' for _, s in scans)} s)")
-            qi_seconds, run = min(chains, key=lambda chain: chain[0])
+            qi_seconds, run, qi_cpu = min(chains, key=lambda chain: chain[0])
             assert run.processed == args.count, run
             qi = run.processed / qi_seconds
             print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities in {qi_seconds:.2f} s = {qi:.0f}/s "
-                  f"in {run.step + 1} step(s) (best of {args.rounds}: {', '.join(f'{s:.2f}' for s, _ in chains)} s)")
+                  f"in {run.step + 1} step(s) (best of {args.rounds}: {', '.join(f'{c[0]:.2f}' for c in chains)} s)")
+            print(f"    where the time goes: {_where(qi_seconds, qi_cpu)}")
+            shard_seconds, shard_run, shard_cpu = min(sharded, key=lambda chain: chain[0])
+            assert shard_run.processed == args.count and len(shard_run.shards) == 4, shard_run
+            qi4 = shard_run.processed / shard_seconds
+            print(f"(d) QueryIter, shards=4: {shard_run.processed} entities in {shard_seconds:.2f} s = {qi4:.0f}/s, "
+                  f"shards of {', '.join(str(s.processed) for s in shard_run.shards)} in "
+                  f"{sum(s.step + 1 for s in shard_run.shards)} steps "
+                  f"(best of {args.rounds}: {', '.join(f'{c[0]:.2f}' for c in sharded)} s)")
+            print(f"    where the time goes: {_where(shard_seconds, shard_cpu)}")
             print(f"    app workers {workers}: peak RSS {memory.peak_mb:.1f} MB, growth over the {args.rounds} runs "
                   f"of (b) {memory.growth_mb:.1f} MB ({'kernel high-water mark' if memory.exact else 'sampled'})")
 
@@ -211,7 +255,8 @@ def main() -> None:
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"queryiter: qi/raw={qi / raw:.2f} qi/viur5={qi / viur:.1f} rss_growth_mb={memory.growth_mb:.1f}")
+    print(f"queryiter: qi/raw={qi / raw:.2f} qi/viur5={qi / viur:.1f} qi_shards4/qi_shards1={qi4 / qi:.2f} "
+          f"rss_growth_mb={memory.growth_mb:.1f}")
 
 
 if __name__ == "__main__":

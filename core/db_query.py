@@ -45,3 +45,21 @@ def count(query: db.Query) -> int:
     scan = db.Query.from_dict({**query.to_dict(), "keys_only": True, "limit": None,
                                "start_cursor": None, "end_cursor": None})
     return sum(1 for _ in scan.iter())
+
+
+def scatter_sample(query: db.Query, size: int) -> list[db.Key] | None:
+    """Up to ``size`` keys of ``query``'s kind (namespace, ancestor) in ``__scatter__`` order: a
+    sample spread over the key space, for splitting it into ranges; ``None`` if the server refuses.
+
+    Production Datastore keeps the scatter property on a sparse sample of each kind; the emulator
+    answers the same query from about every second entity. The query's filters are not applied: a
+    sort on ``__scatter__`` allows none.
+    """
+    sample = db.Query(query.kind, namespace=query.namespace).order("__scatter__").keys_only()
+    if query.ancestor_key is not None:
+        sample.ancestor(query.ancestor_key)
+    try:
+        return [entity.key for entity in sample.fetch_page(size).entities]
+    except gexc.GoogleAPICallError as exc:
+        log.info("no __scatter__ sample of %r (%s)", query, exc)
+        return None

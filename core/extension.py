@@ -30,8 +30,8 @@ from core.module import Module, ModuleTree
 from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch
 from core.tasks import periodic as _periodic  # noqa: F401
-from core.tasks import queryiter as _queryiter  # noqa: F401
 from core.tasks.handler import CALLABLE_PAGES, TaskHandler
+from core.tasks.queryiter import chunk as _queryiter  # noqa: F401
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
 from core.tasks.startup import runStartupTasks

@@ -15,8 +15,8 @@ from wtforms import IntegerField, StringField
 from wtforms.validators import DataRequired, InputRequired, NumberRange, Regexp
 
 from core import current, db
+from core.tasks import QueryIter
 from core.tasks.callable import CallableTask, CallableTaskBase
-from core.tasks.queryiter import QueryIter
 
 __all__ = ["GenerateInvoices", "InvoiceTaxes", "RecalculateTaxes"]
 

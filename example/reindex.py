@@ -13,7 +13,8 @@ from flask import abort
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks.queryiter import QueryIter, get_run
+from core.tasks import QueryIter
+from core.tasks.queryiter.runs import get_run
 from core.tasks.runtime import get_runtime
 
 INVOICE_KIND = "invoice"

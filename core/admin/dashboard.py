@@ -36,12 +36,13 @@ from core.admin.views import describe_run, run_is_active
 from core.module import exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, periodic_now, queryiter, records
+from core.tasks import dispatch, lifecycle, periodic_now, records
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import periodic_overview
-from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
-from core.tasks.queryiter import RunInfo
+from core.tasks.queryiter import runs as queryiter
+from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
+from core.tasks.queryiter.runs import RunInfo, run_info
 from core.tasks.runtime import TaskRuntime
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
@@ -230,7 +231,7 @@ def describe_query_run(entity: db.Entity) -> dict[str, Any]:
     A record that does not read as a run (written by hand, or by another version) is still listed.
     """
     try:
-        return _run_dict(RunInfo.from_entity(entity))
+        return _run_dict(run_info(entity))
     except (KeyError, TypeError, ValueError, AttributeError):
         return {"id": str(entity.key.id_or_name), "iterator": "(unreadable run record)", "kind": None,
                 "status": "unknown", "processed": 0, "errors": 0, "total": None, "percent": None,

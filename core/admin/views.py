@@ -26,9 +26,9 @@ from core.admin.render import (
     wants_json,
 )
 from core.tasks import callable as callable_tasks
-from core.tasks import queryiter
 from core.tasks.errors import Forbidden, NotFound
 from core.tasks.handler import CallablePages
+from core.tasks.queryiter import runs as queryiter
 from core.tasks.runtime import get_runtime
 from core.tasks.started import StartedWork
 

@@ -27,8 +27,8 @@ _EXPORTS: dict[str, str] = {
     "StartupTask": "core.tasks.startup", "startup_task": "core.tasks.startup",
     "runStartupTasks": "core.tasks.startup", "run_startup_tasks": "core.tasks.startup",
     # query iterators
-    "QueryIter": "core.tasks.queryiter", "MetaQueryIter": "core.tasks.queryiter",
-    "DeleteEntitiesIter": "core.tasks.queryiter",
+    "QueryIter": "core.tasks.queryiter.api", "MetaQueryIter": "core.tasks.queryiter.api",
+    "DeleteEntitiesIter": "core.tasks.queryiter.api",
     # callable tasks
     "CallableTask": "core.tasks.callable", "CallableTaskBase": "core.tasks.callable",
     "callable_task": "core.tasks.callable",
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
         remove_periodic_task,
         removePeriodicTask,
     )
-    from core.tasks.queryiter import DeleteEntitiesIter, MetaQueryIter, QueryIter
+    from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter
     from core.tasks.registry import TaskRegistry, isolated_registry
     from core.tasks.retry import Constant, Exponential, Linear
     from core.tasks.runtime import TaskRuntime, get_runtime

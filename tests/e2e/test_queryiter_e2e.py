@@ -17,16 +17,17 @@ import requests
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks.queryiter import (
+from core.tasks.queryiter import split
+from core.tasks.queryiter.api import DeleteEntitiesIter, QueryIter, start_run
+from core.tasks.queryiter.runs import (
     FINISHED,
     QUERY_ITER_PATH,
     RUN_KIND,
+    SHARD_DONE,
+    SHARD_KIND,
     STOPPED,
-    DeleteEntitiesIter,
-    QueryIter,
     get_run,
     resume_run,
-    start_run,
 )
 from core.tasks.security import SIGNATURE_HEADER, sign_request
 from tests.e2e.conftest import sign_in, wait_for
@@ -117,10 +118,10 @@ ITERATORS: dict[str, type[QueryIter]] = {"touch": Touch, "stop_at": StopAt, "pur
 class QueryIterProbes(Module):
     @exposed(methods=("POST",))
     def start(self, iterator: str, kind: str, token: str, flaky: str = "", stop_at: str = "",
-              kill_at: str = "") -> dict[str, Any]:
+              kill_at: str = "", shards: str = "1") -> dict[str, Any]:
         custom = {"token": token, "flaky": bool(flaky), "stop_at": int(stop_at) if stop_at else None,
                   "kill_at": int(kill_at) if kill_at else None}
-        return {"run": ITERATORS[iterator].startIterOnQuery(db.Query(kind), customData=custom)}
+        return {"run": ITERATORS[iterator].startIterOnQuery(db.Query(kind), customData=custom, shards=int(shards))}
 
     @exposed(methods=("POST",))
     def resume(self, run: str) -> dict[str, Any]:
@@ -207,6 +208,38 @@ def test_flaky_entries_and_a_killed_worker_lose_nothing_and_finish_once(make_sta
     assert seen[1299]["touches"] >= 1 and seen[1299]["pid"] != victim["pid"]
     assert [f["total"] for f in finishes(token)] == [2000]
     assert run.processed == 2000
+
+
+def test_four_shards_with_flaky_entries_and_a_killed_worker_handle_each_entity_once_and_finish_once(make_stack):
+    count = 2000  # bench.queryiter runs the same over 20,000
+    stack = make_stack(app_module=PROBE_APP)
+    put_items(count)
+    run_id, token = start(stack, "touch", flaky="1", kill_at="1150", shards="4")  # early in a middle shard
+    run = get_run(run_id)
+    assert len(run.shards) == 4 and run.total == count
+
+    victim = wait_for(lambda: db.get(db.key("qi_victim", token)), timeout=300, message="a chunk to reach 1150")
+    assert victim["pid"] in stack.worker_pids()
+    # What each shard had committed before the kill: only entities after that can be handled again.
+    committed = {s["index"]: int(s["processed"]) for s in db.Query(SHARD_KIND).filter("run =", run_id).run()}
+    os.kill(victim["pid"], signal.SIGKILL)  # inside handleEntry; other chunks in that worker die too
+
+    run = wait_status(run_id, FINISHED, timeout=600)
+    time.sleep(1.0)  # a second handleFinish would show up now
+    seen = {e.key.id: e for e in items()}
+    assert len(seen) == count and all(e.get("touches", 0) >= 1 for e in seen.values())
+    assert sum(1 for e in seen.values() if e.get("failed")) == count // 5, "every fifth entity raised exactly once"
+    assert seen[1150]["touches"] == 1 and seen[1150]["pid"] != victim["pid"]
+    again = set()
+    for shard in db.Query(SHARD_KIND).filter("run =", run_id).run():
+        ids = [e.key.id for e in split.in_range(db.Query(ITEM), shard["lo"], shard["hi"]).keys_only().iter()]
+        assert shard["state"] == SHARD_DONE and shard["processed"] == len(ids)
+        twice = [i for i in ids if seen[i]["touches"] > 1]
+        assert all(ids.index(i) >= committed[shard["index"]] for i in twice), (shard["index"], twice)
+        again.update(twice)
+    assert {i for i, e in seen.items() if e["touches"] > 1} == again
+    assert [f["total"] for f in finishes(token)] == [count]
+    assert run.processed == count and sum(s.processed for s in run.shards) == count
 
 
 def test_handle_error_false_stops_the_run_and_a_resume_completes_it(make_stack):

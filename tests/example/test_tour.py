@@ -10,7 +10,7 @@ import pytest
 from core import db
 from core.admin.records import RECORD_KIND
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.queryiter import get_run
+from core.tasks.queryiter.runs import get_run
 from example import MODULES, SessionUsers
 from example.tour import COUNTDOWN_SECONDS, STEP_KIND, fail_once, run_step
 from example.users import create_user

@@ -10,7 +10,7 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, NumberRange
 
-from core import current, db
+from core import current, db, db_query
 from core.admin import TaskAdmin
 from core.tasks import PermanentTaskFailure, callDeferred, isolated_registry
 from core.tasks.callable import RUN_KIND, CallableTask, CallableTaskBase
@@ -426,3 +426,31 @@ def _thing(number: int) -> db.Entity:
     entity = db.Entity(db.key("thing", number))
     entity["n"] = number
     return entity
+
+
+def test_a_sharded_run_shows_each_shards_progress_and_stops_and_resumes_as_one(app, ann, queue, monkeypatch):
+    db.put([_thing(i) for i in range(1, 21)])
+    monkeypatch.setattr(db_query, "scatter_sample", lambda query, size: None)  # exact halves: 1-10, 11-20
+    with app.test_request_context():
+        run_id = Counter.startIterOnQuery(db.Query("thing"), shards=2)
+    queue.run_pending(max_tasks=3)  # shard 0 twice, shard 1 once: 3 entities per step
+    (run,) = ann.get("/_tasks/admin/queryiters?format=json").json["queryiters"]
+    by_shard = {shard["index"]: (shard["processed"], shard["status"]) for shard in run["shards"]}
+    assert by_shard == {0: (6, "running"), 1: (3, "running")}
+    assert run["processed"] == 9 and run["total"] == 20 and run["percent"] == 45.0
+    page = ann.get("/_tasks/admin/queryiters")
+    html = page.get_data(as_text=True)
+    assert '<li data-shard="0">shard 0: 6 running</li>' in html
+    assert '<progress class="determinate" max="20" value="9"' in html
+
+    token = csrf_of(page)
+    assert ann.post(f"/_tasks/admin/queryiters/{run_id}/stop", data={"csrf_token": token}).status_code == 303
+    queue.run_pending()  # both shards' queued steps find the run stopped
+    (run,) = ann.get("/_tasks/admin/queryiters?format=json").json["queryiters"]
+    assert run["status"] == "stopped" and run["processed"] == 9
+    assert ann.post(f"/_tasks/admin/queryiters/{run_id}/resume", data={"csrf_token": token}).status_code == 303
+    queue.run_pending()
+    (run,) = ann.get("/_tasks/admin/queryiters?format=json").json["queryiters"]
+    assert run["status"] == "finished" and run["processed"] == 20
+    assert {shard["status"] for shard in run["shards"]} == {"done"}
+    assert sorted(c[1] for c in CALLS if c[0] == "count") == list(range(1, 21))

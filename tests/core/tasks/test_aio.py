@@ -28,7 +28,7 @@ from core.tasks import (
 from core.tasks.callable import DONE, queue_run
 from core.tasks.callable import get_run as get_callable_run
 from core.tasks.periodic import STATE_KIND, spec_of
-from core.tasks.queryiter import FINISHED, STOPPED, get_run
+from core.tasks.queryiter.runs import FINISHED, STOPPED, get_run
 from core.tasks.security import sign_cron_ping
 from core.tasks.startup import runStartupTasks
 from core.tasks.transports.inline import TaskFailed

@@ -14,7 +14,8 @@ from core.tasks import lease, periodic
 from core.tasks.errors import LockHeld
 from core.tasks.lease import Heartbeat, Lease, current_holder, holding
 from core.tasks.periodic import STATE_KIND, PeriodicTask, run_cron
-from core.tasks.queryiter import FINISHED, QueryIter, get_run
+from core.tasks.queryiter import QueryIter
+from core.tasks.queryiter.runs import FINISHED, get_run
 
 SECONDS = datetime.timedelta(seconds=1)
 

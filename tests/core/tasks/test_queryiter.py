@@ -9,19 +9,16 @@ import pytest
 from core import current, db
 from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.queryiter import (
+from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter, query_iter_class
+from core.tasks.queryiter.runs import (
     FAILED,
     FINISHED,
     QUERY_ITER_PATH,
     RUN_KIND,
     RUNNING,
     STOPPED,
-    DeleteEntitiesIter,
-    MetaQueryIter,
-    QueryIter,
     get_run,
     list_runs,
-    query_iter_class,
     resume_run,
     step_task_name,
     stop_run,
