@@ -37,13 +37,13 @@ from core.module import exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
 from core.tasks import dispatch, lifecycle, periodic_now, queryiter, records
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import periodic_overview
 from core.tasks.queryiter import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter import RunInfo
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
 
 #: Seconds between reloads of a page that shows something running.

@@ -31,6 +31,7 @@ from core import db
 from core import json as tagged_json
 from core.reprs import safe_repr
 from core.tasks import aio, arguments, dispatch, message, records
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.context import capture_environment
 from core.tasks.errors import (
     ConfigurationError,
@@ -46,12 +47,11 @@ from core.tasks.priority import check_priority, check_tags, queue_for
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
 from core.tasks.workflows.signatures import Signature, signature
 
 if TYPE_CHECKING:
-    from core.tasks.security import TaskInfo
+    from core.tasks.auth.queue_headers import TaskInfo
 
 __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "DeferredTarget", "DeferredFunction",
            "defer", "build_request", "retry_n_times", "noRetry", "no_retry"]

@@ -50,6 +50,7 @@ from core import db, db_query
 from core import json as tagged_json
 from core.clock import utc_now as _now
 from core.tasks import aio, dispatch, lease, message, started
+from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.context import capture_environment
 from core.tasks.deferred import build_request
 from core.tasks.errors import (
@@ -64,7 +65,6 @@ from core.tasks.errors import (
 )
 from core.tasks.registry import TaskRegistry, declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.security import TaskInfo
 from core.tasks.transports.base import TaskRequest, hashed_task_name
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import requests
 
 from core import current, db
 from core.module import Module, exposed
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.queryiter import (
     FINISHED,
     QUERY_ITER_PATH,
@@ -28,7 +29,6 @@ from core.tasks.queryiter import (
     resume_run,
     start_run,
 )
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from tests.e2e.conftest import sign_in, wait_for
 
 PROBE_APP = f"{__name__}:probe_app()"
