@@ -6,18 +6,20 @@ from typing import Any
 
 from core.config import Settings
 from core.tasks.auth.oidc import OidcVerifier
-from core.tasks.auth.queue_headers import TaskInfo, first_header, lowered_headers, task_info
+from core.tasks.auth.queue_headers import TaskInfo, first_header, lowered_headers, task_info_of_lowered
 from core.tasks.auth.signing import (
     CRON_MAX_AGE,
     SIGNATURE_HEADER,
     TASK_MAX_AGE,
-    secret_keys,
-    verify_signature,
+    SigningKeys,
 )
 from core.tasks.errors import ConfigurationError, Forbidden
 
 _RUNTIMES = frozenset({"local", "appengine", "cloudrun"})
 _TARGETS = frozenset({"appengine", "http"})
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower()
+#: Headers App Engine strips from outside traffic, so their presence proves its task queue sent the request.
+_APPENGINE_PROOF = tuple((name.lower(), name) for name in ("X-AppEngine-QueueName", "X-AppEngine-TaskName"))
 
 
 class RequestVerifier:
@@ -47,7 +49,7 @@ class RequestVerifier:
             )
         if settings.runtime == "cloudrun" and settings.tasks_target != "http":
             raise ConfigurationError("on Cloud Run tasks and cron arrive over HTTP: set TASKS_TARGET=http")
-        secret_keys(settings.tasks_secret)
+        self._keys = SigningKeys(settings.tasks_secret)
         self.settings = settings
         self.task_max_age = task_max_age
         self.cron_max_age = cron_max_age
@@ -62,8 +64,7 @@ class RequestVerifier:
 
     def _check_signature(self, method: str, path: str, body: bytes, lowered: Mapping[str, str],
                          max_age: float, now: float | None) -> None:
-        verify_signature(self.settings.tasks_secret, method, path, body, lowered.get(SIGNATURE_HEADER.lower()),
-                         max_age=max_age, now=now)
+        self._keys.verify(method, path, body, lowered.get(_SIGNATURE_KEY), max_age=max_age, now=now)
 
     def verify_task(
         self,
@@ -78,12 +79,12 @@ class RequestVerifier:
         lowered = lowered_headers(headers)
         self._check_signature(method, path, body, lowered, self.task_max_age, now)
         if self.settings.runtime == "appengine" and self.settings.tasks_target == "appengine":
-            for name in ("X-AppEngine-QueueName", "X-AppEngine-TaskName"):
-                if first_header(lowered, name.lower()) is None:
+            for key, name in _APPENGINE_PROOF:
+                if first_header(lowered, key) is None:
                     raise Forbidden(f"missing {name} header: not sent by App Engine's task queue")
         elif self._needs_oidc:
             self._verify_oidc(lowered, now)
-        return task_info(lowered)
+        return task_info_of_lowered(lowered)
 
     def verify_cron(
         self,

@@ -69,35 +69,47 @@ def _short_name(value: str | None, collection: str) -> str | None:
     return value or None
 
 
+#: Per field, the headers that may carry it, preferred first, as (lower-case key, display name).
+_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    suffix: tuple((name.lower(), name) for name in (f"X-AppEngine-{suffix}", f"X-CloudTasks-{suffix}"))
+    for suffix in ("QueueName", "TaskName", "TaskRetryCount", "TaskExecutionCount", "TaskETA",
+                   "TaskPreviousResponse", "TaskRetryReason")
+}
+
+
+def _get(lowered: Mapping[str, str], suffix: str) -> tuple[str | None, str]:
+    """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
+    candidates = _FIELDS[suffix]
+    for key, name in candidates:
+        value = lowered.get(key)
+        if value is not None and value.strip():
+            return value.strip(), name
+    return None, candidates[0][1]
+
+
 def task_info(headers: Mapping[str, str]) -> TaskInfo:
     """Parse the queue's headers (``X-AppEngine-*`` first, then ``X-CloudTasks-*``).
 
     Raises :class:`BadTaskRequest` for malformed numbers. A missing execution count falls back to
     the retry count, then 0, so a retry limit always terminates.
     """
-    lowered = lowered_headers(headers)
+    return task_info_of_lowered(lowered_headers(headers))
 
-    def get(suffix: str) -> tuple[str | None, str]:
-        """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
-        names = (f"X-AppEngine-{suffix}", f"X-CloudTasks-{suffix}")
-        for name in names:
-            value = first_header(lowered, name.lower())
-            if value is not None:
-                return value, name
-        return None, names[0]
 
-    queue, _ = get("QueueName")
-    task_name, _ = get("TaskName")
-    retry_count = _count(*get("TaskRetryCount"))
-    execution_count = _count(*get("TaskExecutionCount"))
-    eta_raw, eta_header = get("TaskETA")
+def task_info_of_lowered(lowered: Mapping[str, str]) -> TaskInfo:
+    """:func:`task_info` of headers already read by :func:`lowered_headers`."""
+    queue, _ = _get(lowered, "QueueName")
+    task_name, _ = _get(lowered, "TaskName")
+    retry_count = _count(*_get(lowered, "TaskRetryCount"))
+    execution_count = _count(*_get(lowered, "TaskExecutionCount"))
+    eta_raw, eta_header = _get(lowered, "TaskETA")
     eta: float | None = None
     if eta_raw is not None:
         if not _ETA_RE.match(eta_raw):
             raise BadTaskRequest(f"header {eta_header} is not a timestamp: {eta_raw[:40]!r}")
         eta = float(eta_raw)
-    previous_response = _count(*get("TaskPreviousResponse"))
-    retry_reason, _ = get("TaskRetryReason")
+    previous_response = _count(*_get(lowered, "TaskPreviousResponse"))
+    retry_reason, _ = _get(lowered, "TaskRetryReason")
     if execution_count is None:
         execution_count = retry_count if retry_count is not None else 0
     return TaskInfo(

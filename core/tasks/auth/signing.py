@@ -28,7 +28,7 @@ _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 _MAX_SIGNATURE_HEADER = 1024
 
 
-def secret_keys(secret: str) -> list[bytes]:
+def _secret_keys(secret: str) -> list[bytes]:
     """The keys of a comma-separated secret list, in order (first signs, all verify)."""
     keys = [part.strip().encode("utf-8") for part in (secret or "").split(",")]
     keys = [key for key in keys if key]
@@ -49,31 +49,6 @@ def _signed_material(method: str, path: str, timestamp: int, body: bytes) -> byt
             hashlib.sha256(body).hexdigest().encode("ascii"),
         )
     )
-
-
-def _mac(key: bytes, material: bytes) -> str:
-    return hmac.new(key, material, hashlib.sha256).hexdigest()
-
-
-def sign_request(
-    secret: str, method: str, path: str, body: bytes, timestamp: int | None = None
-) -> str:
-    """The ``X-Tasks-Signature`` value for a request: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``.
-
-    ``secret`` may list several keys separated by commas; the first one signs. ``path`` is the
-    URL path the app will see (no query string).
-    """
-    method = method.upper()
-    if not _METHOD_RE.match(method):
-        raise ValueError(f"invalid HTTP method {method!r}")
-    if not path.startswith("/"):
-        raise ValueError(f"path must start with '/': {path!r}")
-    if timestamp is None:
-        timestamp = int(time.time())
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-        raise ValueError(f"timestamp must be a non-negative int, got {timestamp!r}")
-    material = _signed_material(method, path, timestamp, bytes(body))
-    return f"t={timestamp},{_SIGNATURE_SCHEME}={_mac(secret_keys(secret)[0], material)}"
 
 
 def _parse_signature(header_value: str) -> tuple[int, list[str]]:
@@ -102,6 +77,82 @@ def _parse_signature(header_value: str) -> tuple[int, list[str]]:
     return timestamp, macs
 
 
+def _material_to_sign(method: str, path: str, body: bytes, timestamp: int | None) -> tuple[int, bytes]:
+    """The timestamp and signed bytes of an outgoing request; :class:`ValueError` for a bad one."""
+    method = method.upper()
+    if not _METHOD_RE.match(method):
+        raise ValueError(f"invalid HTTP method {method!r}")
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/': {path!r}")
+    if timestamp is None:
+        timestamp = int(time.time())
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        raise ValueError(f"timestamp must be a non-negative int, got {timestamp!r}")
+    return timestamp, _signed_material(method, path, timestamp, bytes(body))
+
+
+class SigningKeys:
+    """The keys of a comma-separated secret, prepared once: the first signs, every one verifies.
+
+    Each key is held as a keyed HMAC state that is copied per message, so a request pays for
+    hashing its own bytes only, not for parsing the secret or padding the key again.
+    """
+
+    __slots__ = ("_macs",)
+
+    def __init__(self, secret: str) -> None:
+        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in _secret_keys(secret))
+
+    def _mac(self, index: int, material: bytes) -> str:
+        mac = self._macs[index].copy()
+        mac.update(material)
+        return mac.hexdigest()
+
+    def sign(self, method: str, path: str, body: bytes, timestamp: int | None = None) -> str:
+        """The ``X-Tasks-Signature`` value for a request (see :func:`sign_request`)."""
+        timestamp, material = _material_to_sign(method, path, body, timestamp)
+        return f"t={timestamp},{_SIGNATURE_SCHEME}={self._mac(0, material)}"
+
+    def verify(self, method: str, path: str, body: bytes, header_value: str | None, *,
+               max_age: float | None, now: float | None = None) -> None:
+        """Check a signature (see :func:`verify_signature`); raise :class:`Forbidden` saying why not."""
+        if header_value is None or not header_value.strip():
+            raise Forbidden(f"missing {SIGNATURE_HEADER} header")
+        timestamp, macs = _parse_signature(header_value.strip())
+        method = method.upper()
+        if not _METHOD_RE.match(method):
+            raise Forbidden(f"unsupported HTTP method {method[:16]!r}")
+        material = _signed_material(method, path, timestamp, bytes(body))
+        # Compare against every key and candidate without stopping early.
+        matched = False
+        for index in range(len(self._macs)):
+            expected = self._mac(index, material)
+            for candidate in macs:
+                matched |= hmac.compare_digest(expected, candidate)
+        if not matched:
+            raise Forbidden(f"{SIGNATURE_HEADER} does not match this request (wrong key, path or body)")
+        current = time.time() if now is None else now
+        if timestamp - current > SIGNATURE_CLOCK_SKEW:
+            raise Forbidden(f"{SIGNATURE_HEADER} timestamp lies in the future")
+        if max_age is not None and current - timestamp > max_age:
+            raise Forbidden(
+                f"{SIGNATURE_HEADER} is too old ({int(current - timestamp)} s > {int(max_age)} s)"
+            )
+
+
+def sign_request(
+    secret: str, method: str, path: str, body: bytes, timestamp: int | None = None
+) -> str:
+    """The ``X-Tasks-Signature`` value for a request: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``.
+
+    ``secret`` may list several keys separated by commas; the first one signs. ``path`` is the
+    URL path the app will see (no query string).
+    """
+    key = _secret_keys(secret)[0]
+    timestamp, material = _material_to_sign(method, path, body, timestamp)
+    return f"t={timestamp},{_SIGNATURE_SCHEME}={hmac.new(key, material, hashlib.sha256).hexdigest()}"
+
+
 def verify_signature(
     secret: str,
     method: str,
@@ -118,29 +169,7 @@ def verify_signature(
     old the signature may be in seconds (``None``: no bound); a timestamp more than
     :data:`SIGNATURE_CLOCK_SKEW` seconds ahead of ``now`` is refused either way.
     """
-    keys = secret_keys(secret)
-    if header_value is None or not header_value.strip():
-        raise Forbidden(f"missing {SIGNATURE_HEADER} header")
-    timestamp, macs = _parse_signature(header_value.strip())
-    method = method.upper()
-    if not _METHOD_RE.match(method):
-        raise Forbidden(f"unsupported HTTP method {method[:16]!r}")
-    material = _signed_material(method, path, timestamp, bytes(body))
-    # Compare against every key and candidate without stopping early.
-    matched = False
-    for key in keys:
-        expected = _mac(key, material)
-        for candidate in macs:
-            matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise Forbidden(f"{SIGNATURE_HEADER} does not match this request (wrong key, path or body)")
-    current = time.time() if now is None else now
-    if timestamp - current > SIGNATURE_CLOCK_SKEW:
-        raise Forbidden(f"{SIGNATURE_HEADER} timestamp lies in the future")
-    if max_age is not None and current - timestamp > max_age:
-        raise Forbidden(
-            f"{SIGNATURE_HEADER} is too old ({int(current - timestamp)} s > {int(max_age)} s)"
-        )
+    SigningKeys(secret).verify(method, path, body, header_value, max_age=max_age, now=now)
 
 
 def sign_cron_ping(secret: str, path: str, *, timestamp: int | None = None) -> dict[str, str]:

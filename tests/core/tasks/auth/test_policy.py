@@ -199,3 +199,14 @@ def test_building_a_verifier_touches_no_network() -> None:
     # Google's real certificates URL: construction must not fetch it.
     verifier = RequestVerifier(_settings("cloudrun", "http", "https://www.googleapis.com/oauth2/v1/certs"))
     assert verifier.oidc_verifier is not None and verifier.oidc_verifier.certificate_loads == 0
+
+
+def test_prepared_keys_verify_every_rotated_secret() -> None:
+    # The verifier prepares its keys once; each of them must still verify queued tasks.
+    verifier = RequestVerifier(_settings("local", "appengine", tasks_secret="new, " + SECRET))
+    verifier.verify_task("POST", DEFERRED, _signed(), BODY, now=NOW)
+    new = {SIGNATURE_HEADER: sign_request("new", "POST", DEFERRED, BODY, timestamp=NOW)}
+    verifier.verify_task("POST", DEFERRED, new, BODY, now=NOW)
+    with pytest.raises(Forbidden, match="does not match"):
+        RequestVerifier(_settings("local", "appengine", tasks_secret="new")).verify_task(
+            "POST", DEFERRED, _signed(), BODY, now=NOW)
