@@ -52,7 +52,6 @@ from core.clock import utc_now as _now
 from core.tasks import aio, dispatch, lease, message, started
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.context import capture_environment
-from core.tasks.deferred import build_request
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
@@ -66,6 +65,7 @@ from core.tasks.errors import (
 from core.tasks.registry import TaskRegistry, declare, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.transports.base import TaskRequest, hashed_task_name
+from core.tasks.wire import build_request
 
 log = logging.getLogger(__name__)
 
