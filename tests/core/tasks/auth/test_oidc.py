@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from core.tasks.auth.oidc import CERTS_MIN_REFRESH, OidcVerifier
+from core.tasks.auth.certs import CERTS_MIN_REFRESH
+from core.tasks.auth.oidc import OidcVerifier
 from core.tasks.errors import ConfigurationError, Forbidden, http_status_for
 from tests.core.tasks.auth.support import (
     ACCOUNT,
@@ -43,6 +44,18 @@ def test_oidc_good_token(oidc: OidcVerifier, key: Key) -> None:
 def test_oidc_on_the_real_clock(oidc: OidcVerifier, key: Key) -> None:
 
     oidc.verify(f"Bearer {key.token(now=time.time())}")
+
+
+def test_oidc_time_window_on_the_real_clock(oidc: OidcVerifier, key: Key) -> None:
+    # Without ``now`` the library judges the window against the real clock; the refusal names why.
+    wall = time.time()
+    with pytest.raises(Forbidden, match="expired"):
+        oidc.verify(f"Bearer {key.token(now=wall - 7200)}")
+    with pytest.raises(Forbidden, match="future"):
+        oidc.verify(f"Bearer {key.token(now=wall + 600)}")
+    oidc.verify(f"Bearer {key.token(now=wall - 3590 - 50)}")  # expired 50 s ago: within the skew
+    with pytest.raises(Forbidden, match="audience"):
+        oidc.verify(f"Bearer {key.token(now=wall, aud='https://other.example.com')}")
 
 
 @pytest.mark.parametrize(
