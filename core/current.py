@@ -14,7 +14,7 @@ request: contextvars.ContextVar[Any] = contextvars.ContextVar("core_request", de
 user: contextvars.ContextVar[Any] = contextvars.ContextVar("core_user", default=None)
 #: The language of the request or of the task's caller (e.g. ``"de"``).
 language: contextvars.ContextVar[str | None] = contextvars.ContextVar("core_language", default=None)
-#: Information about the task being executed (:class:`core.tasks.security.TaskInfo`), or ``None``.
+#: Information about the task being executed (:class:`core.tasks.auth.queue_headers.TaskInfo`), or ``None``.
 task: contextvars.ContextVar[Any] = contextvars.ContextVar("core_task", default=None)
 #: The trace of the request, or in a task the trace of the request that deferred it
 #: (:class:`core.trace.TraceContext`), or ``None``. Log lines and spans join it.

@@ -36,7 +36,7 @@ from core.admin.views import describe_run, run_is_active
 from core.module import exposed
 from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, periodic_now, records
+from core.tasks import dispatch, lifecycle, periodic_now, records, wire
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import periodic_overview
@@ -44,8 +44,7 @@ from core.tasks.queryiter import runs as queryiter
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter.runs import RunInfo, run_info
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import SIGNATURE_HEADER, sign_request
-from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
+from core.tasks.transports.base import QUEUE_NAME_RE
 
 #: Seconds between reloads of a page that shows something running.
 REFRESH_SECONDS = 2
@@ -317,9 +316,7 @@ def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
         queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
         if not QUEUE_NAME_RE.match(queue):
             queue = runtime.settings.tasks_default_queue
-        headers = {"Content-Type": "application/json",
-                   SIGNATURE_HEADER: sign_request(runtime.settings.tasks_secret, "POST", path, body)}
-        dispatch.send(runtime, TaskRequest(queue=queue, path=path, body=body, headers=headers))
+        dispatch.send(runtime, wire.signed_request(runtime, queue, path, body))
         db.delete(key)
         if letter.get("task_id"):
             records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push

@@ -14,8 +14,8 @@ from core import current
 from core.tasks import telemetry
 
 if TYPE_CHECKING:
+    from core.tasks.auth.queue_headers import TaskInfo
     from core.tasks.runtime import TaskRuntime
-    from core.tasks.security import TaskInfo
 
 
 def capture_environment(runtime: TaskRuntime, target: str = "task", queue: str | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.schedule import (
     UTC,
     CalendarSchedule,
@@ -39,7 +40,6 @@ from core.tasks.schedule import (
     next_fire,
     to_instant,
 )
-from core.tasks.security import sign_cron_ping
 
 log = logging.getLogger(__name__)
 

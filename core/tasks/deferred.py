@@ -46,15 +46,15 @@ from core.tasks.priority import check_priority, check_tags, queue_for
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.wire import build_request
 from core.tasks.workflows.signatures import Signature, signature
 
 if TYPE_CHECKING:
-    from core.tasks.security import TaskInfo
+    from core.tasks.auth.queue_headers import TaskInfo
 
 __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "DeferredTarget", "DeferredFunction",
-           "defer", "build_request", "retry_n_times", "noRetry", "no_retry"]
+           "defer", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
 _OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track")
@@ -234,19 +234,6 @@ def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
     if eta is not None and eta - now > MAX_SCHEDULE_AHEAD:
         raise ValueError(f"cannot schedule a task more than 30 days ahead (eta {eta.isoformat()})")
     return eta
-
-
-def build_request(runtime: TaskRuntime, envelope: message.Envelope, path: str, *,
-                  name: str | None = None, eta: datetime.datetime | None = None,
-                  target_version: str | None = None,
-                  dispatch_deadline: datetime.timedelta | None = None) -> TaskRequest:
-    """Encode, sign and address an envelope: the request a queue will push back to ``path``."""
-    settings = runtime.settings
-    body = message.encode(envelope, limit=settings.tasks_payload_limit)
-    headers = {"Content-Type": "application/json",
-               SIGNATURE_HEADER: sign_request(settings.tasks_secret, "POST", path, body)}
-    return TaskRequest(queue=envelope.queue, path=path, body=body, headers=headers, name=name, eta=eta,
-                       target_version=target_version, dispatch_deadline=dispatch_deadline)
 
 
 def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], *,

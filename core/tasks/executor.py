@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from core import db
 from core.tasks import message
+from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure, http_status_for
 from core.tasks.pipeline import (
     RETRY_WARNING_THRESHOLD,
@@ -38,7 +39,6 @@ from core.tasks.pipeline import (
     verify,
 )
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import TaskInfo
 
 __all__ = ["DEAD_LETTER_KIND", "Outcome", "RETRY_WARNING_THRESHOLD", "execute", "record_dead_letter", "STEPS"]
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from core.tasks.errors import LockHeld
 
 if TYPE_CHECKING:
+    from core.tasks.auth.queue_headers import TaskInfo
     from core.tasks.executor import Outcome
     from core.tasks.message import Envelope
     from core.tasks.runtime import TaskRuntime
-    from core.tasks.security import TaskInfo
 
 log = logging.getLogger(__name__)
 

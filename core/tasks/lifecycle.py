@@ -26,13 +26,13 @@ from typing import Any
 from core import db
 from core import json as tagged_json
 from core.tasks import dispatch, message, records
-from core.tasks.deferred import build_request
+from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure
 from core.tasks.queues import QueueConfig, load_queue_config
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import TaskInfo
 from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
+from core.tasks.wire import build_request
 
 log = logging.getLogger(__name__)
 

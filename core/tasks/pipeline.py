@@ -31,7 +31,7 @@ from core.tasks.registry import TaskKind
 from core.tasks.runtime import TaskRuntime
 
 if TYPE_CHECKING:
-    from core.tasks.security import TaskInfo
+    from core.tasks.auth.queue_headers import TaskInfo
 
 log = logging.getLogger(__name__)
 

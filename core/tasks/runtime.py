@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core import db
+from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
 from core.tasks.registry import TaskRegistry, redirected_registry
-from core.tasks.security import RequestVerifier
 from core.tasks.transports.cloudtasks import CloudTasksTransport
 from core.tasks.transports.inline import InlineTransport
 from core.tasks.transports.local import LocalQueueStore, LocalTransport

@@ -17,7 +17,7 @@ from core.logs import (
     install_logging,
     severity,
 )
-from core.tasks.security import TaskInfo
+from core.tasks.auth.queue_headers import TaskInfo
 from core.trace import TraceContext
 
 TRACE = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True)

@@ -16,9 +16,9 @@ import requests
 from core import db
 from core.module import Module, exposed
 from core.tasks import PeriodicTask, QueryIter, callDeferred
+from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.periodic import STATE_KIND
 from core.tasks.queryiter.runs import FINISHED, get_run
-from core.tasks.security import sign_cron_ping
 from tests.e2e.conftest import wait_for
 
 APP = f"{__name__}:build_app()"

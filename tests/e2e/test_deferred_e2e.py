@@ -8,8 +8,8 @@ import uuid
 import requests
 
 from core import db
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from example.users import create_user
 from tests.e2e.conftest import probe_runs, sign_in, wait_for
 

@@ -13,8 +13,8 @@ import time
 import requests
 
 from core import db
+from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.periodic import STATE_KIND, PeriodicTask
-from core.tasks.security import sign_cron_ping
 from example.periodic import count_run
 from tests.e2e.conftest import wait_for
 

@@ -17,6 +17,7 @@ import requests
 
 from core import current, db
 from core.module import Module, exposed
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.queryiter import split
 from core.tasks.queryiter.api import DeleteEntitiesIter, QueryIter, start_run
 from core.tasks.queryiter.runs import (
@@ -29,7 +30,6 @@ from core.tasks.queryiter.runs import (
     get_run,
     resume_run,
 )
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from tests.e2e.conftest import sign_in, wait_for
 
 PROBE_APP = f"{__name__}:probe_app()"

@@ -18,6 +18,7 @@ from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
 from core.tasks import aio, dispatch, message
+from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PayloadError, PermanentTaskFailure, TaskNotFound, error_text
 from core.tasks.queryiter import split
 from core.tasks.queryiter.api import DEFAULT_CHUNK_SECONDS, QueryIter, batch_handler
@@ -36,7 +37,6 @@ from core.tasks.queryiter.runs import (
 )
 from core.tasks.registry import declare_kind
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import TaskInfo
 from core.tasks.transports.base import TaskRequest
 
 log = logging.getLogger(__name__)

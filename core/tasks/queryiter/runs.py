@@ -16,10 +16,10 @@ from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
 from core.tasks import dispatch, message
-from core.tasks.deferred import build_request
 from core.tasks.errors import NotFound, PayloadError, error_text
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.transports.base import TaskRequest, hashed_task_name
+from core.tasks.wire import build_request
 
 log = logging.getLogger(__name__)
 

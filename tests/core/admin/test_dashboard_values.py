@@ -5,8 +5,8 @@ import pytest
 
 from core import db
 from core import json as tagged_json
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from example import MODULES, SessionUsers
 from tests.example.test_users import sign_in
 

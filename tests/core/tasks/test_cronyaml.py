@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.tasks.auth.signing import CRON_MAX_AGE, SIGNATURE_HEADER, verify_signature
 from core.tasks.cronyaml import (
     CalendarPing,
     CronPinger,
@@ -31,7 +32,6 @@ from core.tasks.cronyaml import (
 from core.tasks.periodic import PeriodicSpec
 from core.tasks.registry import TaskRegistry
 from core.tasks.schedule import Crontab, build_schedule
-from core.tasks.security import CRON_MAX_AGE, SIGNATURE_HEADER, verify_signature
 
 UTC = datetime.UTC
 BERLIN = ZoneInfo("Europe/Berlin")

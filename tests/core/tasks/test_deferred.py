@@ -21,9 +21,9 @@ from core.tasks import (
     retry_n_times,
     sweep_outbox,
 )
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.dispatch import OUTBOX_KIND, outbox_size
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 CALLS: list[tuple] = []

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core.tasks import callDeferred
-from tests.core.tasks.test_security import ACCOUNT, AUDIENCE, Key
+from tests.core.tasks.auth.support import ACCOUNT, AUDIENCE, Key
 
 RUNS: list[str] = []
 

@@ -7,9 +7,9 @@ import pytest
 
 from core import db
 from core.tasks import PermanentTaskFailure, callDeferred
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.hooks import TaskHook, check_hooks
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 
 EVENTS: list[tuple] = []
 RUNS: list[str] = []

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from core import db
 from core import json as tagged_json
 from core.app import runtime_of
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import api as queryiter
 from core.tasks.runtime import TaskRuntime
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from example import MODULES, SessionUsers
 from example.users import create_user
 

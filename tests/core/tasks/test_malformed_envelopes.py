@@ -8,8 +8,8 @@ import pytest
 
 from core import db
 from core.tasks import callDeferred, executor
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 
 CALLS: list[tuple] = []
 

@@ -9,6 +9,7 @@ import pytest
 from core import db
 from core.module import Module
 from core.tasks import callDeferred, periodic, records
+from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
 from core.tasks.periodic import (
@@ -23,7 +24,6 @@ from core.tasks.periodic import (
 from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
 from core.tasks.schedule import Crontab, IntervalSchedule
-from core.tasks.security import sign_cron_ping
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 CALLS: list[object] = []

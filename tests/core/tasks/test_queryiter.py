@@ -8,6 +8,7 @@ import pytest
 
 from core import current, db
 from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter, query_iter_class
 from core.tasks.queryiter.runs import (
@@ -23,7 +24,6 @@ from core.tasks.queryiter.runs import (
     step_task_name,
     stop_run,
 )
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.inline import InlineTransport, QueuedTask
 
 #: What the iterators below saw: ("entry", key id) / ("finish", total, customData) / ...

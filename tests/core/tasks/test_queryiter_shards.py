@@ -11,6 +11,7 @@ import pytest
 
 from core import db, db_query
 from core.tasks import DeferredArgumentError
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import chunk, split
 from core.tasks.queryiter.runs import (
@@ -27,7 +28,6 @@ from core.tasks.queryiter.runs import (
     step_task_name,
     stop_run,
 )
-from core.tasks.security import SIGNATURE_HEADER, sign_request
 from core.tasks.transports.inline import InlineTransport
 from tests.core.tasks.test_queryiter import (
     FAIL_IDS,

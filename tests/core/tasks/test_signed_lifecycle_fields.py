@@ -13,7 +13,7 @@ from core import db
 from core import json as tagged_json
 from core.app import runtime_of
 from core.tasks import callDeferred, records
-from core.tasks.security import SIGNATURE_HEADER, sign_request
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 
 RAN: list[Any] = []
 HUGE = 10 ** 5000  # core.json carries it; str() of it raises ValueError

@@ -1,0 +1,123 @@
+"""What the queue says about a task: App Engine / Cloud Tasks headers read into :class:`TaskInfo`."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Mapping
+
+from core.tasks.errors import BadTaskRequest
+
+
+def lowered_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A case-insensitive view: works for plain dicts and werkzeug's header objects alike."""
+    return {str(key).lower(): str(value) for key, value in headers.items()}
+
+
+def first_header(headers: Mapping[str, str], *names: str) -> str | None:
+    """The first present, non-blank value among ``names`` (already lower-case)."""
+    for name in names:
+        value = headers.get(name)
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+_COUNT_RE = re.compile(r"^[0-9]{1,9}$")
+_ETA_RE = re.compile(r"^[0-9]{1,12}(\.[0-9]{0,9})?$")
+
+
+def _count(value: str | None, header: str) -> int | None:
+    if value is None:
+        return None
+    if not _COUNT_RE.match(value):
+        raise BadTaskRequest(f"header {header} is not a non-negative integer: {value[:40]!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What the queue says about the task being run (App Engine or Cloud Tasks headers)."""
+
+    #: The short queue name (``default``), also when the queue sent a full resource path.
+    queue: str | None = None
+    task_name: str | None = None
+    #: Attempts before this one, including those that never reached the app.
+    retry_count: int = 0
+    #: Attempts before this one that reached the app and failed; never negative.
+    execution_count: int = 0
+    #: Scheduled time in seconds since the epoch.
+    eta: float | None = None
+    #: HTTP status of the previous attempt.
+    previous_response: int | None = None
+    retry_reason: str | None = None
+
+    @property
+    def eta_datetime(self) -> datetime.datetime | None:
+        """The scheduled time as an aware UTC datetime."""
+        if self.eta is None:
+            return None
+        return datetime.datetime.fromtimestamp(self.eta, tz=datetime.UTC)
+
+
+def _short_name(value: str | None, collection: str) -> str | None:
+    """``projects/p/locations/l/queues/NAME`` → ``NAME`` (the emulator sends full paths)."""
+    if value is None:
+        return None
+    if f"/{collection}/" in value or value.startswith(f"{collection}/"):
+        value = value.rstrip("/").rsplit("/", 1)[-1]
+    return value or None
+
+
+#: Per field, the headers that may carry it, preferred first, as (lower-case key, display name).
+_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    suffix: tuple((name.lower(), name) for name in (f"X-AppEngine-{suffix}", f"X-CloudTasks-{suffix}"))
+    for suffix in ("QueueName", "TaskName", "TaskRetryCount", "TaskExecutionCount", "TaskETA",
+                   "TaskPreviousResponse", "TaskRetryReason")
+}
+
+
+def _get(lowered: Mapping[str, str], suffix: str) -> tuple[str | None, str]:
+    """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
+    candidates = _FIELDS[suffix]
+    for key, name in candidates:
+        value = lowered.get(key)
+        if value is not None and value.strip():
+            return value.strip(), name
+    return None, candidates[0][1]
+
+
+def task_info(headers: Mapping[str, str]) -> TaskInfo:
+    """Parse the queue's headers (``X-AppEngine-*`` first, then ``X-CloudTasks-*``).
+
+    Raises :class:`BadTaskRequest` for malformed numbers. A missing execution count falls back to
+    the retry count, then 0, so a retry limit always terminates.
+    """
+    return task_info_of_lowered(lowered_headers(headers))
+
+
+def task_info_of_lowered(lowered: Mapping[str, str]) -> TaskInfo:
+    """:func:`task_info` of headers already read by :func:`lowered_headers`."""
+    queue, _ = _get(lowered, "QueueName")
+    task_name, _ = _get(lowered, "TaskName")
+    retry_count = _count(*_get(lowered, "TaskRetryCount"))
+    execution_count = _count(*_get(lowered, "TaskExecutionCount"))
+    eta_raw, eta_header = _get(lowered, "TaskETA")
+    eta: float | None = None
+    if eta_raw is not None:
+        if not _ETA_RE.match(eta_raw):
+            raise BadTaskRequest(f"header {eta_header} is not a timestamp: {eta_raw[:40]!r}")
+        eta = float(eta_raw)
+    previous_response = _count(*_get(lowered, "TaskPreviousResponse"))
+    retry_reason, _ = _get(lowered, "TaskRetryReason")
+    if execution_count is None:
+        execution_count = retry_count if retry_count is not None else 0
+    return TaskInfo(
+        queue=_short_name(queue, "queues"),
+        task_name=_short_name(task_name, "tasks"),
+        retry_count=retry_count or 0,
+        execution_count=execution_count,
+        eta=eta,
+        previous_response=previous_response,
+        retry_reason=retry_reason,
+    )
