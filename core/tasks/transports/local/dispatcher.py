@@ -82,6 +82,7 @@ class LocalDispatcher:
             base_url, max_connections=max_connections, counters=self.stats,
             on_response=self._answered, on_failure=self._failed, on_timeout=self._timed_out,
         )
+        self._prefix = self._pusher.prefix
         self._configs = dict(queues)
         self._rate_limits = rate_limits
         self._max_connections = self._pusher.max_connections
@@ -366,7 +367,7 @@ class LocalDispatcher:
                     if not rows:
                         break
                 for _ in range(min(room, len(q.buffer))):
-                    self._begin(q, q.buffer.popleft(), now)
+                    self._begin(q, q.buffer.popleft(), now, mono)
                     started += 1
         return started
 
@@ -403,26 +404,26 @@ class LocalDispatcher:
 
     # one push and its outcome
 
-    def _begin(self, q: QueueState, task: LeasedTask, now: float) -> None:
+    def _begin(self, q: QueueState, task: LeasedTask, now: float, mono: float) -> None:
         """Build the request for a leased task and start sending it."""
         if self._rate_limits:
             q.tokens -= 1
         method, body, retry_count = task.method, task.body, task.retry_count
-        head = (
-            f"{method} {self._pusher.prefix}{task.path}{q.header}{task.name}\r\n"
-            f"X-AppEngine-TaskRetryCount: {retry_count}\r\nX-AppEngine-TaskExecutionCount: "
-            f"{task.execution_count}\r\nX-AppEngine-TaskETA: {task.eta:.6f}\r\n"
+        previous = (
+            f"X-AppEngine-TaskPreviousResponse: {task.last_status}\r\n"
+            if retry_count and task.last_status is not None else ""
         )
-        if task.last_status is not None and retry_count:
-            head += f"X-AppEngine-TaskPreviousResponse: {task.last_status}\r\n"
-        head += task.headers
-        if body or method not in _NO_BODY_METHODS:
-            head += f"Content-Length: {len(body)}\r\n"
+        length = f"Content-Length: {len(body)}\r\n" if body or method not in _NO_BODY_METHODS else ""
+        head = (
+            f"{method} {self._prefix}{task.path}{q.header}{task.name}\r\n"
+            f"X-AppEngine-TaskRetryCount: {retry_count}\r\nX-AppEngine-TaskExecutionCount: "
+            f"{task.execution_count}\r\nX-AppEngine-TaskETA: {task.eta:.6f}\r\n{previous}{task.headers}{length}\r\n"
+        )
         q.inflight += 1
         self.stats.attempts += 1
         self._pusher.push(
-            (q, task), (head + "\r\n").encode("latin-1") + body,
-            head_request=method == "HEAD", started=now, timeout=task.deadline or q.deadline,
+            (q, task), head.encode("latin-1") + body,
+            head_request=method == "HEAD", started=now, deadline=mono + (task.deadline or q.deadline),
         )
 
     def _answered(self, job: tuple[QueueState, LeasedTask], started: float, status: int, body: bytes) -> None:

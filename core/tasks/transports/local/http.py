@@ -17,7 +17,6 @@ import os
 import re
 import select
 import socket
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -91,6 +90,17 @@ class Connection:
 
     def feed(self, data: bytes) -> bool:
         """Take response bytes; True once the response is complete. Raises ValueError on garbage."""
+        if not self.head_done and not self.buf and data[9:12] == b"200":
+            # The common case, read in one piece: "HTTP/1.1 200 ...", a Content-Length, no body kept.
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and data[:8] == b"HTTP/1.1" and data[8] == 32:
+                fields = dict(_FIELDS_RE.findall(data[:end].lower()))
+                length = fields.get(b"content-length")
+                if length is not None and b"transfer-encoding" not in fields and not self.head_request:
+                    self.status, self.head_done = 200, True
+                    self.keep_alive = b"close" not in fields.get(b"connection", b"")
+                    self.remaining = int(length) - (len(data) - end - 4)
+                    return self.remaining <= 0
         if self.buf:
             data, self.buf = self.buf + data, b""
         if not self.head_done:
@@ -208,9 +218,10 @@ class Pusher:
         self._poller.register(fd, _IN)
         self._readers[fd] = callback
 
-    def push(self, job: Any, payload: bytes, *, head_request: bool, started: float, timeout: float,
+    def push(self, job: Any, payload: bytes, *, head_request: bool, started: float, deadline: float,
              fresh: bool = False) -> None:
-        """Send ``payload`` (a whole request) on an idle connection, or a new one."""
+        """Send ``payload`` (a whole request) on an idle connection, or a new one; give up on it
+        at ``deadline`` (``time.monotonic()``), see :meth:`expire`."""
         if self._idle and not fresh:
             conn = self._idle.pop()
             conn.reused = True
@@ -219,7 +230,7 @@ class Pusher:
             if conn is None:
                 return
         conn.job, conn.head_request, conn.payload, conn.sent = job, head_request, payload, 0
-        conn.started, conn.deadline = started, time.monotonic() + timeout
+        conn.started, conn.deadline = started, deadline
         conn.state = _SENDING
         self.active.add(conn)
         # Loopback connects finish at once; sending right away saves a trip through the poller.
@@ -342,11 +353,11 @@ class Pusher:
         """The connection failed before a complete response arrived."""
         job, payload, started, head_request = conn.job, conn.payload, conn.started, conn.head_request
         stale = conn.reused and not conn.head_done and not conn.buf
-        timeout = conn.deadline - time.monotonic()
+        deadline = conn.deadline
         self._release(conn, keep=False)
         if stale:
             # A kept-alive connection the server had closed meanwhile: resend on a new one.
-            self.push(job, payload, head_request=head_request, started=started, timeout=timeout, fresh=True)
+            self.push(job, payload, head_request=head_request, started=started, deadline=deadline, fresh=True)
             return
         self._on_failure(job, started, error)
 
