@@ -35,7 +35,7 @@ import requests
 from core.devserver.datastore_emulator import start_datastore_emulator
 from core.devserver.ports import free_port
 from core.devserver.stack import LocalStack
-from core.tasks.transports.local import LocalQueueStore
+from core.tasks.transports.local.store import LocalQueueStore
 from tests.services.tasks_emulator import start_tasks_emulator
 
 PROJECT, LOCATION = "bench-project", "europe-west1"

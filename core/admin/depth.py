@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.tasks.runtime import TaskRuntime
-from core.tasks.transports.local import LocalTransport
+from core.tasks.transports.local.transport import LocalTransport
 
 
 def local_queue_depth(runtime: TaskRuntime) -> list[dict[str, Any]] | None:

@@ -24,7 +24,8 @@ from core.tasks.hooks import check_hooks
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.tasks.transports.cloudtasks import CloudTasksTransport
 from core.tasks.transports.inline import InlineTransport
-from core.tasks.transports.local import LocalQueueStore, LocalTransport
+from core.tasks.transports.local.store import LocalQueueStore
+from core.tasks.transports.local.transport import LocalTransport
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:

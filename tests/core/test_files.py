@@ -8,7 +8,7 @@ import pytest
 
 from core.config import Settings
 from core.tasks.transports.base import TaskRequest
-from core.tasks.transports.local import LocalQueueStore
+from core.tasks.transports.local.store import LocalQueueStore
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tasks.transports.local import LocalQueueStore
+from core.tasks.transports.local.store import LocalQueueStore
 
 from .recording_server import Recorder
 

@@ -14,7 +14,9 @@ import pytest
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueConfig, RetryConfig
 from core.tasks.transports.base import EnqueueStatus, TaskRequest
-from core.tasks.transports.local import LocalDispatcher, LocalQueueStore, LocalTransport
+from core.tasks.transports.local.dispatcher import LocalDispatcher
+from core.tasks.transports.local.store import LocalQueueStore
+from core.tasks.transports.local.transport import LocalTransport
 
 from .recording_server import Recorder
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from core.tasks.transports.base import EnqueueStatus, TaskRequest
-from core.tasks.transports.local import LocalQueueStore, LocalTransport
+from core.tasks.transports.local.store import LocalQueueStore
+from core.tasks.transports.local.transport import LocalTransport
 
 from .recording_server import Recorder
 

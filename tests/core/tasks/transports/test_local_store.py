@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.tasks.transports import local
 from core.tasks.transports.base import EnqueueStatus, TaskRequest, Transport
-from core.tasks.transports.local import LocalQueueStore, LocalTransport
+from core.tasks.transports.local import store as local_store
+from core.tasks.transports.local.store import LocalQueueStore
+from core.tasks.transports.local.transport import LocalTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 UTC = datetime.UTC
@@ -124,7 +125,8 @@ def test_concurrent_threads_and_another_process_share_the_file(store: LocalQueue
             errors.append(exc)
 
     script = (
-        "import sys; from core.tasks.transports.local import LocalQueueStore, LocalTransport\n"
+        "import sys; from core.tasks.transports.local.store import LocalQueueStore\n"
+        "from core.tasks.transports.local.transport import LocalTransport\n"
         "from core.tasks.transports.base import TaskRequest\n"
         "t = LocalTransport(LocalQueueStore(sys.argv[1]))\n"
         "for c in range(20):\n"
@@ -165,11 +167,11 @@ def test_failed_tasks_can_be_requeued_or_deleted(store: LocalQueueStore) -> None
 def test_a_file_of_the_first_schema_gains_the_deadline_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    conn.executescript(local._SCHEMA.replace(",\n    deadline REAL", "") + "PRAGMA user_version = 1;")
+    conn.executescript(local_store._SCHEMA.replace(",\n    deadline REAL", "") + "PRAGMA user_version = 1;")
     conn.close()
     store = LocalQueueStore(path)
     [result] = LocalTransport(store).enqueue_many([_request(dispatch_deadline=datetime.timedelta(seconds=5))])
     assert result.status is EnqueueStatus.CREATED
-    assert store.lease_due("default", now=9e12, limit=1)[0][-1] == 5.0
+    assert store.lease_due("default", now=9e12, limit=1)[0].deadline == 5.0
     assert store.connection().execute("PRAGMA user_version").fetchone()[0] == 2
     store.close()
