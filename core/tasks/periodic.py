@@ -27,7 +27,7 @@ from typing import Any
 from core import db
 from core.reprs import safe_repr
 from core.tasks import aio, dispatch, locks, message, records
-from core.tasks.deferred import DEFERRED_PATH, send_task
+from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import (
     ConfigurationError,
     LockHeld,
@@ -51,7 +51,7 @@ from core.tasks.periodic_declare import (  # the public names of periodic tasks,
     spec_of,
 )
 from core.tasks.pipeline import verified
-from core.tasks.registry import TaskRegistry, declare_kind
+from core.tasks.registry import TaskRegistry, declare_builtin, declare_kind
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import CalendarSchedule, IntervalSchedule, Schedule, describe, due_slot, named_zone, next_due
 from core.tasks.transports.base import hashed_task_name
@@ -381,6 +381,17 @@ def run_periodic(runtime: TaskRuntime, envelope: message.Envelope, info: Any) ->
 
 #: The kind of every periodic run's task (also what its task record names as target).
 RUN_TARGET = declare_kind("periodic", run_periodic, DEFERRED_PATH)
+
+
+def _run_as_queued_before(task: str, instance: str | None, slot: datetime.datetime, generation: int) -> None:
+    """A periodic run that an earlier version queued as a deferred call: run it as the kind does."""
+    payload = {"periodic": task, "instance": instance, "slot": slot, "generation": generation}
+    run_periodic(get_runtime(), message.Envelope("periodic", payload, ""), None)
+
+
+#: The name earlier versions queued periodic runs under; runs still queued at a deploy keep running.
+EARLIER_RUN_TARGET = "core.tasks.periodic.run_periodic"
+declare_builtin("deferred", EARLIER_RUN_TARGET, DeferredTarget(EARLIER_RUN_TARGET, _run_as_queued_before, "function"))
 
 
 

@@ -18,10 +18,10 @@ from core import db
 from core.clock import utc_now as _now
 from core.reprs import safe_repr
 from core.tasks import aio, message
-from core.tasks.deferred import DEFERRED_PATH, send_task
+from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import PayloadError, TaskNotFound, error_text
 from core.tasks.periodic_declare import check_no_arguments
-from core.tasks.registry import declare, declare_kind, qualified_name
+from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, current_runtime, get_runtime
 from core.tasks.transports.base import hashed_task_name
 
@@ -164,6 +164,16 @@ def run_startup_task(runtime: TaskRuntime, envelope: message.Envelope, info: Any
 
 #: The kind of every startup run's task (also what its task record names as target).
 RUN_TARGET = declare_kind("startup", run_startup_task, DEFERRED_PATH)
+
+
+def _run_as_queued_before(name: str, version: str) -> None:
+    """A startup run that an earlier version queued as a deferred call: run it as the kind does."""
+    run_startup_task(get_runtime(), message.Envelope("startup", {"startup": name, "version": version}, ""), None)
+
+
+#: The name earlier versions queued startup runs under; runs still queued at a deploy keep running.
+EARLIER_RUN_TARGET = "core.tasks.startup.run_startup_task"
+declare_builtin("deferred", EARLIER_RUN_TARGET, DeferredTarget(EARLIER_RUN_TARGET, _run_as_queued_before, "function"))
 
 
 def startup_overview(runtime: TaskRuntime, version: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from core import db
 from core.module import Module
-from core.tasks import callDeferred, periodic, records
+from core.tasks import callDeferred, message, periodic, records, wire
 from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
@@ -476,3 +476,18 @@ def test_declaration_errors():
             PeriodicTask(5)(needs_argument)
         with pytest.raises(TypeError):
             PeriodicTask(5)(staticmethod(plain_function))
+
+
+def test_a_run_queued_by_an_earlier_version_as_a_deferred_call_still_runs(app, client, settings, task_queue):
+    """Runs queued before periodic runs were a kind of their own are still in queues at a deploy."""
+    assert ping(client, settings, "t-every").status_code == 200
+    queued = message.decode(task_queue.pending.pop().request.body)
+    payload = queued.payload
+    earlier = message.Envelope("deferred", {"target": "core.tasks.periodic.run_periodic", "args": [
+        payload["periodic"], payload["instance"], payload["slot"], payload["generation"]], "kwargs": {}}, queued.queue)
+    with app.app_context():
+        request = wire.build_request(get_runtime(), earlier, "/_tasks/deferred")
+    response = client.post(request.path, data=request.body, headers=request.headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert CALLS == ["every"]
+    assert state(name_of(every_ping))["runs"] == 1

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core import db
+from core.tasks import message, wire
 from core.tasks.dispatch import OUTBOX_KIND, sweep_outbox
 from core.tasks.registry import isolated_registry
 from core.tasks.startup import (
@@ -181,3 +182,20 @@ def test_only_plain_functions_without_arguments():
             StartupTask(needs)
         with pytest.raises(TypeError, match="module-level"):
             StartupTask(Holder.method)
+
+
+def test_a_run_queued_by_an_earlier_version_as_a_deferred_call_still_runs(build):
+    """Runs queued before startup runs were a kind of their own are still in queues at a deploy."""
+    app, queue = build("v1")
+    runtime = app.extensions["core"]
+    runStartupTasks(runtime)
+    queued = [message.decode(task.request.body) for task in queue.pending]
+    queue.pending.clear()
+    client = app.test_client()
+    for envelope in queued:
+        earlier = message.Envelope("deferred", {"target": "core.tasks.startup.run_startup_task", "args": [
+            envelope.payload["startup"], envelope.payload["version"]], "kwargs": {}}, envelope.queue)
+        request = wire.build_request(runtime, earlier, "/_tasks/deferred")
+        client.post(request.path, data=request.body, headers=request.headers)
+    assert sorted(CALLS) == ["fails_twice", "migrate", "warm_cache"]
+    assert sorted(startup_overview(runtime)["done"]) == names(warm_cache, migrate, fails_twice)
