@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 from core.tasks import records
@@ -29,6 +30,27 @@ class _Created:
     def __call__(self, result: EnqueueResult) -> None:
         self.result = result
 
+
+
+def wait_until_ended(ended: Callable[[], tuple[bool, Any, Any]], what: str, timeout: float | None, *,
+                     poll: float, max_poll: float) -> Any:
+    """Call ``ended()`` (-> done, value, state) until it is done, doubling the wait from ``poll`` to ``max_poll``.
+
+    Returns the value; ``TimeoutError`` naming ``what`` and its last state after ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait = poll
+    while True:
+        done, value, state = ended()
+        if done:
+            return value
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{what} did not finish within {timeout} s (state {state})")
+            wait = min(wait, left)
+        time.sleep(wait)
+        wait = min(wait * 2, max_poll)
 
 @dataclasses.dataclass(frozen=True)
 class TaskStatus:
@@ -109,24 +131,18 @@ class TaskHandle:
         :class:`TaskCancelled`, or ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
         Polls the record, doubling the wait from ``poll`` up to ``max_poll`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        wait = poll
-        while True:
+        def ended() -> tuple[bool, Any, Any]:
             record = self._record()
             state = record.get("state")
             if state == records.SUCCEEDED:
-                return records.decode_result(record.get("result"))
+                return True, records.decode_result(record.get("result")), state
             if state == records.FAILED:
                 raise TaskFailed(self.id, record.get("error_type"), record.get("error"), record.get("traceback"))
             if state == records.CANCELLED and record.get("ended_at") is not None:
                 raise TaskCancelled(f"task {self.id} was cancelled")
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"task {self.id} did not finish within {timeout} s (state {state})")
-                wait = min(wait, left)
-            time.sleep(wait)
-            wait = min(wait * 2, max_poll)
+            return False, None, state
+
+        return wait_until_ended(ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
 
     def cancel(self) -> bool:
         """Take the task back: ``True`` if it will not run (again), ``False`` if it had ended.

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import time
 from typing import Any
 
 from core import db
 from core.tasks import records
 from core.tasks.errors import TaskError, UntrackedTask
+from core.tasks.handle import wait_until_ended
 from core.tasks.workflows import store
 
 
@@ -75,22 +75,16 @@ class _Handle:
 
     def result(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
         """Wait until the workflow ends and return its result (:class:`WorkflowFailed` if it failed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        wait = poll
-        while True:
+        def ended() -> tuple[bool, Any, Any]:
             root = self._root()
             state = root.get("state")
             if state == store.SUCCEEDED:
-                return self._value(root)
+                return True, self._value(root), state
             if state == store.FAILED:
                 raise WorkflowFailed(self.id, root.get("error"))
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"workflow {self.id} did not finish within {timeout} s (state {state})")
-                wait = min(wait, left)
-            time.sleep(wait)
-            wait = min(wait * 2, max_poll)
+            return False, None, state
+
+        return wait_until_ended(ended, f"workflow {self.id}", timeout, poll=poll, max_poll=max_poll)
 
     def _value(self, root: db.Entity) -> Any:
         raise NotImplementedError
