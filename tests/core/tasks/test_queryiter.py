@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from core import current, db
-from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry
+from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry, message, wire
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter, query_iter_class
@@ -24,6 +24,7 @@ from core.tasks.queryiter.runs import (
     step_task_name,
     stop_run,
 )
+from core.tasks.runtime import get_runtime
 from core.tasks.transports.inline import InlineTransport, QueuedTask
 
 #: What the iterators below saw: ("entry", key id) / ("finish", total, customData) / ...
@@ -738,3 +739,19 @@ def test_example_reindex_module(make_app):
     assert indexed[3] == ["3", "acme", "consulting", "corp"] and indexed[4] is None
     report = db.get(db.key(REPORT_KIND, started["report"]))
     assert (report["total"], report["by"], report["language"]) == (15, "root", "de")
+
+
+@pytest.mark.parametrize("field", ["gen", "step"])
+def test_a_step_number_beyond_64_bits_is_a_dead_letter(app, client, task_queue, field):
+    """Datastore integers are 64-bit; a larger one (the fuzz found 10**5000) is a malformed step."""
+    put_things(1)
+    run_id = Recorder.startIterOnQuery(db.Query("thing"))
+    task = task_queue.pending.pop()
+    envelope = message.decode(task.request.body)
+    envelope.payload[field] = 10 ** 5000
+    with app.app_context():
+        request = wire.build_request(get_runtime(), envelope, QUERY_ITER_PATH)
+    assert client.post(QUERY_ITER_PATH, data=request.body, headers=request.headers).status_code == 200
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["error"].startswith("PayloadError") and get_run(run_id).status == RUNNING
+    assert entries() == []
