@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: Production refuses commits with more mutations than this.
 MAX_MUTATIONS_PER_COMMIT = 500
+#: Datastore integers are 64-bit: a larger value cannot be stored.
+INT64_MAX = 2 ** 63 - 1
 #: Entities asked for per query call when paging (the emulator caps a call at 300).
 DEFAULT_PAGE_SIZE = 500
 

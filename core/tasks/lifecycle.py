@@ -108,7 +108,8 @@ def start(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo, path
     """Prepare an attempt; a tracked one claims its record (see the module's docstring)."""
     payload = envelope.payload if isinstance(envelope.payload, dict) else {}
     previous = payload.get("attempt")
-    previous = previous if isinstance(previous, int) and not isinstance(previous, bool) and previous > 0 else 0
+    # An attempt count beyond what any record can store is not one (it could not be saved).
+    previous = previous if type(previous) is int and 0 < previous < db.INT64_MAX // 2 else 0
     queue = info.queue or envelope.queue
     config = queue_config(runtime, queue)
     attempt = Attempt(envelope, path, previous + info.retry_count + 1, payload.get("track") is True, target,

@@ -180,10 +180,6 @@ def step_request(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str,
     return build_request(runtime, envelope, QUERY_ITER_PATH, name=step_task_name(run_id, generation, step, shard))
 
 
-#: Generation and step numbers are stored in Datastore, whose integers are 64-bit.
-_INT64_LIMIT = 2 ** 63
-
-
 def parse_step(payload: Any) -> tuple[str, str, int, int, int | None]:
     """``(run id, class id, generation, step, shard)`` of a step's payload (raises :class:`PayloadError`)."""
     try:
@@ -194,7 +190,7 @@ def parse_step(payload: Any) -> tuple[str, str, int, int, int | None]:
         raise PayloadError("malformed query iterator step") from None
     if not (isinstance(run_id, str) and _RUN_ID_RE.fullmatch(run_id) and isinstance(iter_id, str)
             and type(generation) is int and type(step) is int
-            and 0 <= generation < _INT64_LIMIT and 0 <= step < _INT64_LIMIT
+            and 0 <= generation < db.INT64_MAX and 0 <= step < db.INT64_MAX
             and (shard is None or (type(shard) is int and 0 <= shard < MAX_SHARDS))):
         raise PayloadError("malformed query iterator step")
     return run_id, iter_id, generation, step, shard

@@ -75,3 +75,12 @@ def test_a_tracked_query_step_naming_an_over_long_class_is_a_dead_letter(app, cl
     assert outcome.dead_letter is not None
     assert len(records.get("t1")["target"]) <= records.MAX_INDEXED_CHARS
     assert db.get(outcome.dead_letter) is not None
+
+
+@pytest.mark.parametrize("attempt", [2 ** 64 + 1, HUGE], ids=["past-64-bits", "huge"])
+def test_a_tracked_task_with_an_attempt_count_no_record_can_store_runs_as_a_first_attempt(app, client, attempt):
+    response, outcome = post(app, client, {"target": note.target.name, "args": ["hi"], "kwargs": {},
+                                           "track": True, "attempt": attempt})
+    assert response.status_code == 200, response.text
+    assert outcome.ran and RAN == ["hi"]
+    assert records.get("t1")["attempts"] == 1
