@@ -7,6 +7,7 @@ its last step's. A workflow that failed raises :class:`WorkflowFailed`.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime
 from typing import Any
@@ -61,7 +62,9 @@ def status_of(root: db.Entity) -> WorkflowStatus:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Handle:
+class _Handle(abc.ABC):
+    """What group and chain handles share: the root record, status and waiting for the end."""
+
     id: str
 
     def _root(self) -> db.Entity:
@@ -86,8 +89,9 @@ class _Handle:
 
         return wait_until_ended(ended, f"workflow {self.id}", timeout, poll=poll, max_poll=max_poll)
 
+    @abc.abstractmethod
     def _value(self, root: db.Entity) -> Any:
-        raise NotImplementedError
+        """The result of a workflow that succeeded, read from its root record."""
 
 
 class GroupHandle(_Handle):
