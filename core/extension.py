@@ -65,19 +65,23 @@ class Tasks:
                  transport: Transport | None = None, languages: tuple[str, ...] | None = None,
                  language_selector: LanguageSelector | None = None,
                  admin_mail: Callable[[str, str], None] | None = None,
-                 startup_tasks: bool | None = None, hooks: Iterable[Any] | None = None) -> TaskRuntime:
+                 startup_tasks: bool | None = None, hooks: Iterable[Any] | None = None,
+                 direct_pushes: bool | None = None) -> TaskRuntime:
         """Add the task module to ``app``; returns the app's runtime.
 
         Nothing here talks to the network: the Datastore and queue clients are built on first
         use, and this version's startup tasks are queued on a background thread at the app's
         first request (``startup_tasks=False`` turns that off, e.g. for tests that count tasks).
+        A queue's pushes to ``/_tasks/deferred`` and ``queryIter`` skip Flask's request handling
+        (:class:`~core.task_routes.DirectPushes`); ``direct_pushes=False`` sends them through Flask,
+        for an app whose own request hooks must see them.
         """
         if "core" in app.extensions:
             raise RuntimeError(f"{app!r} already has the task module")
         given = {"modules": modules, "settings": settings, "users": users, "environment": environment,
                  "registry": registry, "transport": transport, "languages": languages,
                  "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks,
-                 "hooks": hooks}
+                 "hooks": hooks, "direct_pushes": direct_pushes}
         opts = {**self.options, **{k: v for k, v in given.items() if v is not None}}
         settings = _checked(opts.get("settings") or get_settings())
         install_logging(settings)
@@ -110,6 +114,8 @@ class Tasks:
         app.before_request(_enter_request)
         app.after_request(_flush_request)
         app.teardown_request(_leave_request)
+        if opts.get("direct_pushes", True):
+            app.wsgi_app = task_routes.DirectPushes(app, app.wsgi_app, task_routes.direct_paths(tree))  # type: ignore[method-assign]
         return runtime
 
     @staticmethod

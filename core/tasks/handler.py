@@ -43,9 +43,14 @@ def callable_pages() -> CallablePages | None:
     return current_app.extensions.get(CALLABLE_PAGES)
 
 
+def outcome_headers(outcome: executor.Outcome) -> list[tuple[str, str]]:
+    """What a task response says of its outcome besides the status: ``X-Task-Outcome``."""
+    return [("X-Task-Outcome", "ok" if outcome.error is None else type(outcome.error).__name__)]
+
+
 def outcome_response(outcome: executor.Outcome) -> Response:
-    headers = {"X-Task-Outcome": "ok" if outcome.error is None else type(outcome.error).__name__}
-    return Response(outcome.message + "\n", status=outcome.status, content_type=_TEXT, headers=headers)
+    return Response(outcome.message + "\n", status=outcome.status, content_type=_TEXT,
+                    headers=outcome_headers(outcome))
 
 
 def run_task_request(*kinds: str) -> Response:

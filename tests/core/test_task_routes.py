@@ -147,3 +147,136 @@ def test_the_push_routes_are_the_handlers_and_what_lies_below_them():
 def test_the_task_handler_declares_its_push_routes(web):
     app, _, _, _ = web
     assert app.extensions["core.task_routes"].paths == {"/_tasks/deferred", "/_tasks/queryIter", "/_tasks/cron"}
+
+
+# --- direct pushes: /_tasks/deferred and queryIter skip Flask's request handling ------------------
+
+HOOKED: list[str] = []
+CONTEXTS: list[tuple[object, bool, object]] = []
+
+
+@callDeferred
+def look_around() -> None:
+    from flask import current_app, has_request_context
+
+    CONTEXTS.append((current_app.name, has_request_context(), current.task.get().task_name))
+
+
+@callDeferred
+def explode() -> None:
+    raise RuntimeError("boom")
+
+
+def hooked_app(settings, **options) -> Flask:
+    HOOKED.clear()
+    CONTEXTS.clear()
+    app = Flask("hooked")
+    Tasks(app, settings=settings, startup_tasks=False, **options)
+
+    @app.before_request
+    def seen() -> None:
+        HOOKED.append(request.path)
+
+    @app.post("/defer/<name>")
+    def defer(name: str) -> str:
+        {"look": look_around, "explode": explode}[name]()
+        return "queued"
+
+    return app
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-flask"])
+def test_a_push_skips_the_apps_request_hooks_unless_told_not_to(settings, datastore, direct):
+    app = hooked_app(settings, direct_pushes=direct)
+    client = app.test_client()
+    client.post("/defer/look")
+    (response,) = push_with_cookie(app, client)
+    assert response.status_code == 200 and response.headers["X-Task-Outcome"] == "ok"
+    assert response.get_data(as_text=True) == "ok\n"
+    assert response.headers["X-Frame-Options"] == "DENY" and response.mimetype == "text/plain"
+    assert HOOKED == (["/defer/look"] if direct else ["/defer/look", "/_tasks/deferred"])
+    (seen,) = CONTEXTS
+    assert seen[0] == "hooked" and seen[1] is (not direct) and seen[2].startswith("inline-")
+
+
+def test_a_direct_push_that_fails_answers_like_one_through_flask(settings, datastore):
+    answers = []
+    for direct in (True, False):
+        app = hooked_app(settings, direct_pushes=direct)
+        client = app.test_client()
+        client.post("/defer/explode")
+        (response,) = push_with_cookie(app, client)
+        answers.append((response.status_code, response.headers["X-Task-Outcome"], response.get_data(as_text=True)))
+    assert answers[0] == answers[1] and answers[0][:2] == (500, "RuntimeError")
+
+
+def test_a_handler_subclass_that_overrides_the_route_gets_its_pushes(settings, datastore):
+    from core.module import exposed
+    from core.tasks.handler import TaskHandler
+
+    class Counting(TaskHandler):
+        calls = 0
+
+        @exposed(methods=("POST",), raw=True)
+        def deferred(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().deferred(*args, **kwargs)
+
+    app = Flask("sub")
+    Tasks(app, settings=settings, startup_tasks=False, modules={"_tasks": Counting})
+    assert app.wsgi_app.paths == {"/_tasks/queryIter"}
+
+    @app.post("/defer")
+    def defer() -> str:
+        look_around()
+        return "queued"
+
+    client = app.test_client()
+    client.post("/defer")
+    (response,) = push_with_cookie(app, client)
+    assert response.status_code == 200 and Counting.calls == 1
+
+
+def test_a_direct_push_reads_its_body_by_length_and_refuses_what_is_too_long(settings, datastore):
+    app = hooked_app(settings)
+    limit = app.config["CORE_REQUEST_SIZE_LIMIT"]
+    client = app.test_client()
+    too_long = client.post("/_tasks/deferred", data=b"x" * (limit + 1))
+    assert too_long.status_code == 413 and HOOKED == []
+    unsigned = client.post("/_tasks/deferred", data=b"{}")
+    assert unsigned.status_code == 403 and HOOKED == []
+    # Not a POST, or below the route: Flask answers, as for any request.
+    assert client.get("/_tasks/deferred").status_code == 405 and HOOKED == ["/_tasks/deferred"]
+
+
+def test_a_body_shorter_than_its_length_is_a_bad_request():
+    from core.task_routes import DirectPushes
+
+    app = Flask("short")
+    app.config["CORE_REQUEST_SIZE_LIMIT"] = 100
+    entry = DirectPushes(app, lambda environ, start: [b"flask"], ["/_tasks/deferred"])
+    statuses = []
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/_tasks/deferred", "CONTENT_LENGTH": "10",
+               "wsgi.input": __import__("io").BytesIO(b"abc")}
+    body = b"".join(entry(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 Bad Request"] and b"shorter" in body
+    chunked = {**environ, "HTTP_TRANSFER_ENCODING": "chunked"}
+    assert b"".join(entry(chunked, lambda *a: None)) == b"flask"
+    assert b"".join(entry({**environ, "PATH_INFO": "/_tasks/deferred/x"}, lambda *a: None)) == b"flask"
+
+
+def test_a_crash_outside_the_pipeline_is_a_500_not_an_escape(settings, datastore, monkeypatch, caplog):
+    from core.tasks import executor
+
+    app = hooked_app(settings)
+    app.testing = False
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("executor broke")
+
+    monkeypatch.setattr(executor, "execute", crash)
+    response = app.test_client().post("/_tasks/deferred", data=b"{}")
+    assert response.status_code == 500 and "executor broke" in caplog.text
+    app.testing = True
+    with pytest.raises(RuntimeError, match="executor broke"):
+        app.test_client().post("/_tasks/deferred", data=b"{}")

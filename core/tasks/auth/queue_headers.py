@@ -9,9 +9,28 @@ from collections.abc import Mapping
 from core.tasks.errors import BadTaskRequest
 
 
-def lowered_headers(headers: Mapping[str, str]) -> dict[str, str]:
+class LoweredHeaders(dict[str, str]):
+    """Headers whose names are already lower-case: :func:`lowered_headers` takes them as they are."""
+
+
+def lowered_headers(headers: Mapping[str, str]) -> LoweredHeaders:
     """A case-insensitive view: works for plain dicts and werkzeug's header objects alike."""
-    return {str(key).lower(): str(value) for key, value in headers.items()}
+    if isinstance(headers, LoweredHeaders):
+        return headers
+    return LoweredHeaders((str(key).lower(), str(value)) for key, value in headers.items())
+
+
+def environ_headers(environ: Mapping[str, object]) -> LoweredHeaders:
+    """The request headers of a WSGI ``environ``, lower-cased (``HTTP_X_FOO`` → ``x-foo``)."""
+    headers = LoweredHeaders()
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = str(value)
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        value = environ.get(key)
+        if value:
+            headers[name] = str(value)
+    return headers
 
 
 def first_header(headers: Mapping[str, str], *names: str) -> str | None:
