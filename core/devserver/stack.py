@@ -143,9 +143,23 @@ class LocalStack:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)
 
+    @property
+    def app_slots(self) -> int:
+        """Requests the app's workers serve at once (each gthread worker one per thread)."""
+        return self.workers * (self.threads if self.worker_class == "gthread" else 1)
+
+    def dispatcher_command(self) -> list[str]:
+        """The dispatcher's command line: at most :attr:`app_slots` connections unless told otherwise.
+
+        More connections than the app serves at once add no concurrency: the extra requests only
+        wait inside gunicorn, whose poller pays for every waiting kept-alive connection.
+        """
+        limit = () if "--max-connections" in self.dispatcher_args else ("--max-connections", str(self.app_slots))
+        return [sys.executable, "-m", "core.tasks.transports.local", "--db", str(self.queue_db),
+                "--url", self.url, "--queue-yaml", str(self.queue_yaml), *limit, *self.dispatcher_args]
+
     def start_dispatcher(self) -> None:
-        args = [sys.executable, "-m", "core.tasks.transports.local", "--db", str(self.queue_db),
-                "--url", self.url, "--queue-yaml", str(self.queue_yaml), *self.dispatcher_args]
+        args = self.dispatcher_command()
         with self._log("dispatcher") as out:
             self.dispatcher = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                                stderr=subprocess.STDOUT, start_new_session=True)
