@@ -5,7 +5,18 @@ import re
 
 import pytest
 
-from bench.peers import Figures, format_table, median, percentile, ratio, rotated, stat_cpu, summary_line
+from bench.peers import (
+    Figures,
+    Floor,
+    floor_line,
+    format_table,
+    median,
+    percentile,
+    ratio,
+    rotated,
+    stat_cpu,
+    summary_line,
+)
 
 LAST_LINE = re.compile(r"peers: ours/celery=(\S+) ours/dramatiq=(\S+) ours/rq=(\S+) p50_ours/p50_celery=(\S+)")
 
@@ -99,3 +110,11 @@ def test_cpu_ticks_are_read_after_the_command_name_whatever_it_holds() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
     stat = "4242 (gunicorn: worker) [x)) S 4200 4100 4100 0 -1 4194560 900 0 0 0 1234 567 3 4 20 0 9 0\n"
     assert stat_cpu(stat) == (4100, 1234 + 567)
+
+
+def test_floor_line_gives_medians_and_the_floor_over_each_peer_measured() -> None:
+    floor = Floor(drain=[4000.0, 5000.0, 4500.0], cpu=[400.0, 300.0, 350.0])
+    figures = {"dramatiq": Figures(drain=[2000.0, 2250.0, 2500.0], cpu=[700.0, 700.0, 700.0])}
+    line = floor_line(floor, figures)
+    assert "drain 4,500/s, CPU 350 us/task" in line
+    assert line.endswith("; floor/dramatiq: drain 2.00, CPU 0.50") and "celery" not in line
