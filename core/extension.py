@@ -171,7 +171,7 @@ def _enter_request() -> None:
     else:
         current.user.set(runtime.users.load_from_request(req))
         current.language.set(extensions["core.language_selector"](req))
-    scope = dispatch.request_scope(runtime)
+    scope = dispatch.RequestScope(runtime)
     scope.__enter__()
     environ["core.task_scope"] = scope
 

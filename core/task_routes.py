@@ -24,7 +24,7 @@ from core import current, safety, trace
 from core.module import ModuleTree
 from core.tasks import executor
 from core.tasks.auth.queue_headers import environ_headers
-from core.tasks.dispatch import request_scope
+from core.tasks.dispatch import RequestScope
 from core.tasks.handler import TaskHandler, outcome_headers
 from core.tasks.runtime import TaskRuntime
 from core.tasks.startup import runStartupTasks
@@ -148,7 +148,7 @@ class DirectPushes:
                       current.trace.set(trace.from_values(environ.get("HTTP_TRACEPARENT"),
                                                           environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))))
             try:
-                with request_scope(runtime):
+                with RequestScope(runtime):
                     outcome = executor.execute(runtime, method="POST", path=environ["PATH_INFO"],
                                                headers=environ_headers(environ), body=body)
             except Exception:

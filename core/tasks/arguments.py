@@ -29,7 +29,7 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
     signature = shape.signature
     if signature is None:
         return  # no signature to check against (a builtin): the call itself decides
-    arguments = shape.bind_plain(bound, args, kwargs)
+    arguments = shape.bind(bound, args, kwargs)
     if arguments is None:
         try:
             arguments = signature.bind(*bound, *args, **kwargs).arguments
@@ -53,34 +53,53 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """What a call is checked against: the signature, the resolved hints, and for a signature of
-    plain parameters (no ``*args``, ``**kwargs`` or positional-only ones) their names."""
+    """What a call is checked against: the signature, the resolved hints, and for a signature
+    without positional-only parameters the names :meth:`bind` needs."""
 
     signature: inspect.Signature | None
     hints: dict[str, Any]
-    #: Every parameter's name in order, when all are plain; else ``None``.
+    #: The named parameters (not ``*args`` / ``**kwargs``) in order; ``None`` for a positional-only one.
     names: tuple[str, ...] | None = None
     positional: int = 0
     required: frozenset[str] = frozenset()
+    #: The names of ``*args`` and ``**kwargs``, if the signature has them.
+    var_positional: str | None = None
+    var_keyword: str | None = None
+    #: Every parameter's name in the signature's order (where ``*args`` and ``**kwargs`` go).
+    order: tuple[str, ...] = ()
 
-    def bind_plain(self, bound: tuple[Any, ...], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """The arguments by name, in the signature's order, of a call that fits a plain signature.
+    def bind(self, bound: tuple[Any, ...], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The arguments by name, in the signature's order, as ``Signature.bind`` gives them.
 
-        ``None`` when the signature is not plain or the call does not fit: ``Signature.bind``
-        (ten times slower) then decides and words the error.
+        ``None`` when the signature has positional-only parameters or the call does not fit:
+        ``Signature.bind`` (several times slower) then decides and words the error.
         """
         names = self.names
-        if names is None or len(bound) + len(args) > self.positional:
+        if names is None:
             return None
-        given = dict(zip(names, (*bound, *args)))
-        for key in kwargs:
-            if key in given or key not in names:
+        given_positional = (*bound, *args)
+        extra = len(given_positional) - self.positional
+        if extra > 0 and self.var_positional is None:
+            return None
+        given = dict(zip(names, given_positional[:self.positional]))
+        if extra > 0:
+            given[self.var_positional] = given_positional[self.positional:]  # type: ignore[index]
+        more: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in given:
                 return None
-        given.update(kwargs)
+            if key in names:
+                given[key] = value
+            elif self.var_keyword is not None:
+                more[key] = value
+            else:
+                return None
         if not self.required <= given.keys():
             return None
-        if kwargs:
-            given = {key: given[key] for key in names if key in given}
+        if more:
+            given[self.var_keyword] = more  # type: ignore[index]
+        if kwargs or extra > 0:
+            given = {key: given[key] for key in self.order if key in given}
         return given
 
 
@@ -90,21 +109,25 @@ def _shape(func: Callable[..., Any]) -> Shape:
     return _read_shape(func)
 
 
-_PLAIN = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def _read_shape(func: Callable[..., Any]) -> Shape:
-    """The signature of ``func`` (``None`` if it has none), its resolved type hints, and its plain names."""
+    """The signature of ``func`` (``None`` if it has none), its resolved type hints, and its names."""
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
         return Shape(None, {})
     parameters = signature.parameters.values()
-    if not all(p.kind in _PLAIN for p in parameters):
+    if any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in parameters):
         return Shape(signature, _hints(func))
-    return Shape(signature, _hints(func), names=tuple(signature.parameters),
-                 positional=sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters),
-                 required=frozenset(p.name for p in parameters if p.default is inspect.Parameter.empty))
+    named = [p for p in parameters if p.kind in _NAMED]
+    by_kind = {p.kind: p.name for p in parameters if p.kind not in _NAMED}
+    return Shape(signature, _hints(func), names=tuple(p.name for p in named),
+                 positional=sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in named),
+                 required=frozenset(p.name for p in named if p.default is inspect.Parameter.empty),
+                 var_positional=by_kind.get(inspect.Parameter.VAR_POSITIONAL),
+                 var_keyword=by_kind.get(inspect.Parameter.VAR_KEYWORD), order=tuple(signature.parameters))
 
 
 def _hints(func: Callable[..., Any]) -> dict[str, Any]:

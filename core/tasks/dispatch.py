@@ -3,7 +3,7 @@
 - Inside a Datastore transaction a request is written to the outbox *in that transaction* and
   enqueued right after the commit: a rollback leaves no trace, a crash between commit and
   enqueue leaves the outbox entry, which :func:`sweep_outbox` enqueues later.
-- Inside a request or a task (a :func:`request_scope` block) requests are collected and created
+- Inside a request or a task (a :class:`RequestScope` block) requests are collected and created
   together when the block ends. When the transport creates a batch cheaply (the local queue: one
   SQLite transaction) or the batch is small, the tasks are created concurrently before the
   response goes out. A large batch for a remote queue is first written to the outbox as *one*
@@ -17,13 +17,12 @@ Whatever cannot be created is kept in the outbox; nothing is dropped.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import datetime
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core import db
@@ -93,24 +92,35 @@ def _submit(runtime: TaskRuntime, pending: _Pending) -> None:
         _flush(runtime, [pending])
 
 
-@contextlib.contextmanager
-def request_scope(runtime: TaskRuntime) -> Iterator[None]:
+class RequestScope:
     """Collect every task the block defers; create them together when it ends without error.
 
     A block that raises drops what it collected (a failed task is retried and defers again),
     except requests made in committed transactions, which stay in the outbox for the sweep.
+    A class, not a generator: every task request enters one or two of these.
     """
-    token = _batch.set([])
-    try:
-        yield
-        batch = _batch.get() or []
-        fresh = [p for p in batch if p.outbox_key is None]
-        if len(fresh) > INLINE_CREATE_LIMIT and not getattr(runtime.transport, "cheap_batches", False):
-            _flush_through_outbox(runtime, batch)
-        else:
-            _flush(runtime, batch)
-    finally:
-        _batch.reset(token)
+
+    __slots__ = ("runtime", "_token")
+
+    def __init__(self, runtime: TaskRuntime) -> None:
+        self.runtime = runtime
+
+    def __enter__(self) -> None:
+        self._token = _batch.set([])
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                batch = _batch.get()
+                if batch:
+                    runtime = self.runtime
+                    fresh = [p for p in batch if p.outbox_key is None]
+                    if len(fresh) > INLINE_CREATE_LIMIT and not getattr(runtime.transport, "cheap_batches", False):
+                        _flush_through_outbox(runtime, batch)
+                    else:
+                        _flush(runtime, batch)
+        finally:
+            _batch.reset(self._token)
 
 
 def flush(runtime: TaskRuntime, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:

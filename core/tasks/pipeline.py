@@ -239,6 +239,6 @@ def run(delivery: Delivery, proceed: Proceed) -> Outcome:
     runtime, envelope, info, kind = delivery.runtime, delivery.envelope, delivery.info, delivery.kind
     assert envelope is not None and kind is not None and delivery.attempt is not None
     with restored_environment(runtime, envelope.env, info), telemetry.run_span(envelope, delivery.target), \
-            dispatch.request_scope(runtime):
+            dispatch.RequestScope(runtime):
         delivery.result = lifecycle.encode_result(delivery.attempt, kind.run(runtime, envelope, info))
     return delivery.outcome()

@@ -14,8 +14,8 @@ NAMES = ["a", "b", "c", "d", "e"]
 
 
 @st.composite
-def plain_signatures(draw):
-    """A function of plain parameters: positional-or-keyword, then keyword-only, some with defaults."""
+def signatures(draw):
+    """Positional-or-keyword parameters, maybe ``*rest``, keyword-only ones, maybe ``**more``."""
     count = draw(st.integers(0, len(NAMES)))
     keyword_only = draw(st.integers(0, count))
     parameters, defaulted = [], False
@@ -27,6 +27,10 @@ def plain_signatures(draw):
             defaulted = defaulted or draw(st.booleans())
             default = None if defaulted else inspect.Parameter.empty
         parameters.append(inspect.Parameter(name, kind, default=default))
+    if draw(st.booleans()):
+        parameters.insert(count - keyword_only, inspect.Parameter("rest", inspect.Parameter.VAR_POSITIONAL))
+    if draw(st.booleans()):
+        parameters.append(inspect.Parameter("more", inspect.Parameter.VAR_KEYWORD))
     return inspect.Signature(parameters)
 
 
@@ -41,7 +45,7 @@ def function_of(signature: inspect.Signature):
 TWO = inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in "ab"])
 
 
-@given(plain_signatures(), st.integers(0, 6), st.lists(st.sampled_from(NAMES + ["zz"]), unique=True, max_size=4))
+@given(signatures(), st.integers(0, 7), st.lists(st.sampled_from(NAMES + ["zz", "rest"]), unique=True, max_size=5))
 @example(TWO, 0, ["b", "a"])
 def test_the_fast_binding_agrees_with_signature_bind(signature, positional, keywords):
     shape = _read_shape(function_of(signature))
@@ -52,21 +56,29 @@ def test_the_fast_binding_agrees_with_signature_bind(signature, positional, keyw
         expected = dict(signature.bind(*args, **kwargs).arguments)
     except TypeError:
         expected = None
-    fast = shape.bind_plain((), args, kwargs)
+    fast = shape.bind((), args, kwargs)
     assert fast == expected
     if fast is not None:
         assert list(fast) == list(expected)  # in the signature's order, as the type check walks them
 
 
-def test_a_signature_with_star_arguments_is_bound_the_slow_way():
+def test_star_arguments_are_checked_item_by_item():
     def target(a: int, *rest: int, **more: str) -> None: ...
 
-    assert _read_shape(target).names is None
     check_call(target, "target", (), [1, 2, 3], {"x": "y"})
     with pytest.raises(PayloadError, match="argument 'rest' of target is a str, not int"):
         check_call(target, "target", (), [1, "2"], {})
     with pytest.raises(PayloadError, match="argument 'more' of target is a int, not str"):
         check_call(target, "target", (), [1], {"x": 5})
+
+
+def test_a_positional_only_signature_is_bound_the_slow_way():
+    def target(a: int, /, b: int) -> None: ...
+
+    assert _read_shape(target).names is None
+    check_call(target, "target", (), [1, 2], {})
+    with pytest.raises(PayloadError, match="do not fit it"):
+        check_call(target, "target", (), [], {"a": 1, "b": 2})
 
 
 def test_a_plain_call_that_does_not_fit_is_worded_by_signature_bind():
