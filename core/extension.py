@@ -34,7 +34,6 @@ from core.tasks.handler import CALLABLE_PAGES, TaskHandler
 from core.tasks.queryiter import chunk as _queryiter  # noqa: F401
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
-from core.tasks.startup import runStartupTasks
 from core.tasks.transports.base import Transport
 from core.tasks.workflows.hook import install as install_workflows
 from core.users import UserProvider
@@ -158,9 +157,7 @@ def _enter_request() -> None:
     safety.refuse_large_body(req, app.config[safety.LIMIT_KEY])  # first: nothing else runs for it
     extensions = app.extensions
     runtime = extensions["core"]
-    if extensions.get("core.startup_pending"):
-        extensions["core.startup_pending"] = False
-        runStartupTasks(runtime, background=True)
+    task_routes.queue_startup_tasks_once(app)
     environ = req.environ
     current.request.set(req)
     current.trace.set(trace.from_values(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")))

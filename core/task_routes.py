@@ -137,12 +137,9 @@ class DirectPushes:
 
     def _run(self, environ: dict[str, Any], start_response: Callable[..., Any], body: bytes) -> Iterator[bytes]:
         app = self.app
-        extensions = app.extensions
-        runtime: TaskRuntime = extensions["core"]
+        runtime: TaskRuntime = app.extensions["core"]
         with app.app_context():
-            if extensions.get("core.startup_pending"):
-                extensions["core.startup_pending"] = False
-                runStartupTasks(runtime, background=True)
+            queue_startup_tasks_once(app)
             tokens = (current.request.set(None), current.user.set(None),
                       current.language.set(app.config["LANGUAGES"][0]),
                       current.trace.set(trace.from_values(environ.get("HTTP_TRACEPARENT"),
@@ -160,6 +157,14 @@ class DirectPushes:
                 for var, token in zip((current.request, current.user, current.language, current.trace), tokens):
                     var.reset(token)
         return _answer(start_response, outcome.status, outcome.message, outcome_headers(outcome))
+
+
+def queue_startup_tasks_once(app: Flask) -> None:
+    """At the app's first request of any kind, queue this version's startup tasks (in the background)."""
+    extensions = app.extensions
+    if extensions.get("core.startup_pending"):
+        extensions["core.startup_pending"] = False
+        runStartupTasks(extensions["core"], background=True)
 
 
 def _content_length(environ: Mapping[str, Any]) -> int | None:

@@ -280,3 +280,22 @@ def test_a_crash_outside_the_pipeline_is_a_500_not_an_escape(settings, datastore
     app.testing = True
     with pytest.raises(RuntimeError, match="executor broke"):
         app.test_client().post("/_tasks/deferred", data=b"{}")
+
+
+@pytest.mark.parametrize("first", ["push", "page"])
+def test_the_first_request_queues_the_startup_tasks_once_whatever_it_is(settings, datastore, monkeypatch, first):
+    from core import task_routes
+
+    started = []
+    monkeypatch.setattr(task_routes, "runStartupTasks", lambda runtime, background: started.append(runtime))
+    app = Flask("starting")
+    Tasks(app, settings=settings)
+    client = app.test_client()
+    if first == "push":
+        client.post("/_tasks/deferred", data=b"{}")
+    else:
+        client.get("/_tasks/list")
+    assert started == [runtime_of(app)]
+    client.post("/_tasks/deferred", data=b"{}")
+    client.get("/_tasks/list")
+    assert started == [runtime_of(app)]
