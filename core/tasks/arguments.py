@@ -86,11 +86,11 @@ class Shape:
             given[self.var_positional] = given_positional[self.positional:]  # type: ignore[index]
         more: dict[str, Any] = {}
         for key, value in kwargs.items():
-            if key in given:
-                return None
             if key in names:
+                if key in given:
+                    return None  # given twice
                 given[key] = value
-            elif self.var_keyword is not None:
+            elif self.var_keyword is not None:  # also a key named like ``*args``, as Python does
                 more[key] = value
             else:
                 return None

@@ -47,6 +47,8 @@ TWO = inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR
 
 @given(signatures(), st.integers(0, 7), st.lists(st.sampled_from(NAMES + ["zz", "rest"]), unique=True, max_size=5))
 @example(TWO, 0, ["b", "a"])
+@example(inspect.Signature([inspect.Parameter("rest", inspect.Parameter.VAR_POSITIONAL),
+                            inspect.Parameter("more", inspect.Parameter.VAR_KEYWORD)]), 1, ["a", "rest"])
 def test_the_fast_binding_agrees_with_signature_bind(signature, positional, keywords):
     shape = _read_shape(function_of(signature))
     assert shape.names is not None
