@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-#: The Flask request being handled (``None`` in a task started outside HTTP, e.g. in tests).
+#: The Flask request being handled (``None`` in a queue's direct push, see :class:`core.task_routes.DirectPushes`,
+#: and in a task started outside HTTP; a task reads what the queue said from ``task``).
 request: contextvars.ContextVar[Any] = contextvars.ContextVar("core_request", default=None)
 #: The signed-in user object as the app's user provider returns it, or ``None``.
 user: contextvars.ContextVar[Any] = contextvars.ContextVar("core_user", default=None)
