@@ -160,7 +160,7 @@ def _enter_request() -> None:
     task_routes.queue_startup_tasks_once(app)
     environ = req.environ
     current.request.set(req)
-    current.trace.set(trace.from_values(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")))
+    current.trace.set(trace.from_environ(environ))
     if req.path in extensions["core.task_routes"]:
         # A queue's push: the executor restores the caller's user and language from the envelope.
         current.user.set(None)

@@ -120,7 +120,6 @@ class DirectPushes:
         self.app = app
         self.inner = inner
         self.paths = frozenset(paths)
-        self._limit: int = app.config[safety.LIMIT_KEY]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") not in self.paths:
@@ -128,7 +127,7 @@ class DirectPushes:
         length = _content_length(environ)
         if length is None:  # chunked, or no length: Flask's body reading handles it
             return self.inner(environ, start_response)
-        if length > self._limit:
+        if length > self.app.config[safety.LIMIT_KEY]:
             return _answer(start_response, 413, "request body too large")
         body = environ["wsgi.input"].read(length) if length else b""
         if len(body) != length:
@@ -142,8 +141,7 @@ class DirectPushes:
             queue_startup_tasks_once(app)
             tokens = (current.request.set(None), current.user.set(None),
                       current.language.set(app.config["LANGUAGES"][0]),
-                      current.trace.set(trace.from_values(environ.get("HTTP_TRACEPARENT"),
-                                                          environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))))
+                      current.trace.set(trace.from_environ(environ)))
             try:
                 with RequestScope(runtime):
                     outcome = executor.execute(runtime, method="POST", path=environ["PATH_INFO"],

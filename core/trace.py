@@ -110,8 +110,13 @@ def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
     return from_values(found.get("traceparent"), found.get("x-cloud-trace-context"))
 
 
+def from_environ(environ: Mapping[str, Any]) -> TraceContext | None:
+    """:func:`from_headers` of a WSGI environ, read by its two keys."""
+    return from_values(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
+
+
 def from_values(traceparent: str | None, cloud_trace_context: str | None) -> TraceContext | None:
-    """:func:`from_headers` for the two header values already looked up (e.g. from a WSGI environ)."""
+    """:func:`from_headers` for the two header values already looked up."""
     if not traceparent and not cloud_trace_context:
         return None
     return parse_traceparent(traceparent) or parse_cloud_trace_context(cloud_trace_context)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
-from core.trace import TraceContext, from_headers, parse_cloud_trace_context, parse_traceparent
+from core.trace import TraceContext, from_environ, from_headers, parse_cloud_trace_context, parse_traceparent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -52,6 +52,14 @@ def test_headers_prefer_traceparent_and_fall_back():
     assert from_headers(broken) == TraceContext(other, "0000000000000005", True)
     assert from_headers({"TRACEPARENT": "bad", "X-Cloud-Trace-Context": "bad"}) is None
     assert from_headers({}) is None
+
+
+def test_an_environ_reads_like_its_headers():
+    other = "0af7651916cd43dd8448eb211c80319c"
+    environ = {"HTTP_TRACEPARENT": "nonsense", "HTTP_X_CLOUD_TRACE_CONTEXT": f"{other}/5;o=1", "PATH_INFO": "/"}
+    assert from_environ(environ) == TraceContext(other, "0000000000000005", True)
+    assert from_environ({"HTTP_TRACEPARENT": f"00-{TRACE}-{SPAN}-01"}) == TraceContext(TRACE, SPAN, True)
+    assert from_environ({}) is None
 
 
 def test_envelope_form_round_trips_and_rejects_garbage():
