@@ -22,10 +22,11 @@ workers running, until the counter reaches ``--tasks``; (b) drain: ``--tasks`` q
 workers stopped, then tasks/s from the first task seen until the last; (c) latency: one task every
 20 ms (``--latency-tasks``), the delay from each enqueue call to its body, p50 and p99; and the
 CPU time per task of the system's processes and its redis-server during (a), read from ``/proc``
-(the enqueuing process left out): less blurred than rates on a loaded machine. After each round,
-the floor (:func:`http_floor`): ours' HTTP path with nothing behind it, a bare WSGI app on the same
-gunicorn pushed to by the same dispatcher, drained like (b); what one request per task costs before
-any of our code runs, printed above the last line with its ratios to the peers. The peers
+(the enqueuing process left out): less blurred than rates on a loaded machine. Each round also
+measures the floor the same way (:class:`FloorSystem`, ``--no-floor`` skips it): ours' stack with a
+bare WSGI app in place of ours, running the same task body, its tasks queued straight into the local
+queue; what one HTTP request per task costs before any of our code runs, a ceiling for ours'
+ratios, printed above the last line with its ratios to the peers. The peers
 run from ``.venv-bench`` and ours from ``.venv``: each system's workers and enqueuer are
 subprocesses with their own interpreter, started in their own process groups and stopped by PID.
 """
@@ -50,9 +51,6 @@ from core.devserver.datastore_emulator import start_datastore_emulator
 from core.devserver.ports import free_port, wait_for_port
 from core.devserver.processes import stop_process_group
 from core.devserver.stack import LocalStack
-from core.tasks.transports.base import TaskRequest
-from core.tasks.transports.local.store import LocalQueueStore
-from core.tasks.transports.local.transport import LocalTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"
@@ -61,8 +59,6 @@ OURS_SITE = BENCH_VENV / "ours"
 SYSTEMS = ("ours", "celery", "dramatiq", "rq")
 PEERS = SYSTEMS[1:]
 WARM_TASKS = 50
-#: The headers of a floor push (the bare app reads none of them; the size is a task's).
-FLOOR_HEADERS = {"Content-Type": "application/json", "X-Tasks-Signature": "t=0,v1=" + "0" * 64}
 
 
 def progress(message: str) -> None:
@@ -278,12 +274,13 @@ class Ours(System):
     """The local stack: gunicorn as app.yaml runs it, the durable local queue and its dispatcher."""
 
     name = "ours"
+    app_module = "bench.peer_tasks.ours_app:app"
 
     def __init__(self, redis: Redis, folder: Path, datastore: Any) -> None:
         super().__init__(redis, folder)
         self.stack = LocalStack(
             data_dir=folder / "local", datastore=datastore, persist=False, cron=False,
-            app_module="bench.peer_tasks.ours_app:app", workers=2, worker_class="gthread", threads=8,
+            app_module=self.app_module, workers=2, worker_class="gthread", threads=8,
             dispatcher_args=("--no-rate-limits",),
             extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(OURS_SITE)]), "BENCH_REDIS_URL": redis.url})
 
@@ -313,8 +310,16 @@ class Ours(System):
     def check(self) -> None:
         for process in (self.stack.gunicorn, self.stack.dispatcher):
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"ours: a process exited with {process.returncode}: "
+                raise RuntimeError(f"{self.name}: a process exited with {process.returncode}: "
                                    f"{self.stack.log_tail('gunicorn')}{self.stack.log_tail('dispatcher')}")
+
+
+class FloorSystem(Ours):
+    """The floor: ours' stack with a bare WSGI app (:mod:`bench.peer_tasks.floor_app`) in place of
+    ours, running the same task body; its driver queues tasks straight into the local queue."""
+
+    name = "floor"
+    app_module = "bench.peer_tasks.floor_app:app"
 
 
 PEER_CLASSES: dict[str, type[System]] = {"celery": Celery, "dramatiq": Dramatiq, "rq": Rq}
@@ -407,58 +412,21 @@ def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
              f"p99 {fmt(steps.get('p99'), 1)} ms, CPU {fmt(steps.get('cpu'))} us/task")
 
 
-@dataclasses.dataclass
-class Floor:
-    """Per round: the drain rate and CPU per task of ours' HTTP path alone (see :func:`http_floor`)."""
+def floor_line(figures: dict[str, Figures]) -> str:
+    """The floor's medians, and the floor over dramatiq and Celery: a ceiling for ours' ratios.
 
-    drain: list[float] = dataclasses.field(default_factory=list)
-    cpu: list[float] = dataclasses.field(default_factory=list)
-
-
-def http_floor(folder: Path, datastore: Any, count: int, floor: Floor) -> None:
-    """Drain ``count`` pushes through ours' HTTP path with nothing behind it: the same gunicorn
-    (2 gthread workers x 8 threads) answering a bare WSGI app (:func:`bench.local_queue.noop_app`),
-    the same dispatcher, the queue filled beforehand. No Flask, no task pipeline, no task body:
-    what one HTTP request per task costs before any of our code runs.
+    The floor is ours' HTTP path and the task body with none of our code between (see
+    :class:`FloorSystem`): no change to our code can lift ours above it.
     """
-    stack = LocalStack(data_dir=folder / "floor", datastore=datastore, persist=False, cron=False,
-                       app_module="bench.local_queue:noop_app", workers=2, worker_class="gthread", threads=8,
-                       dispatcher_args=("--no-rate-limits",))
-    with stack:
-        stack.stop_dispatcher()
-        store = LocalQueueStore(stack.queue_db)
-        transport = LocalTransport(store)
-        body = b"x" * 240  # about the size of an INCR task's envelope
-        for start in range(0, count, 1000):
-            transport.enqueue_many([TaskRequest(queue="default", path="/_tasks/deferred", body=body,
-                                                headers=FLOOR_HEADERS) for _ in range(min(1000, count - start))])
-        stack.start_dispatcher()
-        deadline = time.monotonic() + 120 + count / 50
-        while store.counts().get("default", {}).get("queued", 0) == count and time.monotonic() < deadline:
-            time.sleep(0.002)  # the dispatcher's start-up is not part of the drain
-        groups = {stack.gunicorn.pid, stack.dispatcher.pid}  # type: ignore[union-attr]
-        cpu, begun = group_cpu_seconds(groups), time.monotonic()
-        while store.pending() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        ended, used = time.monotonic(), group_cpu_seconds(groups) - cpu
-        left = store.pending()
-        transport.close()
-    if left:
-        raise RuntimeError(f"the floor's drain left {left} tasks")
-    floor.drain.append(count / (ended - begun))
-    floor.cpu.append(used / count * 1e6)
-    progress(f"  floor: drain {fmt(floor.drain[-1])}/s, CPU {fmt(floor.cpu[-1])} us/task (gunicorn + dispatcher)")
-
-
-def floor_line(floor: Floor, figures: dict[str, Figures]) -> str:
-    """The floor's medians, and its drain over dramatiq's: what no code of ours could exceed."""
-    drain, cpu = median(floor.drain), median(floor.cpu)
-    line = (f"floor (ours' HTTP path alone: gunicorn 2 gthread workers x 8 threads answering a bare WSGI app, "
-            f"our dispatcher): drain {fmt(drain)}/s, CPU {fmt(cpu)} us/task")
+    floor = figures["floor"]
+    line = (f"floor (ours' HTTP path and the task body alone: gunicorn 2 gthread workers x 8 threads answering "
+            f"a bare WSGI app, our dispatcher and local queue): end to end {fmt(floor.median('e2e'))}/s, "
+            f"drain {fmt(floor.median('drain'))}/s, CPU {fmt(floor.median('cpu'))} us/task")
     for peer in ("dramatiq", "celery"):
         if peer in figures:
-            line += (f"; floor/{peer}: drain {fmt(ratio(drain, figures[peer].median('drain')), 2)}, "
-                     f"CPU {fmt(ratio(cpu, figures[peer].median('cpu')), 2)}")
+            line += (f"; floor/{peer}: end to end {fmt(ratio(floor.median('e2e'), figures[peer].median('e2e')), 2)}, "
+                     f"drain {fmt(ratio(floor.median('drain'), figures[peer].median('drain')), 2)}, "
+                     f"CPU {fmt(ratio(floor.median('cpu'), figures[peer].median('cpu')), 2)}")
     return line
 
 
@@ -467,7 +435,8 @@ def run_system(name: str, folder: Path, datastore: Any, figures: Figures, args: 
     rounds = len(figures.e2e)
     redis = Redis(folder)
     try:
-        system = Ours(redis, folder, datastore) if name == "ours" else PEER_CLASSES[name](redis, folder)
+        system = (FloorSystem(redis, folder, datastore) if name == "floor" else Ours(redis, folder, datastore)
+                  if name == "ours" else PEER_CLASSES[name](redis, folder))
         try:
             system.start()
             measure(system, figures, args)
@@ -489,7 +458,7 @@ def main() -> None:
     parser.add_argument("--latency-tasks", type=int, default=300, help="tasks of (c), one every 20 ms")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset, comma-separated")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help="skip the floor: ours' HTTP path alone, once per round after the systems")
+                        help="skip the floor: ours' HTTP path and the task body alone, measured as a system")
     args = parser.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
@@ -500,19 +469,16 @@ def main() -> None:
     if "ours" in systems and not (OURS_SITE / "redis").exists():
         raise SystemExit(f"{OURS_SITE} is missing: run deploy/bench-setup.sh")
 
-    figures = {name: Figures() for name in systems}
+    measured = [*systems, "floor"] if args.floor else systems
+    figures = {name: Figures() for name in measured}
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    floor = Floor()
-    datastore = start_datastore_emulator() if "ours" in systems or args.floor else None
+    datastore = start_datastore_emulator() if "ours" in measured or "floor" in measured else None
     started = time.monotonic()
     try:
         for round_index in range(args.rounds):
-            for name in rotated(systems, round_index):
+            for name in rotated(measured, round_index):
                 progress(f"round {round_index + 1}/{args.rounds}: {name}")
                 run_system(name, tmp / f"{name}-{round_index}", datastore, figures[name], args)
-            if args.floor:
-                progress(f"round {round_index + 1}/{args.rounds}: floor")
-                http_floor(tmp / f"floor-{round_index}", datastore, args.tasks, floor)
     finally:
         if datastore is not None:
             datastore.stop()
@@ -521,8 +487,8 @@ def main() -> None:
     print(f"{args.tasks} tasks (a, b) and {args.latency_tasks} at 20 ms intervals (c) per system; "
           f"medians of {args.rounds} rounds; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(format_table(figures))
-    if floor.drain:
-        print(floor_line(floor, figures))
+    if "floor" in figures:
+        print(floor_line(figures))
     print(summary_line(figures))
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from bench.peer_tasks import COUNTER_KEY, LATENCY_KEY, connect
 
-SYSTEMS = ("ours", "celery", "dramatiq", "rq")
+#: The systems of ``bench.peers``, and its floor (ours' HTTP path and the task body alone).
+SYSTEMS = ("ours", "celery", "dramatiq", "rq", "floor")
 #: How often the counter is read while waiting (also the resolution of the end time).
 POLL = 0.005
 
@@ -43,6 +44,11 @@ def enqueuers(system: str) -> Iterator[tuple[Callable[[], Any], Callable[[float]
         from bench.peer_tasks import dramatiq_actors
 
         yield dramatiq_actors.incr.send, dramatiq_actors.stamp.send
+    elif system == "floor":
+        from bench.peer_tasks import floor_app
+
+        with floor_app.enqueuers() as pair:
+            yield pair
     elif system == "rq":
         from rq import Queue
 

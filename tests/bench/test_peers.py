@@ -7,7 +7,6 @@ import pytest
 
 from bench.peers import (
     Figures,
-    Floor,
     floor_line,
     format_table,
     median,
@@ -113,8 +112,10 @@ def test_cpu_ticks_are_read_after_the_command_name_whatever_it_holds() -> None:
 
 
 def test_floor_line_gives_medians_and_the_floor_over_each_peer_measured() -> None:
-    floor = Floor(drain=[4000.0, 5000.0, 4500.0], cpu=[400.0, 300.0, 350.0])
-    figures = {"dramatiq": Figures(drain=[2000.0, 2250.0, 2500.0], cpu=[700.0, 700.0, 700.0])}
-    line = floor_line(floor, figures)
-    assert "drain 4,500/s, CPU 350 us/task" in line
-    assert line.endswith("; floor/dramatiq: drain 2.00, CPU 0.50") and "celery" not in line
+    figures = {"floor": Figures(e2e=[3000.0, 2000.0, 2500.0], drain=[4000.0, 5000.0, 4500.0],
+                                cpu=[400.0, 300.0, 350.0]),
+               "dramatiq": Figures(e2e=[2500.0, 2000.0, 1000.0], drain=[2000.0, 2250.0, 2500.0],
+                                   cpu=[700.0, 700.0, 700.0])}
+    line = floor_line(figures)
+    assert "end to end 2,500/s, drain 4,500/s, CPU 350 us/task" in line
+    assert line.endswith("; floor/dramatiq: end to end 1.25, drain 2.00, CPU 0.50") and "celery" not in line
