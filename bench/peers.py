@@ -323,6 +323,8 @@ class FloorSystem(Ours):
 
 
 PEER_CLASSES: dict[str, type[System]] = {"celery": Celery, "dramatiq": Dramatiq, "rq": Rq}
+#: The systems run on ours' local stack.
+STACK_CLASSES: dict[str, type[Ours]] = {"ours": Ours, "floor": FloorSystem}
 
 
 # --- one system, one round ----------------------------------------------------------------------
@@ -435,8 +437,8 @@ def run_system(name: str, folder: Path, datastore: Any, figures: Figures, args: 
     rounds = len(figures.e2e)
     redis = Redis(folder)
     try:
-        system = (FloorSystem(redis, folder, datastore) if name == "floor" else Ours(redis, folder, datastore)
-                  if name == "ours" else PEER_CLASSES[name](redis, folder))
+        stack_class = STACK_CLASSES.get(name)
+        system = stack_class(redis, folder, datastore) if stack_class else PEER_CLASSES[name](redis, folder)
         try:
             system.start()
             measure(system, figures, args)
