@@ -8,13 +8,13 @@ local-queue transaction per call, as a deferred call's transport step makes them
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from bench.peer_tasks import connect, incr_body, stamp_body
+from core.config import Settings
+from core.tasks.runtime import local_queue_path
 from core.tasks.transports.base import TaskRequest
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.transport import LocalTransport
@@ -39,8 +39,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 
 @contextmanager
 def enqueuers() -> Iterator[tuple[Callable[[], Any], Callable[[float], Any]]]:
-    """``(incr, stamp)`` for the stack whose ``LOCAL_DATA_DIR`` is set: one task per call."""
-    transport = LocalTransport(LocalQueueStore(Path(os.environ["LOCAL_DATA_DIR"]) / "queue.sqlite3"))
+    """``(incr, stamp)`` into the queue file the app's own local transport uses: one task per call."""
+    transport = LocalTransport(LocalQueueStore(local_queue_path(Settings.from_env())))
 
     def incr() -> None:
         transport.enqueue_many([TaskRequest(queue="default", path="/incr", body=INCR_BODY, headers=HEADERS)])
