@@ -14,12 +14,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from core.devserver.stack import run_local
-from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import load_queue_config
-from core.tasks.transports.cloudtasks import sync_queues
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 
@@ -56,6 +53,8 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
 def sync_queues_command(queue_yaml: Path | None) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
     settings = current_app.extensions["core"].settings
+    from core.tasks.transports.cloudtasks import sync_queues  # the Cloud Tasks client only where it is used
+
     for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
         click.echo(f"synced {path}")
 
@@ -67,6 +66,8 @@ def run_local_command(ctx: click.Context, port: int | None) -> None:
     """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
     info = ctx.find_object(ScriptInfo)
     app = info.load_app() if info is not None else current_app._get_current_object()
+    from core.devserver.stack import run_local  # the dev server only for this command
+
     run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port)
 
 
@@ -89,6 +90,8 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 def sync_scheduler_command(dry_run: bool) -> None:
     """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
+    from core.tasks.cloudscheduler import sync_scheduler  # the Cloud Scheduler client only where it is used
+
     runtime = current_app.extensions["core"]
     try:
         changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)

@@ -1,6 +1,6 @@
-"""Settings read from the environment, once, lazily.
+"""Settings of an app: ``app.config`` first, the environment as the fallback.
 
-Every environment variable the project reads is declared here, in one place, and documented in
+Every setting the project reads is declared here, in one table (:data:`SOURCES`), and documented in
 the README's configuration table. Nothing reads ``os.environ`` elsewhere.
 """
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from core.files import private_dir, private_file, write_private
 
@@ -71,6 +72,75 @@ def parse_priority_queues(text: str) -> tuple[tuple[str, str | None], ...]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one setting comes from: its ``app.config`` key, then environment variables in order."""
+
+    field: str
+    key: str
+    env: tuple[str, ...]
+    parse: Callable[[Any], Any] = str
+
+
+def _text_or_none(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _split(value: Any) -> frozenset[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return frozenset(str(item).strip() for item in items if str(item).strip())
+
+
+def _priorities(value: Any) -> tuple[tuple[str, str | None], ...]:
+    if isinstance(value, Mapping):
+        value = ",".join(f"{priority}={queue or ''}" for priority, queue in value.items())
+    return parse_priority_queues(str(value))
+
+
+def _path(value: Any) -> Path:
+    return Path(value).absolute()
+
+
+#: Every setting the project reads, in the README's configuration table order. ``app.config`` wins
+#: (so ``app.config.from_prefixed_env()`` and ``from_mapping`` work); the environment is the fallback.
+SOURCES: tuple[Source, ...] = (
+    Source("project", "TASKS_PROJECT", ("GOOGLE_CLOUD_PROJECT", "DATASTORE_PROJECT_ID")),
+    Source("namespace", "TASKS_NAMESPACE", ("DATASTORE_NAMESPACE",), _text_or_none),
+    Source("datastore_emulator_host", "TASKS_DATASTORE_EMULATOR_HOST", ("DATASTORE_EMULATOR_HOST",), _text_or_none),
+    Source("tasks_backend", "TASKS_BACKEND", ("TASKS_BACKEND",)),
+    Source("tasks_region", "TASKS_REGION", ("TASKS_REGION",)),
+    Source("tasks_emulator_host", "TASKS_EMULATOR", ("TASKS_EMULATOR",), _text_or_none),
+    Source("tasks_target", "TASKS_TARGET", ("TASKS_TARGET",)),
+    Source("tasks_target_url", "TASKS_TARGET_URL", ("TASKS_TARGET_URL",), _text_or_none),
+    Source("tasks_service_account", "TASKS_SERVICE_ACCOUNT", ("TASKS_SERVICE_ACCOUNT",), _text_or_none),
+    Source("tasks_oidc_audience", "TASKS_OIDC_AUDIENCE", ("TASKS_OIDC_AUDIENCE",), _text_or_none),
+    Source("tasks_scheduler_prefix", "TASKS_SCHEDULER_PREFIX", ("TASKS_SCHEDULER_PREFIX",)),
+    Source("tasks_scheduler_region", "TASKS_SCHEDULER_REGION", ("TASKS_SCHEDULER_REGION",), _text_or_none),
+    Source("tasks_scheduler_emulator_host", "TASKS_SCHEDULER_EMULATOR", ("TASKS_SCHEDULER_EMULATOR",),
+           _text_or_none),
+    Source("log_format", "TASKS_LOG_FORMAT", ("LOG_FORMAT",), lambda v: str(v).strip().lower() or "auto"),
+    Source("tasks_oidc_certs", "TASKS_OIDC_CERTS", ("TASKS_OIDC_CERTS",)),
+    Source("tasks_secret", "TASKS_SECRET", ("TASKS_SECRET",)),
+    Source("secret_key", "SECRET_KEY", ("SECRET_KEY",)),
+    Source("tasks_default_queue", "TASKS_DEFAULT_QUEUE", ("TASKS_DEFAULT_QUEUE",)),
+    Source("tasks_payload_limit", "TASKS_PAYLOAD_LIMIT", ("TASKS_PAYLOAD_LIMIT",), int),
+    Source("max_request_bytes", "TASKS_REQUEST_SIZE_LIMIT", ("REQUEST_SIZE_LIMIT",), int),
+    Source("tasks_timezone", "TASKS_TIMEZONE", ("TASKS_TIMEZONE",)),
+    Source("tasks_query_chunk_seconds", "TASKS_QUERY_CHUNK_SECONDS", ("TASKS_QUERY_CHUNK_SECONDS",), float),
+    Source("tasks_lock_lease_seconds", "TASKS_LOCK_LEASE_SECONDS", ("TASKS_LOCK_LEASE_SECONDS",), float),
+    Source("tasks_priority_queues", "TASKS_PRIORITY_QUEUES", ("TASKS_PRIORITY_QUEUES",), _priorities),
+    Source("tasks_result_ttl", "TASKS_RESULT_TTL", ("TASKS_RESULT_TTL",), float),
+    Source("tasks_tracked_queues", "TASKS_TRACKED_QUEUES", ("TASKS_TRACKED_QUEUES",), _split),
+    Source("app_version", "TASKS_APP_VERSION", ("APP_VERSION", "GAE_VERSION", "K_REVISION")),
+    Source("queue_yaml", "TASKS_QUEUE_YAML", ("QUEUE_YAML",), _path),
+    Source("cron_yaml", "TASKS_CRON_YAML", ("CRON_YAML",), _path),
+    Source("local_data_dir", "TASKS_LOCAL_DATA_DIR", ("LOCAL_DATA_DIR",), _path),
+    Source("local_app_url", "TASKS_LOCAL_APP_URL", ("LOCAL_APP_URL",)),
+    Source("port", "TASKS_PORT", ("PORT",), int),
+    Source("tasks_home_url", "TASKS_HOME_URL", ("TASKS_HOME_URL",)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The project's configuration. Build with :meth:`from_env`; override with :meth:`replace`."""
 
@@ -124,51 +194,37 @@ class Settings:
     tasks_home_url: str = "/"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_config(cls, config: Mapping[str, Any] | None = None,
+                    environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of an app: each from ``config`` (``app.config``) first, else the environment.
+
+        A value in ``config`` may be typed already (``from_prefixed_env`` parses JSON) or a string.
+        """
+        config = {} if config is None else config
         env = os.environ if environ is None else environ
-        runtime = _runtime(env)
-        port = int(env.get("PORT", "8080"))
-        default_backend = "local" if runtime == "local" else "cloudtasks"
-        default_target = "http" if runtime == "cloudrun" else "appengine"
+        values: dict[str, Any] = {}
+        for source in SOURCES:
+            raw, origin = _lookup(source, config, env)
+            if origin is None:
+                continue
+            try:
+                values[source.field] = source.parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"setting {origin}: cannot use {raw!r}: {exc}") from None
+        runtime = str(config.get("TASKS_RUNTIME") or _runtime(env))
+        values.setdefault("tasks_backend", "local" if runtime == "local" else "cloudtasks")
+        values.setdefault("tasks_target", "http" if runtime == "cloudrun" else "appengine")
+        values.setdefault("local_app_url", f"http://127.0.0.1:{values.get('port', 8080)}")
         root = project_root()
-        data_dir = Path(env.get("LOCAL_DATA_DIR") or root / ".local-data").absolute()
-        return cls(
-            project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("DATASTORE_PROJECT_ID") or "local-project",
-            namespace=env.get("DATASTORE_NAMESPACE") or None,
-            runtime=runtime,
-            app_version=env.get("APP_VERSION") or env.get("GAE_VERSION") or env.get("K_REVISION") or "local",
-            datastore_emulator_host=env.get("DATASTORE_EMULATOR_HOST") or None,
-            tasks_backend=env.get("TASKS_BACKEND", default_backend),
-            tasks_region=env.get("TASKS_REGION", "europe-west1"),
-            tasks_emulator_host=env.get("TASKS_EMULATOR") or None,
-            tasks_target=env.get("TASKS_TARGET", default_target),
-            tasks_target_url=env.get("TASKS_TARGET_URL") or None,
-            tasks_service_account=env.get("TASKS_SERVICE_ACCOUNT") or None,
-            tasks_oidc_audience=env.get("TASKS_OIDC_AUDIENCE") or None,
-            tasks_oidc_certs=env.get("TASKS_OIDC_CERTS", cls.tasks_oidc_certs),
-            tasks_secret=env.get("TASKS_SECRET", ""),
-            tasks_scheduler_prefix=env.get("TASKS_SCHEDULER_PREFIX", "tasks-cron-"),
-            tasks_scheduler_region=env.get("TASKS_SCHEDULER_REGION") or None,
-            tasks_scheduler_emulator_host=env.get("TASKS_SCHEDULER_EMULATOR") or None,
-            log_format=env.get("LOG_FORMAT", "auto").strip().lower() or "auto",
-            tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
-            tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
-            max_request_bytes=int(env["REQUEST_SIZE_LIMIT"]) if env.get("REQUEST_SIZE_LIMIT") else None,
-            tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
-            tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
-            tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
-            tasks_priority_queues=parse_priority_queues(env.get("TASKS_PRIORITY_QUEUES", "")),
-            tasks_result_ttl=float(env.get("TASKS_RESULT_TTL", str(7 * 24 * 3600))),
-            tasks_tracked_queues=frozenset(q.strip() for q in env.get("TASKS_TRACKED_QUEUES", "").split(",")
-                                           if q.strip()),
-            queue_yaml=Path(env.get("QUEUE_YAML") or default_queue_yaml(root)).absolute(),
-            cron_yaml=Path(env.get("CRON_YAML") or root / "cron.yaml").absolute(),
-            local_data_dir=data_dir,
-            local_app_url=env.get("LOCAL_APP_URL", f"http://127.0.0.1:{port}"),
-            port=port,
-            secret_key=env.get("SECRET_KEY", ""),
-            tasks_home_url=env.get("TASKS_HOME_URL") or "/",
-        )
+        values.setdefault("queue_yaml", default_queue_yaml(root).absolute())
+        values.setdefault("cron_yaml", (root / "cron.yaml").absolute())
+        values.setdefault("local_data_dir", (root / ".local-data").absolute())
+        return cls(runtime=runtime, **values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings from the environment alone (processes without an app: the local stack)."""
+        return cls.from_config({}, environ)
 
     @property
     def tasks_service_accounts(self) -> tuple[str, ...]:
@@ -215,6 +271,18 @@ class Settings:
         private_file(path)  # one written by an older version may be readable by all
         task_secret, key = path.read_text().split()[:2]
         return self.replace(tasks_secret=self.tasks_secret or task_secret, secret_key=self.secret_key or key)
+
+
+def _lookup(source: Source, config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Any, str | None]:
+    """``(value, where it was found)``; an empty or ``None`` value counts as not set."""
+    value = config.get(source.key)
+    if value is not None and value != "":
+        return value, f"app.config[{source.key!r}]"
+    for name in source.env:
+        text = env.get(name)
+        if text:
+            return text, f"${name}"
+    return None, None
 
 
 @lru_cache(maxsize=1)

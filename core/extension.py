@@ -10,6 +10,7 @@ runtime: each context sees its own app's settings, queue and store.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -21,8 +22,7 @@ from core import current, db, safety, task_routes, trace
 from core.admin import views as admin_views
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
-from core.config import Settings, get_settings
-from core.devserver.locate import local_datastore
+from core.config import Settings
 from core.logs import install_logging
 from core.module import Module, ModuleTree
 
@@ -30,7 +30,7 @@ from core.module import Module, ModuleTree
 from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import dispatch
 from core.tasks import periodic as _periodic  # noqa: F401
-from core.tasks.handler import CALLABLE_PAGES, TaskHandler
+from core.tasks.handler import CallablePages, TaskHandler
 from core.tasks.queryiter import chunk as _queryiter  # noqa: F401
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind
@@ -46,11 +46,30 @@ LanguageSelector = Callable[[Any], str]
 _TOKENS = "_core_task_runtime_tokens"
 
 
+@dataclasses.dataclass
+class AppState:
+    """What the web side keeps for one app, on its runtime (``app.extensions["core"].app_state``).
+
+    The app's one ``app.extensions`` entry is its runtime; this is the part of it only the web layer reads.
+    """
+
+    #: The ``Tasks`` object that set the app up.
+    extension: Tasks
+    #: The views behind ``/_tasks/list`` and ``/_tasks/execute/<taskID>``.
+    callable_pages: CallablePages | None
+    language_selector: LanguageSelector
+    #: Whether this version's startup tasks are still to be queued (at the first request).
+    startup_pending: bool
+    #: Paths of the routes queues and schedulers push to.
+    task_routes: task_routes.TaskRoutes
+
+
 class Tasks:
     """The task module of one or more Flask apps (state lives on each app, not here).
 
     Every keyword given here is the default for :meth:`init_app`, which may override it per app.
-    ``settings`` defaults to the environment (``core.config.get_settings()``).
+    ``settings`` defaults to the app's own: ``app.config`` (``TASKS_*`` keys, ``SECRET_KEY``), the
+    environment as the fallback (``core.config.Settings.from_config``).
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
@@ -82,7 +101,7 @@ class Tasks:
                  "language_selector": language_selector, "admin_mail": admin_mail, "startup_tasks": startup_tasks,
                  "hooks": hooks, "direct_pushes": direct_pushes}
         opts = {**self.options, **{k: v for k, v in given.items() if v is not None}}
-        settings = _checked(opts.get("settings") or get_settings())
+        settings = _checked(opts.get("settings") or Settings.from_config(app.config))
         install_logging(settings)
         modules = dict(opts.get("modules") or {})
         languages = tuple(opts.get("languages") or app.config.get("LANGUAGES") or ("en",))
@@ -98,13 +117,11 @@ class Tasks:
         runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up
         app.secret_key = app.secret_key or settings.secret_key
         app.config["LANGUAGES"] = languages
+        runtime.app_state = AppState(
+            extension=self, callable_pages=admin_views.PAGES,
+            language_selector=opts.get("language_selector") or _accept_language(languages),
+            startup_pending=opts.get("startup_tasks", True), task_routes=task_routes.init_app(app, tree))
         app.extensions["core"] = runtime
-        app.extensions["core.modules"] = tree
-        app.extensions["core.tasks"] = self
-        app.extensions[CALLABLE_PAGES] = admin_views.PAGES
-        app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
-        app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
-        app.extensions["core.task_routes"] = task_routes.init_app(app, tree)
         safety.init_app(app, settings)
         tree.register_routes(app)
         init_cli(app)
@@ -134,6 +151,8 @@ def _checked(settings: Settings) -> Settings:
 def _datastore(settings: Settings) -> db.Datastore:
     """The app's store; a local app without an emulator host finds the running stack's on first use."""
     if settings.runtime == "local" and not settings.datastore_emulator_host:
+        from core.devserver.locate import local_datastore  # local development only: production never loads it
+
         return local_datastore(settings)
     return db.Datastore.from_settings(settings)
 
@@ -155,19 +174,19 @@ def _enter_request() -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     req = request._get_current_object()  # type: ignore[attr-defined]
     safety.refuse_large_body(req, app.config[safety.LIMIT_KEY])  # first: nothing else runs for it
-    extensions = app.extensions
-    runtime = extensions["core"]
+    runtime = app.extensions["core"]
+    state: AppState = runtime.app_state
     task_routes.queue_startup_tasks_once(app)
     environ = req.environ
     current.request.set(req)
     current.trace.set(trace.from_environ(environ))
-    if req.path in extensions["core.task_routes"]:
+    if req.path in state.task_routes:
         # A queue's push: the executor restores the caller's user and language from the envelope.
         current.user.set(None)
         current.language.set(app.config["LANGUAGES"][0])
     else:
         current.user.set(runtime.users.load_from_request(req))
-        current.language.set(extensions["core.language_selector"](req))
+        current.language.set(state.language_selector(req))
     scope = dispatch.RequestScope(runtime)
     scope.__enter__()
     environ["core.task_scope"] = scope

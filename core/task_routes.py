@@ -159,10 +159,11 @@ class DirectPushes:
 
 def queue_startup_tasks_once(app: Flask) -> None:
     """At the app's first request of any kind, queue this version's startup tasks (in the background)."""
-    extensions = app.extensions
-    if extensions.get("core.startup_pending"):
-        extensions["core.startup_pending"] = False
-        runStartupTasks(extensions["core"], background=True)
+    runtime = app.extensions["core"]
+    state = runtime.app_state
+    if state is not None and state.startup_pending:
+        state.startup_pending = False
+        runStartupTasks(runtime, background=True)
 
 
 def _content_length(environ: Mapping[str, Any]) -> int | None:

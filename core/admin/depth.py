@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.tasks.runtime import TaskRuntime
-from core.tasks.transports.local.transport import LocalTransport
+from core.tasks.transports.base import CountingTransport
 
 
 def local_queue_depth(runtime: TaskRuntime) -> list[dict[str, Any]] | None:
@@ -16,6 +16,6 @@ def local_queue_depth(runtime: TaskRuntime) -> list[dict[str, Any]] | None:
     if runtime.settings.tasks_backend != "local":
         return None
     transport = runtime.transport
-    if not isinstance(transport, LocalTransport):
+    if not isinstance(transport, CountingTransport):
         return None
-    return [{"queue": name, **counts} for name, counts in sorted(transport.store.depth().items())]
+    return [{"queue": name, **counts} for name, counts in sorted(transport.depth().items())]

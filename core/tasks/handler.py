@@ -5,7 +5,7 @@ Every route verifies its request before anything runs; unverifiable requests get
 
 The callable-task pages (``list``, ``execute``) are ViUR's routes of this module, but the pages
 themselves belong to the web layer: the app's :class:`CallablePages` (``core.admin`` gives them,
-``Tasks(app)`` installs them in ``app.extensions[CALLABLE_PAGES]``) answer there, so the task layer
+``Tasks(app)`` keeps them on the app's runtime, ``app_state.callable_pages``) answer there, so the task layer
 never imports the admin pages.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify, request
 
 from core.module import Module, exposed
 from core.safety import read_body
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 
 _TEXT = "text/plain; charset=utf-8"
 
-#: The key of the app's :class:`CallablePages` in ``app.extensions``.
-CALLABLE_PAGES = "core.callable_pages"
-
-
 @dataclasses.dataclass(frozen=True)
 class CallablePages:
     """The views behind ``/_tasks/list[/json]`` and ``/_tasks/execute/<taskID>``."""
@@ -40,7 +36,9 @@ class CallablePages:
 
 
 def callable_pages() -> CallablePages | None:
-    return current_app.extensions.get(CALLABLE_PAGES)
+    """The current app's pages (``Tasks(app)`` installs the dashboard's), else ``None``."""
+    state = get_runtime().app_state
+    return None if state is None else state.callable_pages
 
 
 def outcome_headers(outcome: executor.Outcome) -> list[tuple[str, str]]:

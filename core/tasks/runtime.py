@@ -22,10 +22,6 @@ from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
 from core.tasks.registry import TaskRegistry, redirected_registry
-from core.tasks.transports.cloudtasks import CloudTasksTransport
-from core.tasks.transports.inline import InlineTransport
-from core.tasks.transports.local.store import LocalQueueStore
-from core.tasks.transports.local.transport import LocalTransport
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
@@ -112,6 +108,8 @@ class TaskRuntime:
         for hook in hooks:
             self.add_hook(hook)
         self.background = Background()
+        #: What the web layer keeps for this app (``core.extension.AppState``), set by ``Tasks.init_app``.
+        self.app_state: Any = None
         self._transport = transport
         self._verifier: RequestVerifier | None = None
         self._lock = threading.Lock()
@@ -161,12 +159,21 @@ class TaskRuntime:
 
 def build_transport(settings: Settings) -> Transport:
     """The transport the settings ask for: ``local``, ``cloudtasks`` or ``inline``."""
+    # Each transport is imported only when chosen: a production app never loads the local queue or
+    # the test queue, and a local one never loads the Cloud Tasks client.
     backend = settings.tasks_backend
     if backend == "local":
+        from core.tasks.transports.local.store import LocalQueueStore
+        from core.tasks.transports.local.transport import LocalTransport
+
         return LocalTransport(LocalQueueStore(local_queue_path(settings)))
     if backend == "cloudtasks":
+        from core.tasks.transports.cloudtasks import CloudTasksTransport
+
         return CloudTasksTransport(settings)
     if backend == "inline":
+        from core.tasks.transports.inline import InlineTransport
+
         return InlineTransport()
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
 

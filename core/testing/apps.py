@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,12 +31,10 @@ def as_test_app(app: Flask, *, settings: Settings, startup_tasks: bool = False, 
                           environment=options.get("environment", original.environment),
                           transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail),
                           hooks=original.hooks)
-    pending = app.extensions.get("core.startup_pending")
+    runtime.app_state = dataclasses.replace(original.app_state, startup_pending=startup_tasks)
     app.extensions["core"] = runtime
-    app.extensions["core.startup_pending"] = startup_tasks
     try:
         yield app
     finally:
         app.extensions["core"] = original
-        app.extensions["core.startup_pending"] = pending
         runtime.close()

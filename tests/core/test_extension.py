@@ -111,4 +111,4 @@ def test_init_app_serves_an_app_factory(datastore_emulator, tmp_path):
     tasks.init_app(second, settings=settings.replace(tasks_default_queue="other"))
     assert runtime_of(first) is not runtime_of(second)
     assert runtime_of(second).settings.tasks_default_queue == "other"
-    assert first.extensions["core.tasks"] is second.extensions["core.tasks"] is tasks
+    assert first.extensions["core"].app_state.extension is second.extensions["core"].app_state.extension is tasks

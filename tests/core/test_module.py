@@ -71,7 +71,7 @@ def test_current_user_and_language_during_a_request(client):
 
 
 def test_tree_finds_live_instances(app):
-    tree = app.extensions["core.modules"]
+    tree = app.extensions["core"].modules
     shops = tree.instances_of(Shop)
     assert [m.module_path for m in shops] == ["shop", "outlet", "index"]
     assert tree.path_of(tree["outlet"]) == "outlet"

@@ -146,7 +146,8 @@ def test_the_push_routes_are_the_handlers_and_what_lies_below_them():
 
 def test_the_task_handler_declares_its_push_routes(web):
     app, _, _, _ = web
-    assert app.extensions["core.task_routes"].paths == {"/_tasks/deferred", "/_tasks/queryIter", "/_tasks/cron"}
+    routes = app.extensions["core"].app_state.task_routes
+    assert routes.paths == {"/_tasks/deferred", "/_tasks/queryIter", "/_tasks/cron"}
 
 
 # --- direct pushes: /_tasks/deferred and queryIter skip Flask's request handling ------------------

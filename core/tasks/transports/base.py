@@ -104,3 +104,12 @@ class DeletingTransport(Transport, Protocol):
     def delete_task(self, queue: str, name: str) -> bool:
         """Delete the task the queue knows as ``name``; ``False`` if it is gone or can't be deleted."""
         ...
+
+
+@runtime_checkable
+class CountingTransport(Transport, Protocol):
+    """A transport that can say cheaply what each of its queues holds (optional)."""
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        """Per queue, by name: tasks due, scheduled for later, being pushed, and failed."""
+        ...

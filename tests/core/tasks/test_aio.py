@@ -218,9 +218,9 @@ def test_an_async_locked_function_holds_its_lock_while_it_awaits(app, task_queue
 
 
 def test_an_async_module_method_runs_on_the_mounted_instance(app, task_queue):
-    app.extensions["core.modules"]["asyncmod"].refresh("method")
+    app.extensions["core"].modules["asyncmod"].refresh("method")
     task_queue.run_pending()
-    assert mark("method")["path"] == app.extensions["core.modules"]["asyncmod"].module_path
+    assert mark("method")["path"] == app.extensions["core"].modules["asyncmod"].module_path
 
 
 def test_call_deferred_false_runs_an_async_function_now(app, task_queue):

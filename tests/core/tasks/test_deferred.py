@@ -175,7 +175,7 @@ def test_method_runs_on_the_live_mounted_instance(app, client, task_queue):
     assert response.status_code == 200
     client.get("/archive/close_month")
     task_queue.run_pending()
-    modules = app.extensions["core.modules"]
+    modules = app.extensions["core"].modules
     assert [(c[0], c[1], c[2]) for c in CALLS] == [
         ("recompute", modules["invoices"], "2026-09"), ("recompute", modules["archive"], "2026-10")]
 
@@ -189,7 +189,7 @@ def test_class_and_static_methods(app, task_queue):
 
 def test_call_deferred_false_runs_now(app, task_queue):
     record(5, _call_deferred=False)
-    app.extensions["core.modules"]["invoices"].recompute_totals("x", _call_deferred=False)
+    app.extensions["core"].modules["invoices"].recompute_totals("x", _call_deferred=False)
     assert [c[0] for c in CALLS] == ["record", "recompute"]
     assert task_queue.pending == []
 

@@ -62,7 +62,7 @@ def test_a_value_that_contains_itself_is_named(app, task_queue):
 
 
 def test_a_method_is_named_by_its_class_and_self_is_not_counted(app, task_queue):
-    mailer = app.extensions["core.modules"]["mailer"]
+    mailer = app.extensions["core"].modules["mailer"]
     error = refused(mailer.send, "ada@example.com", Opaque())
     assert str(error) == "Mailer.send(args[1]): cannot serialize object of type Opaque"
 

@@ -345,7 +345,7 @@ def test_a_module_mounted_twice_runs_on_each_instance(app, client, settings, tas
 
 
 def test_find_bound_task_uses_the_module_tree(app):
-    modules = app.extensions["core.modules"]
+    modules = app.extensions["core"].modules
     bound, instance = find_bound_task(Reports.rebuild)
     assert instance is modules["reports"] and bound.__self__ is instance
     bound, instance = find_bound_task(Reports.rebuild, modules["archive"])
@@ -359,7 +359,7 @@ def test_find_bound_task_uses_the_module_tree(app):
 
 def test_decorated_functions_stay_callable(app):
     every_ping()
-    app.extensions["core.modules"]["reports"].rebuild()
+    app.extensions["core"].modules["reports"].rebuild()
     bare_decorated()
     assert CALLS == ["every", ("rebuild", "reports"), "bare"]
     assert spec_of(bare_decorated).cron_name == "default"

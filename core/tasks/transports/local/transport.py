@@ -57,6 +57,9 @@ class LocalTransport:
             log.exception("could not delete task %s of queue %s", name, queue)
             return False
 
+    def depth(self) -> dict[str, dict[str, int]]:
+        return self.store.depth()
+
     def close(self) -> None:
         self._wake.close()
         self.store.close()
