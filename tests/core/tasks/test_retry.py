@@ -1,4 +1,4 @@
-"""Per-task retry policies, queue limits and dead letters, on a fake clock, through the real handler."""
+"""Per-task retry policies, queue limits and dead letters, on the app's test clock, through the real handler."""
 from __future__ import annotations
 
 import datetime
@@ -14,25 +14,17 @@ from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.message import PAYLOAD_KIND
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import get_runtime
+from core.testing import TestClock
 from tests.conftest import TaskQueue
 
 START = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 ATTEMPTS: list[tuple[str, datetime.datetime]] = []
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(records_module, "clock", fake)
-    return fake
+def clock(app) -> TestClock:
+    """The app's clock, standing at START: it moves only when the queue advances it, so waits are exact."""
+    return TaskQueue(app, clock=TestClock(start=START)).clock
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +33,7 @@ def _reset():
 
 
 def _note(name: str) -> None:
-    ATTEMPTS.append((name, records_module.clock()))
+    ATTEMPTS.append((name, get_runtime().clock.now()))
 
 
 @callDeferred(track=True, max_attempts=5, retry_on=(IOError,), backoff=Exponential(base=2, max=600))
@@ -93,17 +85,10 @@ def with_timeout() -> None:
     _note("timeout")
 
 
-def _drain_on_clock(task_queue, clock: FakeClock, limit: int = 20) -> list:
-    """Run queued tasks one by one, moving the fake clock to each one's schedule time first."""
-    outcomes = []
-    for _ in range(limit):
-        if not task_queue.pending:
-            break
-        eta = task_queue.pending[0].request.eta
-        if eta is not None and eta > clock.now:
-            clock.now = eta
-        outcomes += task_queue.run_pending(raise_errors=False, max_tasks=1)
-    return outcomes
+def _drain_on_clock(task_queue, clock: TestClock, limit: int = 20) -> list:
+    """Run queued tasks one by one, the app's clock advanced to each one's schedule time first."""
+    return task_queue.run_pending(until=clock.now() + datetime.timedelta(days=1), raise_errors=False,
+                                  max_tasks=limit)
 
 
 def _gaps() -> list[float]:
@@ -193,7 +178,7 @@ def limited_app(make_app, settings, tmp_path: Path):
     return make_app(settings=settings.replace(queue_yaml=queue_yaml, tasks_payload_limit=2_000))
 
 
-def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_app, clock):
+def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_app):
     queue = TaskQueue(limited_app)
     handle = always_fails()
     outcomes = queue.run_pending(raise_errors=False, max_attempts=10)
@@ -204,20 +189,19 @@ def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_a
     assert handle.status().state == "failed"
 
 
-def test_queue_age_limit_ends_a_task_older_than_it(limited_app, clock):
+def test_queue_age_limit_ends_a_task_older_than_it(limited_app):
     queue = TaskQueue(limited_app)
-    clock.now = datetime.datetime.now(datetime.UTC)
     fails_on_aged_queue()
     queue.run_pending(raise_errors=False, max_attempts=2)
     assert len(ATTEMPTS) == 2 and db.Query(DEAD_LETTER_KIND).run() == []
-    clock.now += datetime.timedelta(hours=2)
     fails_on_aged_queue()
+    queue.clock.advance(2 * 3600)
     queue.run_pending(raise_errors=False, max_attempts=5)
     assert len(ATTEMPTS) == 3  # older than the queue's age limit: its first failure is its last
     assert len(db.Query(DEAD_LETTER_KIND).run()) == 1
 
 
-def test_a_large_payload_is_deleted_when_its_dead_letter_is_discarded(limited_app, clock):
+def test_a_large_payload_is_deleted_when_its_dead_letter_is_discarded(limited_app):
     queue = TaskQueue(limited_app)
     always_fails_big("x" * 10_000)
     queue.run_pending(raise_errors=False, max_attempts=10)
