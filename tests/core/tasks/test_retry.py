@@ -85,6 +85,24 @@ def with_timeout() -> None:
     _note("timeout")
 
 
+@callDeferred(max_attempts=3, backoff=Constant(7))
+def constant_seven() -> None:
+    _note("constant")
+    raise RuntimeError("again")
+
+
+@callDeferred(track=True, max_attempts=4, backoff=Linear(start=5, step=10, max=20))
+def linear_to_twenty() -> None:
+    _note("linear")
+    raise RuntimeError("again")
+
+
+@callDeferred(max_attempts=4, backoff=Exponential(base=3, first=2, max=30))
+def exponential_to_thirty() -> None:
+    _note("exponential")
+    raise RuntimeError("again")
+
+
 def _drain_on_clock(task_queue, clock: TestClock, limit: int = 20) -> list:
     """Run queued tasks one by one, the app's clock advanced to each one's schedule time first."""
     return task_queue.run_pending(until=clock.now() + datetime.timedelta(days=1), raise_errors=False,
@@ -243,3 +261,22 @@ def test_retrying_the_dead_letter_of_a_tracked_task_runs_it_again(app, task_queu
     assert retry_dead_letter(get_runtime(), letter.key)
     task_queue.run_pending()
     assert len(ATTEMPTS) == 2 and handle.result(timeout=1) == "fixed"
+
+
+@pytest.mark.parametrize(("task", "waits"), [
+    (constant_seven, [7, 7]),
+    (linear_to_twenty, [5, 15, 20]),
+    (exponential_to_thirty, [2, 6, 18]),
+])
+def test_advance_drives_every_backoff_policys_waits_exactly(app, task_queue, clock, task, waits):
+    task_queue.advance(3600)  # an app an hour into the test: its waits still start from its own now
+    task()
+    task_queue.run_pending(raise_errors=False)
+    assert len(ATTEMPTS) == 1
+    for attempts, wait in enumerate(waits, start=1):
+        task_queue.advance(wait - 0.001, raise_errors=False)
+        assert len(ATTEMPTS) == attempts, f"attempt {attempts + 1} ran before its wait of {wait} s"
+        task_queue.advance(0.001, raise_errors=False)
+        assert len(ATTEMPTS) == attempts + 1, f"attempt {attempts + 1} did not run after its wait of {wait} s"
+    assert _gaps() == waits
+    assert task_queue.pending == [] and len(db.Query(DEAD_LETTER_KIND).run()) == 1
