@@ -53,6 +53,11 @@ def healthy() -> None:
     CALLS.append("healthy")
 
 
+@PeriodicTask(datetime.timedelta(minutes=5), cronName="t-five")
+def every_five_minutes() -> None:
+    CALLS.append("five")
+
+
 @PeriodicTask(0, cronName="t-mixed")
 def broken() -> None:
     CALLS.append("broken")
@@ -204,6 +209,17 @@ def test_interval_task_runs_once_however_many_pings_arrive_inside_its_interval(a
     assert ping(client, settings, "t-hourly").get_json()["tasks"][name_of(hourly)] == "enqueued"
     task_queue.run_pending()
     assert CALLS == ["hourly", "hourly"]
+
+
+def test_a_five_minute_task_falls_due_through_advance_and_not_before(app, task_queue):
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five"]
+    task_queue.advance(240)
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five"], "four minutes after its run it is not due"
+    task_queue.advance(120)
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five", "five"], "six minutes after its run it is due"
 
 
 def test_twenty_concurrent_pings_enqueue_one_run(app, settings, task_queue):
