@@ -9,7 +9,9 @@ clock is seen at once by every context the app is bound in.
 
 Real waiting (sleeps, polling, HTTP timeouts, the local dispatcher's loop) is not what this clock
 is for: it stays on ``time.monotonic()``. Times an outside party judges (an OIDC token's window,
-a signature's freshness against replay) stay on the real clock too (see those modules).
+a signature's freshness against replay) stay on the real clock too (see those modules), as do the
+queues themselves (Cloud Tasks, the local queue's own process): in production the app's clock is
+the wall clock, so they agree; only the in-process test queue shares a moved clock with the app.
 """
 from __future__ import annotations
 
