@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from core import db
 from core.admin.records import RECORD_KIND, moment, number, text
+from core.clock import utc_now
 from core.tasks.executor import DEAD_LETTER_KIND
 
 MINUTES = 60
@@ -51,7 +52,7 @@ class Activity:
 
 def last_hour(now: datetime.datetime | None = None) -> Activity:
     """Per-minute counts of the hour up to ``now`` (the last bucket is the current minute)."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or utc_now()
     first = now.replace(second=0, microsecond=0) - datetime.timedelta(minutes=MINUTES - 1)
     minutes = [Minute(first + datetime.timedelta(minutes=i)) for i in range(MINUTES)]
 

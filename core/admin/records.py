@@ -10,6 +10,7 @@ import datetime
 from typing import Any
 
 from core import db
+from core.clock import utc_now
 
 RECORD_KIND = "_tasks_record"
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
@@ -71,7 +72,7 @@ def duration(start: datetime.datetime | None, end: datetime.datetime | None,
 
 def describe_record(entity: db.Entity, now: datetime.datetime | None = None) -> dict[str, Any]:
     """A record for the page and its JSON."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or utc_now()
     state = text(entity.get("state"), 20) or "unknown"
     started, ended = moment(entity.get("started_at")), moment(entity.get("ended_at"))
     tags = entity.get("tags")

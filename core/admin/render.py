@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 
 from core import current
 from core.admin.records import format_duration
+from core.clock import utc_now
 from core.module import Module
 from core.reprs import safe_repr, too_long_for_text
 from core.tasks.errors import Forbidden, NotAuthenticated, RequestError
@@ -215,7 +216,7 @@ def format_age(value: Any) -> str:
         return ""
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
-    seconds = (datetime.datetime.now(datetime.UTC) - value).total_seconds()
+    seconds = (utc_now() - value).total_seconds()
     future, seconds = seconds < 0, abs(seconds)
     for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172800, "h", 3600), (float("inf"), "d", 86400)):
         if seconds < limit:
@@ -230,4 +231,4 @@ def format_due(value: Any) -> str:
         return ""
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
-    return format_age(value) if value > datetime.datetime.now(datetime.UTC) else "due now"
+    return format_age(value) if value > utc_now() else "due now"

@@ -218,10 +218,9 @@ def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
 no_retry = noRetry
 
 
-def _schedule(countdown: Any, eta: Any) -> datetime.datetime | None:
+def _schedule(countdown: Any, eta: Any, now: datetime.datetime) -> datetime.datetime | None:
     if countdown is not None and eta is not None:
         raise ValueError("pass either _countdown or _eta, not both")
-    now = datetime.datetime.now(datetime.UTC)
     if countdown is not None:
         if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) or countdown < 0:
             raise ValueError(f"_countdown must be a number of seconds >= 0, got {countdown!r}")
@@ -256,7 +255,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
     queue = _queue or target.queue or queue_for(runtime, target.priority, target.name)
-    eta = _schedule(_countdown, _eta)
+    eta = _schedule(_countdown, _eta, runtime.clock.now())
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
     if target.tags:

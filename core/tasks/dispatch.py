@@ -27,6 +27,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now
 from core.tasks.errors import EnqueueError
 from core.tasks.runtime import TaskRuntime, current_runtime
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest, hashed_task_name
@@ -227,7 +228,7 @@ def _write_outbox(requests: Sequence[TaskRequest]) -> tuple[list[db.Key], list[T
             return
         entity = db.Entity(db.key(OUTBOX_KIND, outbox_id), exclude_from_indexes=("requests", "count"))
         entity.update({"requests": tagged_json.dumps(group).encode("utf-8"), "count": len(group),
-                       "created": datetime.datetime.now(datetime.UTC)})
+                       "created": utc_now()})
         entities.append(entity)
         group, size, outbox_id = [], 0, uuid.uuid4().hex
 
@@ -260,7 +261,7 @@ def sweep_outbox(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP
     Requests in the outbox carry deterministic names, so one that was created after all is
     refused by the queue as a duplicate, not run twice.
     """
-    cutoff = datetime.datetime.now(datetime.UTC) - older_than
+    cutoff = runtime.clock.now() - older_than
     sent = 0
     for entity in db.Query(OUTBOX_KIND).filter("created <", cutoff).order("created").run(limit=limit):
         requests = _read_outbox(entity)

@@ -10,13 +10,13 @@ status follows the one mapping in :mod:`core.tasks.errors`. The steps, in order
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import traceback
 from collections.abc import Mapping
 
 from core import db
+from core.clock import utc_now
 from core.tasks import message
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure, http_status_for
@@ -110,7 +110,7 @@ def record_dead_letter(*, path: str, body: bytes, error: BaseException, info: Ta
         "error": _clip(f"{type(error).__name__}: {error}", DEAD_LETTER_TEXT_CHARS),
         "traceback": "".join(traceback.format_exception(error))[-DEAD_LETTER_TEXT_CHARS:],
         "attempts": info.execution_count + 1,
-        "created": datetime.datetime.now(datetime.UTC),
+        "created": utc_now(),
         "payload": stored,
         "payload_size": len(body),
         "payload_sha256": hashlib.sha256(body).hexdigest(),

@@ -6,8 +6,9 @@ taken in a transaction, so of two processes asking at once one gets it. While th
 when the work fails. A holder that dies stops renewing, and its lease expires after its duration:
 the next one asking takes it over.
 
-Expiry is judged by the clock of the process asking (Datastore has no server time): keep lease
-durations far above the clock skew between instances (seconds suit tests only).
+Expiry is judged by the app's clock in the process asking (:func:`core.clock.utc_now`; Datastore
+has no server time): keep lease durations far above the clock skew between instances (seconds
+suit tests only). A test advances that clock to expire a dead holder's lease.
 
 :class:`Heartbeat` alone keeps any other claim alive (a periodic run's claim, a query
 iterator's finish): it calls a function every few seconds until the work ends.
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from core import db
+from core.clock import utc_now
 from core.tasks.errors import LockHeld
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,6 @@ LEASE_KIND = "_tasks_lease"
 MAX_NAME_CHARS = 400
 #: A lease is renewed this many times per duration: a late heartbeat or two does not lose it.
 RENEWALS_PER_LEASE = 3
-
-
-def now_utc() -> datetime.datetime:
-    """The clock leases are judged by (tests replace it)."""
-    return datetime.datetime.now(datetime.UTC)
 
 
 def lease_key(name: str) -> db.Key:
@@ -72,7 +69,7 @@ class Lease:
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or already ours; ``False`` if someone holds it."""
         def take() -> datetime.datetime | None:
-            now = now_utc()
+            now = utc_now()
             entity = db.get(self.key)
             if entity is not None and entity.get("holder") != self.holder and entity["expires_at"] > now:
                 return None
@@ -98,7 +95,7 @@ class Lease:
             entity = db.get(self.key)
             if entity is None or entity.get("holder") != self.holder:
                 return None
-            now = now_utc()
+            now = utc_now()
             entity.update({"renewed_at": now, "expires_at": now + self.duration})
             db.put(entity)
             return now + self.duration
@@ -126,7 +123,7 @@ class Lease:
 def current_holder(name: str) -> db.Entity | None:
     """The lease entity of ``name`` if someone holds it now (not expired), else ``None``."""
     entity = db.get(lease_key(name))
-    if entity is None or entity["expires_at"] <= now_utc():
+    if entity is None or entity["expires_at"] <= utc_now():
         return None
     return entity
 
@@ -194,7 +191,7 @@ def stamper(key: db.Key, field: str, belongs: Callable[[db.Entity], bool]) -> Ca
             entity = db.get(key)
             if entity is None or not belongs(entity):
                 return False
-            entity[field] = now_utc()
+            entity[field] = utc_now()
             db.put(entity)
             return True
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now
 from core.tasks import dispatch, message, records
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure
@@ -150,7 +151,7 @@ def succeeded(runtime: TaskRuntime, attempt: Attempt, result: str | None) -> Non
 
 def _age_reached(attempt: Attempt, limit: datetime.timedelta) -> bool:
     created = datetime.datetime.fromtimestamp(attempt.envelope.created, datetime.UTC)
-    return records.clock() - created >= limit
+    return utc_now() - created >= limit
 
 
 def _last_allowed(attempt: Attempt) -> str | None:
@@ -195,7 +196,7 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
             return Decision("cancelled")
         return Decision("retry")
     delay = backoff.delay(attempt.number)
-    eta = records.clock() + datetime.timedelta(seconds=delay)
+    eta = runtime.clock.now() + datetime.timedelta(seconds=delay)
     name = _attempt_name(attempt.envelope.id, attempt.number + 1)
     if attempt.tracked:
         if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta) == records.CANCELLED:

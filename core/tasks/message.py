@@ -16,12 +16,12 @@ import dataclasses
 import hashlib
 import math
 import re
-import time
 import uuid
 from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now
 from core.reprs import safe_repr
 from core.tasks.errors import PayloadError
 
@@ -44,7 +44,7 @@ class Envelope:
     queue: str
     env: dict[str, Any] = dataclasses.field(default_factory=dict)
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-    created: float = dataclasses.field(default_factory=time.time)
+    created: float = dataclasses.field(default_factory=lambda: utc_now().timestamp())
     #: Set when the payload was stored in Datastore: its id and how many entities hold it.
     stored_payload: str | None = None
     stored_chunks: int = 0
@@ -67,7 +67,7 @@ def encode(envelope: Envelope, *, limit: int) -> bytes:
     entities = []
     for index, chunk in enumerate(chunks):
         entity = db.Entity(db.key(PAYLOAD_KIND, f"{envelope.id}-{index}"), exclude_from_indexes=("data",))
-        entity.update({"data": chunk, "created": time.time()})
+        entity.update({"data": chunk, "created": utc_now().timestamp()})
         entities.append(entity)
     for entity in entities:  # one commit each: a request near 1 MiB per entity is large enough
         db.put(entity)

@@ -69,11 +69,6 @@ STATE_KIND = "_tasks_periodic_state"
 STALE_PENDING = datetime.timedelta(hours=2)
 
 
-def now_utc() -> datetime.datetime:
-    """The clock of the scheduler (tests replace it)."""
-    return datetime.datetime.now(datetime.UTC)
-
-
 # --- live instances ----------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +252,7 @@ def run_cron(runtime: TaskRuntime, cron_name: str, *, now: datetime.datetime | N
     specs = [spec for spec in runtime.registry.periodic.values() if spec.cron_name == cron_name]
     if not specs:
         raise NotFound(f"no periodic task is declared in cron group {cron_name!r}")
-    now = now or now_utc()
+    now = now or runtime.clock.now()
     tz = app_timezone(runtime)
     bindings = [binding for spec in specs for binding in bindings_of(runtime, spec)]
     states = db.get([state_key(b) for b in bindings]) if bindings else []
@@ -357,7 +352,7 @@ def run_periodic(runtime: TaskRuntime, envelope: message.Envelope, info: Any) ->
     spec: PeriodicSpec = runtime.registry.periodic.get(task)
     binding = _binding_at(runtime, spec, instance)
     key = state_key(binding)
-    started = now_utc()
+    started = runtime.clock.now()
     if not db.run_in_transaction(_begin, key, generation, started):
         log.info("periodic task %s: run %d was superseded or already done; skipping", binding.state_id, generation)
         return
@@ -370,12 +365,12 @@ def run_periodic(runtime: TaskRuntime, envelope: message.Envelope, info: Any) ->
     except Exception as exc:
         text = error_text(exc)
         try:
-            db.run_in_transaction(_record_failure, key, generation, text, now_utc(),
+            db.run_in_transaction(_record_failure, key, generation, text, runtime.clock.now(),
                                   isinstance(exc, PermanentTaskFailure))
         except Exception:
             log.exception("periodic task %s: could not record its failure", binding.state_id)
         raise
-    db.run_in_transaction(_record_success, binding, key, generation, slot, started, now_utc(),
+    db.run_in_transaction(_record_success, binding, key, generation, slot, started, runtime.clock.now(),
                           app_timezone(runtime))
 
 
@@ -441,7 +436,7 @@ def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = N
     ``last_outcome``; ``every_ping`` for tasks that run on every ping; ``registered`` is False
     for states of tasks no longer declared.
     """
-    now = now or now_utc()
+    now = now or runtime.clock.now()
     tz = app_timezone(runtime)
     states = {entity.key.name: entity for entity in db.Query(STATE_KIND).iter()}
     rows = []

@@ -49,7 +49,7 @@ def run_now(runtime: TaskRuntime, name: str, *, now: datetime.datetime | None = 
     # It runs as a cron ping's run does, on behalf of nobody: not as the admin who pressed the button.
     token = current.user.set(None)
     try:
-        outcome = db.run_in_transaction(_claim_now, runtime, found[0], now or periodic.now_utc(),
+        outcome = db.run_in_transaction(_claim_now, runtime, found[0], now or runtime.clock.now(),
                                         periodic.app_timezone(runtime))
     finally:
         current.user.reset(token)

@@ -22,6 +22,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now as clock
 from core.tasks.errors import error_text
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ MAX_TRACEBACK_CHARS = 20_000
 #: Characters of a target name, tag or group kept (indexed), and of a description.
 MAX_INDEXED_CHARS, MAX_DESCRIPTION_CHARS = 300, 20_000
 _UNINDEXED = ("traceback", "result", "error", "description")
-
-#: The clock of every transition; tests replace it to measure times.
-clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)  # noqa: E731
-
 
 class ResultNotEncodable(TypeError):
     """A task's return value cannot travel through ``core.json`` or is too large to keep."""

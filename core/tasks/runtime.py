@@ -17,7 +17,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core import clock as app_clock
 from core import db
+from core.clock import Clock
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
@@ -90,8 +92,12 @@ class TaskRuntime:
                  environment: EnvironmentHandler | None = None,
                  transport: Transport | None = None,
                  admin_mail: Callable[[str, str], None] | None = None,
-                 datastore: db.Datastore | None = None, hooks: Iterable[Any] = ()) -> None:
+                 datastore: db.Datastore | None = None, hooks: Iterable[Any] = (),
+                 clock: Clock | None = None) -> None:
         self.settings = settings
+        #: The app's clock: every countdown, backoff, age limit, lease, TTL and due time reads it
+        #: (the wall clock; the test plugin puts its ``TestClock`` here).
+        self.clock: Clock = clock if clock is not None else app_clock.WALL_CLOCK
         #: The app's own Datastore (project, namespace, emulator of its settings).
         self.datastore = datastore if datastore is not None else db.Datastore.from_settings(settings)
         #: The app's registry: everything the code declared (or the one given), with the built-ins.
@@ -185,16 +191,17 @@ def local_queue_path(settings: Settings) -> Any:
 _current: contextvars.ContextVar[TaskRuntime | None] = contextvars.ContextVar("core_task_runtime", default=None)
 
 #: What :func:`bind` returns and :func:`unbind` takes back.
-BindToken = tuple["contextvars.Token[TaskRuntime | None]", Any]
+BindToken = tuple["contextvars.Token[TaskRuntime | None]", Any, Any]
 
 
 def bind(runtime: TaskRuntime) -> BindToken:
-    """Make ``runtime`` and its Datastore current in this context; undo with :func:`unbind`."""
-    return _current.set(runtime), db.bind(runtime.datastore)
+    """Make ``runtime``, its Datastore and its clock current in this context; undo with :func:`unbind`."""
+    return _current.set(runtime), db.bind(runtime.datastore), app_clock.bind(runtime)
 
 
 def unbind(token: BindToken) -> None:
-    runtime_token, store_token = token
+    runtime_token, store_token, clock_token = token
+    app_clock.unbind(clock_token)
     db.unbind(store_token)
     _current.reset(runtime_token)
 

@@ -5,16 +5,19 @@ Fixtures (each can be overridden by a fixture of the same name in a ``conftest.p
 - ``datastore_emulator`` (session): the real Cloud Datastore emulator on a free port.
 - ``settings``: settings of one test: that emulator, the in-process queue, fixed secrets.
 - ``datastore``: the emulator wiped, its store current for the test's own calls.
-- ``make_app(app_or_modules=None, **options)``: a test app on those settings whose runtime stays
-  current for the rest of the test (deferred calls made by the test itself go to its queue; no
-  app context is kept pushed, so every test-client request still gets a fresh ``g``). Give it
+- ``make_app(app_or_modules=None, **options)``: a test app on those settings, running on a
+  :class:`TestClock`, whose runtime stays current for the rest of the test (deferred calls made by
+  the test itself go to its queue and read its clock; no app context is kept pushed, so every
+  test-client request still gets a fresh ``g``). Give it
   your own Flask app (its ``Tasks`` runtime is swapped for a test one while the test runs), a
   ViUR-style module mapping or nothing.
 - ``app``: ``make_app(<the tasks_app ini option>)``, e.g. ``tasks_app = myapp:app``; without the
   option an app with no modules of its own.
 - ``client``: ``app.test_client()``.
 - ``task_queue``: the app's :class:`TaskQueue`: ``run_pending()``, ``advance(seconds)``,
-  ``run_pending(until=...)``, ``ping_cron("default")``, ``clock``.
+  ``run_pending(until=...)``, ``ping_cron("default")``, ``clock`` (the app's clock: advancing it
+  moves countdowns, backoff, leases, TTLs and periodic due-ness; ``TaskQueue(app,
+  clock=TestClock(start=...))`` starts it at a fixed moment).
 - ``make_stack(app_module=..., **options)`` / ``live_stack``: the local stack (emulator + local
   queue + gunicorn) serving an app module on free ports, stopped after the test.
 
@@ -38,7 +41,7 @@ from core.devserver.stack import LocalStack
 from core.tasks.runtime import runtime_of
 from core.tasks.transports.inline import TaskFailed
 from core.testing.apps import as_test_app
-from core.testing.queue import TaskQueue, TestClock
+from core.testing.queue import TaskQueue, TestClock, install_test_clock
 
 __all__ = ["TaskFailed", "TaskQueue", "TestClock", "as_test_app"]
 
@@ -96,7 +99,9 @@ def make_app(settings: Settings, datastore: db.Datastore) -> Iterator[Callable[.
             else:
                 app = create_app(app_or_modules or {}, **options)
             app.testing = True
-            stack.enter_context(runtime_of(app).bound())
+            runtime = runtime_of(app)
+            install_test_clock(runtime)  # the app runs on the test clock that task_queue advances
+            stack.enter_context(runtime.bound())
             return app
 
         yield build

@@ -5,6 +5,10 @@ handler and re-raises a failed task's error in the test (as dramatiq's ``StubBro
 Tasks run when they are due on :class:`TestClock`: a ``_countdown=60`` call runs only after
 ``advance(60)``, and a failed task comes back after its queue's retry backoff (queue.yaml's
 ``retry_parameters``, App Engine's defaults otherwise), as Cloud Tasks would schedule it.
+
+The test clock *is* the app's clock: :class:`TaskQueue` installs it as the runtime's clock, so
+``advance()`` moves the app (countdowns, ``_eta``, backoff, age limits, leases, record TTLs,
+periodic due-ness) and the queue together.
 """
 from __future__ import annotations
 
@@ -27,11 +31,22 @@ UTC = datetime.UTC
 
 
 class TestClock:
-    """Wall-clock time shifted by what the test advanced: ``now()`` never goes backwards."""
+    """Wall-clock time shifted by what the test advanced: ``now()`` never goes backwards.
+
+    ``start`` stops the clock at that moment instead: it then moves only when the test advances it
+    (waits come out exact, and calendar tests run on a fixed day). ``now`` replaces the wall clock.
+    """
 
     __test__ = False  # not a test class, whatever pytest's name patterns say
 
-    def __init__(self, now: Callable[[], datetime.datetime] | None = None) -> None:
+    def __init__(self, now: Callable[[], datetime.datetime] | None = None, *,
+                 start: datetime.datetime | None = None) -> None:
+        if start is not None:
+            if now is not None:
+                raise ValueError("TestClock: give now or start, not both")
+            if start.tzinfo is None:
+                raise ValueError("TestClock: start must be timezone-aware")
+            now = lambda: start  # noqa: E731
         self._real = now or (lambda: datetime.datetime.now(UTC))
         self._offset = datetime.timedelta(0)
         self._lock = threading.Lock()
@@ -55,8 +70,22 @@ class TestClock:
         return self.now()
 
 
+def install_test_clock(runtime: TaskRuntime, clock: TestClock | None = None) -> TestClock:
+    """Make ``clock`` the runtime's clock; without one keep the runtime's test clock, or install a new one."""
+    if clock is None:
+        if isinstance(runtime.clock, TestClock):
+            return runtime.clock
+        clock = TestClock()
+    runtime.clock = clock
+    return clock
+
+
 class TaskQueue:
-    """The inline queue of one test app: run what is due, move the clock, ping cron groups."""
+    """The inline queue of one test app: run what is due, move the clock, ping cron groups.
+
+    Its clock is the app's: ``clock`` (or the app's test clock already installed, or a new one)
+    becomes the runtime's clock, which every queue of the app then shares.
+    """
 
     __test__ = False
 
@@ -67,7 +96,7 @@ class TaskQueue:
         if not isinstance(transport, InlineTransport):
             raise TypeError("the test app must use the inline transport (TASKS_BACKEND=inline)")
         self.transport = transport
-        self.clock = clock or TestClock()
+        install_test_clock(self.runtime, clock)
         #: When a task retried here is due again (by ``id()``; the request's own eta otherwise).
         self._due: dict[int, datetime.datetime] = {}
         self._order = itertools.count()
@@ -76,6 +105,11 @@ class TaskQueue:
     @property
     def runtime(self) -> TaskRuntime:
         return runtime_of(self.app)
+
+    @property
+    def clock(self) -> TestClock:
+        """The app's clock (the runtime's, so the app and this queue always read one time)."""
+        return install_test_clock(self.runtime)
 
     @property
     def pending(self) -> list[QueuedTask]:

@@ -4,6 +4,10 @@ google-auth decodes the token and decides on its signature, its audience and (on
 its time window; what it does not know is checked here: the algorithm Google signs with, the
 issuer, the allowed service accounts and their verified email. Every refusal is a
 :class:`Forbidden` naming the reason, never a crash: a forged token must not become a 5xx.
+
+The time window is judged on the real clock, never on the app's (``core.clock``): Google issued
+the token on real time, and a test that advances the app's clock must not make a live token look
+expired nor an expired one look live. The certificate cache's TTL is real waiting (monotonic).
 """
 from __future__ import annotations
 

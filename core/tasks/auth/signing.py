@@ -2,6 +2,10 @@
 
 Made with the app's secret when a task is enqueued (or a local cron ping is sent), checked when it
 arrives, so only payloads this app produced ever run.
+
+Timestamps are made and judged on the real clock, never on the app's (``core.clock``): freshness
+guards against a request captured outside and replayed later, which is a matter of real time, and
+signer and verifier agree on it even while a test has advanced the app's clock.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ of this room, the one place this kind is made known.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -100,9 +100,15 @@ class _Chunk:
         self.seconds_per_entry = float(record.get("seconds_per_entry") or 0.0)
         self.budget = _chunk_seconds(runtime, cls)
         self.batch = batch_handler(cls)
-        self.started = self.saved_at = time.monotonic()
+        #: Budgets, checkpoints and the time per entry run on the app's clock (a test advances it).
+        self.clock = runtime.clock
+        self.started = self.saved_at = self.clock.now()
         self.handled = 0
         self.handling_time = 0.0
+
+    def _since(self, moment: datetime.datetime) -> float:
+        """Seconds from ``moment`` to now on the app's clock."""
+        return (self.clock.now() - moment).total_seconds()
 
     # the scan
 
@@ -149,7 +155,7 @@ class _Chunk:
             pos.cursor, pos.done = page.cursor, set()
             if self._should_yield():
                 return _YIELD
-            if time.monotonic() - self.saved_at >= self.cls.checkpointSeconds:
+            if self._since(self.saved_at) >= self.cls.checkpointSeconds:
                 self._save()
 
     def _batch_size(self, limit: int | None) -> int:
@@ -160,7 +166,7 @@ class _Chunk:
         if limit is not None:
             size = min(size, limit - self.position.processed)
         if self.seconds_per_entry > 0:
-            remaining = max(0.0, self.budget - (time.monotonic() - self.started))
+            remaining = max(0.0, self.budget - (self._since(self.started)))
             size = min(size, int(remaining / self.seconds_per_entry) + 1)
         return max(1, size)
 
@@ -168,14 +174,14 @@ class _Chunk:
         """Handle a batch in one call; False when it failed (then it is handled one by one)."""
         assert self.batch is not None
         entities = [entity for entity, _ in batch]
-        started = time.monotonic()
+        started = self.clock.now()
         try:
             aio.call(self.batch, entities, self.custom)
         except Exception as exc:  # handled again one by one, where handleError can judge each
             log.info("%s: a batch of %d failed (%r); handling them one by one", self.cls.iter_id, len(entities), exc)
             return False
         self.handled += len(entities)
-        self.handling_time += time.monotonic() - started
+        self.handling_time += self._since(started)
         self.seconds_per_entry = self.handling_time / self.handled
         self.position.done.update(digest for _, digest in batch)
         self.position.processed += len(entities)
@@ -186,7 +192,7 @@ class _Chunk:
         if self.handled == 0:
             return False
         cap = self.cls.maxEntriesPerChunk
-        return (cap is not None and self.handled >= cap) or time.monotonic() - self.started >= self.budget
+        return (cap is not None and self.handled >= cap) or self._since(self.started) >= self.budget
 
     def _page_size(self, limit: int | None) -> int:
         size = self.cls.pageSize
@@ -194,7 +200,7 @@ class _Chunk:
         if cap is not None:
             size = min(size, cap - self.handled + len(self.position.done))
         if self.seconds_per_entry > 0:
-            remaining = max(0.0, self.budget - (time.monotonic() - self.started))
+            remaining = max(0.0, self.budget - (self._since(self.started)))
             fits = int(remaining / self.seconds_per_entry * 1.2) + 1 + len(self.position.done)
             size = min(size, max(MIN_PAGE_SIZE, fits))
         if limit is not None:
@@ -203,7 +209,7 @@ class _Chunk:
 
     def _handle(self, entity: db.Entity) -> bool:
         """Run the hooks on one entity: True to go on, False when ``handleError`` stops the run."""
-        started = time.monotonic()
+        started = self.clock.now()
         error: Exception | None = None
         try:
             for attempt in range(self.cls.entryRetries + 1):
@@ -227,7 +233,7 @@ class _Chunk:
             return False
         finally:
             self.handled += 1
-            self.handling_time += time.monotonic() - started
+            self.handling_time += self._since(started)
             self.seconds_per_entry = self.handling_time / self.handled
 
     # writes to the run record
@@ -274,7 +280,7 @@ class _Chunk:
                 record["last_error"] = error_text(error)
 
         self._update(change)
-        self.saved_at = time.monotonic()
+        self.saved_at = self.clock.now()
 
     def _stop(self, error: str) -> None:
         def change(record: db.Entity, run: db.Entity) -> None:

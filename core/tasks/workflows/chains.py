@@ -76,7 +76,7 @@ def step_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: db.Ent
         current = db.get(store.root_key(workflow_id))
         if current is None or current.get("state") != store.RUNNING or int(current.get("current") or 0) != index:
             return  # booked before: a duplicate push or a repeated bookkeeping
-        now = store.clock()
+        now = runtime.clock.now()
         total = int(current["total"])
         member = store.new_member(workflow_id, index, task_id=str(record.key.name),
                                   state=store.SUCCEEDED if succeeded else store.FAILED,

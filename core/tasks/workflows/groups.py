@@ -29,6 +29,7 @@ from typing import Any
 
 from core import db
 from core import json as tagged_json
+from core.clock import utc_now
 from core.tasks import records
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.workflows import launch, store
@@ -194,7 +195,7 @@ def close_shard(runtime: TaskRuntime, workflow_id: str, shard: int) -> None:
         complete = list(root.get("complete_shards") or [])
         if shard not in complete:
             complete.append(shard)
-            root.update({"complete_shards": complete, "updated": store.clock()})
+            root.update({"complete_shards": complete, "updated": runtime.clock.now()})
             if len(complete) >= int(root["shards"]) and root.get("state") == store.RUNNING:
                 root["state"] = store.COMPLETE
             db.put(root)
@@ -231,7 +232,7 @@ def finish(runtime: TaskRuntime, workflow_id: str) -> None:
         current = db.get(store.root_key(workflow_id))
         if current is None or current.get("state") != store.COMPLETE:
             return  # decided by another delivery
-        now = store.clock()
+        now = runtime.clock.now()
         current["updated"] = now
         if errors and (callback is None or policy == store.ALL_SUCCEEDED):
             current.update({"state": store.FAILED, "ended": now,
@@ -261,7 +262,7 @@ def callback_ended(root: db.Entity, record: db.Entity) -> None:
             return
         if current.get("callback_task") not in (None, record.key.name):
             return
-        now = store.clock()
+        now = utc_now()
         succeeded = record.get("state") == records.SUCCEEDED
         current.update({"state": store.SUCCEEDED if succeeded else store.FAILED, "ended": now, "updated": now,
                         "error": None if succeeded else f"the callback failed: {record.get('error')}"[:1500]})

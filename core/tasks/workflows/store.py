@@ -13,12 +13,12 @@ entity is rewritten with the same content. Nothing counts, so nothing can drift.
 """
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from core import db
+from core.clock import utc_now
 
 ROOT_KIND, SHARD_KIND, MEMBER_KIND = "_tasks_workflow", "_tasks_workflow_shard", "_tasks_workflow_member"
 GROUP, CHAIN = "group", "chain"
@@ -32,10 +32,6 @@ SHARD_MEMBERS, MIN_SHARDS = 100, 16
 #: Member entities fetched per Datastore call when a group's results are collected.
 FETCH_BATCH = 1000
 _UNINDEXED = ("callback", "steps", "complete_shards", "result", "error", "label")
-
-
-def clock() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def shard_count(total: int) -> int:
@@ -65,7 +61,7 @@ def member_key(workflow_id: str, index: int) -> db.Key:
 
 
 def new_root(workflow_id: str, *, kind: str, total: int, label: str, **values: Any) -> db.Entity:
-    now = clock()
+    now = utc_now()
     entity = db.Entity(root_key(workflow_id), exclude_from_indexes=_UNINDEXED)
     entity.update({"kind": kind, "state": RUNNING, "total": total, "label": label[:300], "created": now,
                    "updated": now, "ended": None, "shards": 0, "complete_shards": [], "policy": None,

@@ -16,26 +16,15 @@ from core.tasks.lease import Heartbeat, Lease, current_holder, holding
 from core.tasks.periodic import STATE_KIND, PeriodicTask, run_cron
 from core.tasks.queryiter import QueryIter
 from core.tasks.queryiter.runs import FINISHED, get_run
+from core.testing import TestClock
 
 SECONDS = datetime.timedelta(seconds=1)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += datetime.timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock(monkeypatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(lease, "now_utc", fake)
-    return fake
+def clock(task_queue) -> TestClock:
+    """The app's clock (its runtime is current for the test): leases expire as the test advances it."""
+    return task_queue.clock
 
 
 def test_one_holder_at_a_time_until_release(datastore):

@@ -78,6 +78,20 @@ def test_a_locked_task_waits_for_the_lock_and_runs_when_it_is_free(app, task_que
     assert current_holder(f"invoice-{key}") is None, "and released after it"
 
 
+def test_a_lock_left_by_a_crashed_holder_is_free_once_its_lease_has_passed_on_the_app_clock(app, task_queue):
+    key = db.key("invoice", 9)
+    assert Lease(f"invoice-{key}", datetime.timedelta(seconds=30)).acquire()  # then its holder died
+    recompute(key)
+    task = task_queue.pending[0]
+    task_queue.clock.advance(29)
+    (outcome,) = task_queue.run_pending(raise_errors=False, max_attempts=1)
+    assert outcome.status == 409 and RUNS == [], "the dead holder's lease still runs"
+    task_queue.clock.advance(2)
+    task_queue.pending.append(task)  # the queue's retry
+    (outcome,) = task_queue.run_pending()
+    assert outcome.status == 200 and RUNS == [("recompute", 9, "2026-10", True)], "its lease ran out: free"
+
+
 def test_the_lock_is_per_argument_value_and_the_handler_answers_409(app, client, task_queue):
     Lease(f"invoice-{db.key('invoice', 1)}", MINUTE).acquire()
     recompute(db.key("invoice", 1))

@@ -25,6 +25,7 @@ from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
 from core.tasks.schedule import Crontab, IntervalSchedule
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
+from core.testing import TaskQueue, TestClock
 
 CALLS: list[object] = []
 ATTEMPTS: dict[str, int] = {}
@@ -50,6 +51,11 @@ def hourly() -> None:
 @PeriodicTask(datetime.timedelta(minutes=5), cronName="t-mixed")
 def healthy() -> None:
     CALLS.append("healthy")
+
+
+@PeriodicTask(datetime.timedelta(minutes=5), cronName="t-five")
+def every_five_minutes() -> None:
+    CALLS.append("five")
 
 
 @PeriodicTask(0, cronName="t-mixed")
@@ -130,22 +136,13 @@ def name_of(func) -> str:
     return spec_of(func).name
 
 
-class Clock:
-    def __init__(self, start: datetime.datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += datetime.timedelta(**kwargs)
+START = datetime.datetime(2026, 5, 4, 14, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    fixed = Clock(datetime.datetime(2026, 5, 4, 14, 0, tzinfo=UTC))
-    monkeypatch.setattr(periodic, "now_utc", fixed)
-    return fixed
+def clock(app) -> TestClock:
+    """The app's clock, standing at 14:00 UTC on 4 May 2026 until the test advances it."""
+    return TaskQueue(app, clock=TestClock(start=START)).clock
 
 
 # --- pings enqueue, the queue runs -----------------------------------------------------------------
@@ -205,13 +202,24 @@ def test_interval_task_runs_once_however_many_pings_arrive_inside_its_interval(a
     ping(client, settings, "t-hourly")
     task_queue.run_pending()
     for _ in range(5):
-        clock.advance(minutes=10)
+        clock.advance(10 * 60)
         assert ping(client, settings, "t-hourly").get_json()["tasks"][name_of(hourly)] == "not due"
     assert task_queue.pending == []
-    clock.advance(minutes=10)   # 60 minutes after the first run's ping
+    clock.advance(10 * 60)   # 60 minutes after the first run's ping
     assert ping(client, settings, "t-hourly").get_json()["tasks"][name_of(hourly)] == "enqueued"
     task_queue.run_pending()
     assert CALLS == ["hourly", "hourly"]
+
+
+def test_a_five_minute_task_falls_due_through_advance_and_not_before(app, task_queue):
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five"]
+    task_queue.advance(240)
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five"], "four minutes after its run it is not due"
+    task_queue.advance(120)
+    task_queue.ping_cron("t-five")
+    assert CALLS == ["five", "five"], "six minutes after its run it is due"
 
 
 def test_twenty_concurrent_pings_enqueue_one_run(app, settings, task_queue):
@@ -288,9 +296,9 @@ def test_duplicate_delivery_of_a_finished_run_does_nothing(app, client, settings
 def test_lost_pending_run_is_claimed_again_and_the_lost_one_is_superseded(app, client, settings, task_queue, clock):
     ping(client, settings, "t-every")
     lost = task_queue.pending.pop(0)      # the queue loses it
-    clock.advance(hours=1)
+    clock.advance(3600)
     assert ping(client, settings, "t-every").get_json()["tasks"][name_of(every_ping)] == "pending"
-    clock.advance(hours=2)
+    clock.advance(2 * 3600)
     assert ping(client, settings, "t-every").get_json()["tasks"][name_of(every_ping)] == "enqueued"
     task_queue.pending.append(lost)       # ... and finds it again
     task_queue.run_pending()
@@ -301,7 +309,7 @@ def test_lost_pending_run_is_claimed_again_and_the_lost_one_is_superseded(app, c
 def test_missed_runs_are_made_up_by_one_run(app, client, settings, task_queue, clock):
     ping(client, settings, "t-hourly")
     task_queue.run_pending()
-    clock.advance(days=3)
+    clock.advance(3 * 86400)
     ping(client, settings, "t-hourly")
     ping(client, settings, "t-hourly")
     task_queue.run_pending()
@@ -311,23 +319,24 @@ def test_missed_runs_are_made_up_by_one_run(app, client, settings, task_queue, c
 def test_daily_and_crontab_tasks_follow_the_calendar(app, client, settings, task_queue, clock):
     tasks = ping(client, settings, "t-daily").get_json()["tasks"]   # 14:00, first sight: nothing due
     assert tasks == {name_of(nightly): "not due", name_of(half_hourly): "not due"}
-    clock.advance(minutes=31)                                         # 14:31: the 14:30 slot passed
+    clock.advance(31 * 60)                                            # 14:31: the 14:30 slot passed
     assert ping(client, settings, "t-daily").get_json()["tasks"][name_of(half_hourly)] == "enqueued"
     task_queue.run_pending()
-    clock.advance(hours=13, minutes=5)                                # 03:36 next day: both passed
+    clock.advance(13 * 3600 + 5 * 60)                                 # 03:36 next day: both passed
     tasks = ping(client, settings, "t-daily").get_json()["tasks"]
     assert tasks == {name_of(nightly): "enqueued", name_of(half_hourly): "enqueued"}
     task_queue.run_pending()
     assert sorted(CALLS) == ["half_hourly", "half_hourly", "nightly"]
     assert state(name_of(nightly))["last_success"] == datetime.datetime(2026, 5, 5, 3, 0, tzinfo=UTC)
     assert state(name_of(half_hourly))["last_success"] == datetime.datetime(2026, 5, 5, 3, 30, tzinfo=UTC)
-    clock.advance(minutes=10)
+    clock.advance(10 * 60)
     assert ping(client, settings, "t-daily").get_json()["tasks"] == {name_of(nightly): "not due",
                                                                        name_of(half_hourly): "not due"}
 
 
-def test_calendar_tasks_use_the_app_time_zone(make_app, settings, clock):
+def test_calendar_tasks_use_the_app_time_zone(make_app, settings):
     app = make_app({}, settings=settings.replace(tasks_timezone="Europe/Berlin"))
+    TaskQueue(app, clock=TestClock(start=START))
     rows = {r["task"]: r for r in periodic_overview(get_runtime())}
     assert rows[name_of(nightly)]["schedule"] == "daily at 03:00 (Europe/Berlin)"
     # 14:00 UTC on 4 May is 16:00 CEST; 03:00 CEST the next morning is 01:00 UTC.

@@ -79,6 +79,19 @@ class Slow(Recorder):
         super().handleEntry(entry, customData)
 
 
+class FourSecondsAnEntry(Recorder):
+    """Each entry takes four seconds of the app's clock: a ten-second budget holds three."""
+
+    maxEntriesPerChunk = None
+    pageSize = 500
+    chunkSeconds = 10
+
+    @classmethod
+    def handleEntry(cls, entry, customData):
+        get_runtime().clock.advance(4)
+        super().handleEntry(entry, customData)
+
+
 class FlakyOnce(Recorder):
     """Entities in FAIL_IDS raise once; one in-place retry handles them."""
 
@@ -251,6 +264,14 @@ def test_chunks_end_on_their_time_budget(app, task_queue):
     # 60 entities of 5 ms cannot fit in one 50 ms budget, and every chunk handles at least one.
     assert 1 < steps(outcomes) <= 60
     assert sorted(entries()) == list(range(1, 61)) and finishes() == [("finish", 60, None)]
+
+
+def test_chunk_budgets_run_on_the_app_clock(app, task_queue):
+    put_things(9)
+    FourSecondsAnEntry.startIterOnQuery(db.Query("thing"))
+    outcomes = task_queue.run_pending()
+    assert steps(outcomes) == 3  # three entries of four seconds each spend a ten-second budget
+    assert sorted(entries()) == list(range(1, 10)) and finishes() == [("finish", 9, None)]
 
 
 def test_filters_orders_and_limit_are_honoured(app, task_queue):

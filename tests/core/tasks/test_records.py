@@ -297,3 +297,16 @@ def test_expired_records_are_removed_by_the_built_in_periodic_task(app, task_que
     assert spec.schedule is not None
     spec.func()
     assert records.get(handle.id) is None and records.get(keep.id) is not None
+
+
+def test_a_tracked_result_expires_after_result_ttl_of_advanced_time(app, task_queue):
+    handle = add(1, 1)
+    task_queue.run_pending()
+    ttl = get_runtime().settings.tasks_result_ttl
+    task_queue.advance(ttl - 60)
+    task_queue.ping_cron("default")  # the built-in hourly purge runs: the result is younger than its TTL
+    assert handle.result(timeout=1) == {"sum": 2, "when": datetime.date(2026, 1, 2)}
+    task_queue.advance(3600)
+    task_queue.ping_cron("default")  # an hour on, past the TTL: purged
+    with pytest.raises(UntrackedTask, match="expired"):
+        handle.status()

@@ -1,4 +1,4 @@
-"""Per-task retry policies, queue limits and dead letters, on a fake clock, through the real handler."""
+"""Per-task retry policies, queue limits and dead letters, on the app's test clock, through the real handler."""
 from __future__ import annotations
 
 import datetime
@@ -14,25 +14,17 @@ from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.message import PAYLOAD_KIND
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import get_runtime
+from core.testing import TestClock
 from tests.conftest import TaskQueue
 
 START = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 ATTEMPTS: list[tuple[str, datetime.datetime]] = []
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(records_module, "clock", fake)
-    return fake
+def clock(app) -> TestClock:
+    """The app's clock, standing at START: it moves only when the queue advances it, so waits are exact."""
+    return TaskQueue(app, clock=TestClock(start=START)).clock
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +33,7 @@ def _reset():
 
 
 def _note(name: str) -> None:
-    ATTEMPTS.append((name, records_module.clock()))
+    ATTEMPTS.append((name, get_runtime().clock.now()))
 
 
 @callDeferred(track=True, max_attempts=5, retry_on=(IOError,), backoff=Exponential(base=2, max=600))
@@ -93,17 +85,28 @@ def with_timeout() -> None:
     _note("timeout")
 
 
-def _drain_on_clock(task_queue, clock: FakeClock, limit: int = 20) -> list:
-    """Run queued tasks one by one, moving the fake clock to each one's schedule time first."""
-    outcomes = []
-    for _ in range(limit):
-        if not task_queue.pending:
-            break
-        eta = task_queue.pending[0].request.eta
-        if eta is not None and eta > clock.now:
-            clock.now = eta
-        outcomes += task_queue.run_pending(raise_errors=False, max_tasks=1)
-    return outcomes
+@callDeferred(max_attempts=3, backoff=Constant(7))
+def constant_seven() -> None:
+    _note("constant")
+    raise RuntimeError("again")
+
+
+@callDeferred(track=True, max_attempts=4, backoff=Linear(start=5, step=10, max=20))
+def linear_to_twenty() -> None:
+    _note("linear")
+    raise RuntimeError("again")
+
+
+@callDeferred(max_attempts=4, backoff=Exponential(base=3, first=2, max=30))
+def exponential_to_thirty() -> None:
+    _note("exponential")
+    raise RuntimeError("again")
+
+
+def _drain_on_clock(task_queue, clock: TestClock, limit: int = 20) -> list:
+    """Run queued tasks one by one, the app's clock advanced to each one's schedule time first."""
+    return task_queue.run_pending(until=clock.now() + datetime.timedelta(days=1), raise_errors=False,
+                                  max_tasks=limit)
 
 
 def _gaps() -> list[float]:
@@ -193,7 +196,7 @@ def limited_app(make_app, settings, tmp_path: Path):
     return make_app(settings=settings.replace(queue_yaml=queue_yaml, tasks_payload_limit=2_000))
 
 
-def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_app, clock):
+def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_app):
     queue = TaskQueue(limited_app)
     handle = always_fails()
     outcomes = queue.run_pending(raise_errors=False, max_attempts=10)
@@ -204,20 +207,19 @@ def test_queue_retry_limit_2_means_three_attempts_then_one_dead_letter(limited_a
     assert handle.status().state == "failed"
 
 
-def test_queue_age_limit_ends_a_task_older_than_it(limited_app, clock):
+def test_queue_age_limit_ends_a_task_older_than_it(limited_app):
     queue = TaskQueue(limited_app)
-    clock.now = datetime.datetime.now(datetime.UTC)
     fails_on_aged_queue()
     queue.run_pending(raise_errors=False, max_attempts=2)
     assert len(ATTEMPTS) == 2 and db.Query(DEAD_LETTER_KIND).run() == []
-    clock.now += datetime.timedelta(hours=2)
     fails_on_aged_queue()
+    queue.clock.advance(2 * 3600)
     queue.run_pending(raise_errors=False, max_attempts=5)
     assert len(ATTEMPTS) == 3  # older than the queue's age limit: its first failure is its last
     assert len(db.Query(DEAD_LETTER_KIND).run()) == 1
 
 
-def test_a_large_payload_is_deleted_when_its_dead_letter_is_discarded(limited_app, clock):
+def test_a_large_payload_is_deleted_when_its_dead_letter_is_discarded(limited_app):
     queue = TaskQueue(limited_app)
     always_fails_big("x" * 10_000)
     queue.run_pending(raise_errors=False, max_attempts=10)
@@ -259,3 +261,22 @@ def test_retrying_the_dead_letter_of_a_tracked_task_runs_it_again(app, task_queu
     assert retry_dead_letter(get_runtime(), letter.key)
     task_queue.run_pending()
     assert len(ATTEMPTS) == 2 and handle.result(timeout=1) == "fixed"
+
+
+@pytest.mark.parametrize(("task", "waits"), [
+    (constant_seven, [7, 7]),
+    (linear_to_twenty, [5, 15, 20]),
+    (exponential_to_thirty, [2, 6, 18]),
+])
+def test_advance_drives_every_backoff_policys_waits_exactly(app, task_queue, clock, task, waits):
+    task_queue.advance(3600)  # an app an hour into the test: its waits still start from its own now
+    task()
+    task_queue.run_pending(raise_errors=False)
+    assert len(ATTEMPTS) == 1
+    for attempts, wait in enumerate(waits, start=1):
+        task_queue.advance(wait - 0.001, raise_errors=False)
+        assert len(ATTEMPTS) == attempts, f"attempt {attempts + 1} ran before its wait of {wait} s"
+        task_queue.advance(0.001, raise_errors=False)
+        assert len(ATTEMPTS) == attempts + 1, f"attempt {attempts + 1} did not run after its wait of {wait} s"
+    assert _gaps() == waits
+    assert task_queue.pending == [] and len(db.Query(DEAD_LETTER_KIND).run()) == 1

@@ -55,6 +55,29 @@ def test_a_countdown_task_runs_only_once_the_clock_reaches_it(queue):
     assert CALLS == ["now", "later"] and queue.pending == []
 
 
+def test_a_countdown_made_after_advance_waits_its_whole_countdown(queue):
+    queue.advance(3600)
+    remember("later", _countdown=60)
+    queue.run_pending()
+    assert CALLS == [] and len(queue.pending) == 1
+    queue.advance(59)
+    assert CALLS == []
+    queue.advance(2)
+    assert CALLS == ["later"] and queue.pending == []
+
+
+def test_an_eta_is_judged_on_the_app_clock_the_queue_advances(queue):
+    queue.advance(40 * 24 * 3600)  # 40 days on: an eta an hour ahead of the app's now is not "over 30 days"
+    start = queue.clock.now()
+    remember("in an hour", _eta=start + datetime.timedelta(hours=1))
+    with pytest.raises(ValueError, match="30 days ahead"):
+        remember("too far", _eta=start + datetime.timedelta(days=31))
+    queue.advance(3599)
+    assert CALLS == []
+    queue.advance(2)
+    assert CALLS == ["in an hour"]
+
+
 def test_run_pending_until_runs_eta_tasks_in_time_order(queue):
     start = queue.clock.now()
     remember("second", _eta=start + datetime.timedelta(hours=2))
