@@ -15,8 +15,9 @@ from flask import Response, abort, flash, redirect
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import PayloadError, PermanentTaskFailure, TaskHandle, TaskStatus, UntrackedTask, callDeferred
+from core.tasks import PayloadError, PermanentTaskFailure, TaskHandle, UntrackedTask, callDeferred
 from core.tasks.periodic_now import run_group_now
+from core.tasks.records import TaskRecord
 from core.tasks.runtime import get_runtime
 from example.admin_tasks import INVOICE_KIND, InvoiceTaxes
 from example.pages import csrf_ok, page
@@ -102,8 +103,8 @@ def _ensure_invoices() -> int:
     return len(entities)
 
 
-def _task_state(task_id: Any) -> TaskStatus | None:
-    """The tracked task's state from its record; ``None`` for an untracked step or an expired record."""
+def _task_state(task_id: Any) -> TaskRecord | None:
+    """The tracked task's record (its state, attempts); ``None`` for an untracked step or an expired record."""
     if not isinstance(task_id, str):
         return None
     try:

@@ -18,9 +18,10 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from core import db
-from core.admin.records import RECORD_KIND, moment, number, text
+from core.admin.records import moment, text
 from core.clock import utc_now
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.records import FAILED, RECORD_KIND, RETRYING, SUCCEEDED, InvalidRecord, TaskRecord
 
 MINUTES = 60
 #: Entities read per kind at most; past that the chart says its counts are partial.
@@ -61,20 +62,21 @@ def last_hour(now: datetime.datetime | None = None) -> Activity:
             return None
         return minutes[min(MINUTES - 1, int((when - first).total_seconds() // 60))]
 
-    records, partial = _scan(db.Query(RECORD_KIND).filter("updated_at", ">=", first))
+    entities, partial = _scan(db.Query(RECORD_KIND).filter("updated_at", ">=", first))
     failed_ids: set[str] = set()
-    for record in records:
-        state = record.get("state")
-        ended = moment(record.get("ended_at"))
-        if state in ("succeeded", "failed") and (slot := bucket(ended)) is not None:
-            if state == "succeeded":
+    for entity in entities:
+        try:
+            record = TaskRecord.from_entity(entity)
+        except InvalidRecord:
+            continue  # a record no version of the code writes: nothing to count
+        if record.state in (SUCCEEDED, FAILED) and (slot := bucket(record.ended_at)) is not None:
+            if record.state is SUCCEEDED:
                 slot.succeeded += 1
             else:
                 slot.failed += 1
-                failed_ids.add(text(record.key.id_or_name, 500))
-        attempts = number(record.get("attempts")) or 0
-        if attempts > 1 or state == "retrying":
-            slot = bucket(ended if state in ("succeeded", "failed", "cancelled") else moment(record.get("updated_at")))
+                failed_ids.add(text(record.id, 500))
+        if record.attempts > 1 or record.state is RETRYING:
+            slot = bucket(record.ended_at if record.finished else record.updated_at)
             if slot is not None:
                 slot.retried += 1
     letters, letters_partial = _scan(db.Query(DEAD_LETTER_KIND).filter("created", ">=", first))

@@ -240,7 +240,7 @@ def describe_query_run(entity: db.Entity) -> dict[str, Any]:
 def _run_dict(run: RunInfo) -> dict[str, Any]:
     percent = None
     if run.total:
-        percent = 100.0 if run.status == "finished" else min(100.0, 100.0 * run.processed / run.total)
+        percent = 100.0 if run.status is queryiter.FINISHED else min(100.0, 100.0 * run.processed / run.total)
     return {**dataclasses.asdict(run), "rate": run.rate, "elapsed": run.elapsed, "eta": run.eta_seconds,
             "percent": percent}
 

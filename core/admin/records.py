@@ -1,8 +1,9 @@
 """Task records as the Tasks page shows them: the query behind the filters, and safe descriptions.
 
 Records (kind :data:`RECORD_KIND`, key name = task id) are written by the task pipeline for tracked
-tasks. Every value is read defensively: a record written by an older or newer version, or edited
-by hand, is shown as well as it can be and never makes the page fail.
+tasks and read here as :class:`~core.tasks.records.TaskRecord`. A record that does not read as one
+(written by hand, or by a version that stored something else) is still shown as well as it can
+be and never makes the page fail.
 """
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from typing import Any
 
 from core import db
 from core.clock import utc_now
+from core.tasks.records import FAILED, RECORD_KIND, STATES, InvalidRecord, TaskRecord
 
-RECORD_KIND = "_tasks_record"
-STATES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 #: States whose task may still run, so cancelling means something.
-CANCELLABLE = ("queued", "running", "retrying")
+CANCELLABLE = tuple(state for state in STATES if state.value in ("queued", "running", "retrying"))
 #: States from which the Retry button sends the task again (from its dead letter).
-RETRYABLE = ("failed",)
+RETRYABLE = (FAILED,)
 #: The property the list is ordered by (newest first); each filter is an equality on one property.
 ORDER = "-enqueued_at"
 FILTERS = ("state", "queue", "target", "tag")
@@ -73,11 +73,32 @@ def duration(start: datetime.datetime | None, end: datetime.datetime | None,
 def describe_record(entity: db.Entity, now: datetime.datetime | None = None) -> dict[str, Any]:
     """A record for the page and its JSON."""
     now = now or utc_now()
+    try:
+        record = TaskRecord.from_entity(entity)
+    except InvalidRecord:
+        return _describe_unreadable(entity, now)
+    return {
+        "id": text(record.id, 500), "state": record.state.value, "target": text(record.target),
+        "queue": text(record.queue, 100), "kind": text(record.kind, 40), "attempts": number(record.attempts),
+        "enqueued_at": record.enqueued_at, "started_at": record.started_at, "ended_at": record.ended_at,
+        "updated_at": record.updated_at,
+        "duration": duration(record.started_at, record.ended_at if record.state not in CANCELLABLE else None, now),
+        "error": text(record.error), "error_type": text(record.error_type, 200),
+        "traceback": text(record.traceback, 20_000), "result": text(record.result),
+        "tags": [text(t, 60) for t in record.tags], "description": text(record.description),
+        "group": text(record.group, 200),
+        "cancellable": record.state in CANCELLABLE, "retryable": record.state in RETRYABLE,
+    }
+
+
+def _describe_unreadable(entity: db.Entity, now: datetime.datetime) -> dict[str, Any]:
+    """A record that does not read as a :class:`TaskRecord`: each value shown as well as it can be."""
     state = text(entity.get("state"), 20) or "unknown"
+    state = state if state in STATES else "unknown"
     started, ended = moment(entity.get("started_at")), moment(entity.get("ended_at"))
     tags = entity.get("tags")
     return {
-        "id": text(entity.key.id_or_name, 500), "state": state if state in STATES else "unknown",
+        "id": text(entity.key.id_or_name, 500), "state": state,
         "target": text(entity.get("target")), "queue": text(entity.get("queue"), 100),
         "kind": text(entity.get("kind"), 40), "attempts": number(entity.get("attempts")),
         "enqueued_at": moment(entity.get("enqueued_at")), "started_at": started, "ended_at": ended,
@@ -87,7 +108,8 @@ def describe_record(entity: db.Entity, now: datetime.datetime | None = None) -> 
         "traceback": text(entity.get("traceback"), 20_000), "result": text(entity.get("result")),
         "tags": [text(t, 60) for t in tags] if isinstance(tags, list) else [],
         "description": text(entity.get("description")), "group": text(entity.get("group"), 200),
-        "cancellable": state in CANCELLABLE, "retryable": state in RETRYABLE,
+        # Cancelling reads the record as a TaskRecord, which this one is not; retrying sends its dead letter.
+        "cancellable": False, "retryable": state in RETRYABLE,
     }
 
 

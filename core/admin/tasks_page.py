@@ -17,9 +17,10 @@ from core import db
 from core import tasks as public_tasks
 from core.admin import chart, paging
 from core.admin.depth import local_queue_depth
-from core.admin.records import FILTERS, RECORD_KIND, STATES, describe_record, record_query
+from core.admin.records import FILTERS, STATES, describe_record, record_query
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.records import FAILED, InvalidRecord, TaskRecord
 from core.tasks.runtime import TaskRuntime
 from core.tasks.transports.base import QUEUE_NAME_RE
 
@@ -60,8 +61,7 @@ def checked_task_id(task_id: str | None) -> str:
 
 def cancel_task(task_id: str) -> str:
     """Cancel a tracked task through its handle; the message for the person who asked."""
-    record = db.get(db.key(RECORD_KIND, task_id))
-    if record is None:
+    if _record(task_id) is None:
         raise NotFound(f"there is no tracked task {task_id}")
     handle_class = public_tasks.TaskHandle
     if not hasattr(handle_class, "fetch"):
@@ -76,15 +76,22 @@ def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskR
     Resending the letter reopens the task's record in the same transaction (a failed record
     would make the handler refuse the task as ended); its attempts are kept, so the next counts on.
     """
-    key = db.key(RECORD_KIND, task_id)
     letters = db.Query(DEAD_LETTER_KIND).filter("task_id", "=", task_id).keys_only().run(limit=1)
 
     def retry() -> bool:
-        record = db.get(key)
+        record = _record(task_id)
         if record is None:
             raise NotFound(f"there is no tracked task {task_id}")
-        return record.get("state") == "failed" and bool(letters) and retry_letter(runtime, letters[0].key)
+        return record.state is FAILED and bool(letters) and retry_letter(runtime, letters[0].key)
 
     if not db.run_in_transaction(retry):
         return f"Task {task_id} has no failed request stored to send again."
     return f"Task {task_id} queued again."
+
+
+def _record(task_id: str) -> TaskRecord | None:
+    """The task's record; a 400 naming it when the stored record is not one this version can read."""
+    try:
+        return TaskRecord.fetch(task_id)
+    except InvalidRecord as exc:
+        raise BadTaskRequest(str(exc)) from None

@@ -21,8 +21,9 @@ The admin pages (``/_tasks/list``, ``/_tasks/execute/<key>``) show the form; a v
 is not run inside the request (ViUR did that) but queued: :func:`queue_run` records a run
 (kind ``_tasks_callable_run``) and defers :func:`run_callable_task`, which runs in a task with the
 submitting user restored, checks ``canCall()`` again and keeps the run record's status current
-(``queued`` → ``running`` → ``done`` or ``failed``). ``done`` means the run's own part is done: work it
-started (a query iterator run) is listed in ``started_work`` and followed on its own page.
+(``queued`` → ``running`` → ``done`` or ``failed``: states of :class:`~core.tasks.records.TaskState`).
+``done`` means the run's own part is done: work it started (a query iterator run) is listed in
+``started_work`` and followed on its own page.
 Its ``attempts`` count every execution of the run, a retried dead letter's included.
 
 Field values travel through ``core.json``: strings, numbers, booleans, dates, datetimes, Decimals
@@ -40,6 +41,7 @@ from core.clock import utc_now as _now
 from core.tasks import aio, arguments, started
 from core.tasks.deferred import DeferredFunction, TaskHandle
 from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound, error_text
+from core.tasks.records import TaskState
 from core.tasks.registry import declare
 from core.tasks.runtime import TaskRuntime, get_runtime
 
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_KIND = "_tasks_callable_run"
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+QUEUED, RUNNING, DONE, FAILED = TaskState.QUEUED, TaskState.RUNNING, TaskState.DONE, TaskState.FAILED
 #: Keys appear in URLs (``/_tasks/execute/<key>``): keep them to URL-safe characters.
 KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MAX_SUMMARY = 500

@@ -52,25 +52,8 @@ def wait_until_ended(ended: Callable[[], tuple[bool, Any, Any]], what: str, time
         time.sleep(wait)
         wait = min(wait * 2, max_poll)
 
-@dataclasses.dataclass(frozen=True)
-class TaskStatus:
-    """A tracked task's state and its times, from its record."""
-
-    state: str
-    attempts: int
-    queue: str | None = None
-    target: str | None = None
-    enqueued_at: datetime.datetime | None = None
-    started_at: datetime.datetime | None = None
-    ended_at: datetime.datetime | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in records.FINAL_STATES
-
-    def __str__(self) -> str:
-        return self.state
+#: The public name of a task's states (``handle.status().state``): the record's enum itself.
+TaskStatus = records.TaskState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,26 +86,21 @@ class TaskHandle:
     @classmethod
     def fetch(cls, task_id: str) -> TaskHandle:
         """The handle of a tracked task from its id; :class:`UntrackedTask` if it has no record."""
-        record = records.get(str(task_id)) if task_id else None
+        record = records.TaskRecord.fetch(str(task_id)) if task_id else None
         if record is None:
             raise UntrackedTask(f"no record of task {task_id!r}: it was not tracked, expired or never existed")
-        return cls(str(task_id), str(record.get("queue") or ""), eta=record.get("eta"), tracked=True,
-                   queue_task=record.get("queue_task"))
+        return cls(str(task_id), record.queue or "", eta=record.eta, tracked=True, queue_task=record.queue_task)
 
-    def _record(self) -> Any:
-        record = records.get(self.id)
+    def _record(self) -> records.TaskRecord:
+        record = records.TaskRecord.fetch(self.id)
         if record is None:
             what = "expired" if self.tracked else "not tracked (defer it with _track=True or track=True)"
             raise UntrackedTask(f"task {self.id} has no record: {what}")
         return record
 
-    def status(self) -> TaskStatus:
-        """The task's state now: queued, running, retrying, succeeded, failed or cancelled."""
-        record = self._record()
-        return TaskStatus(state=str(record.get("state")), attempts=int(record.get("attempts") or 0),
-                          queue=record.get("queue"), target=record.get("target"),
-                          enqueued_at=record.get("enqueued_at"), started_at=record.get("started_at"),
-                          ended_at=record.get("ended_at"), error=record.get("error"))
+    def status(self) -> records.TaskRecord:
+        """The task's record now: its ``state`` (a :data:`TaskStatus`), ``attempts``, times and ``error``."""
+        return self._record()
 
     def result(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
         """Wait until the task ends and return its value.
@@ -133,14 +111,13 @@ class TaskHandle:
         """
         def ended() -> tuple[bool, Any, Any]:
             record = self._record()
-            state = record.get("state")
-            if state == records.SUCCEEDED:
-                return True, records.decode_result(record.get("result")), state
-            if state == records.FAILED:
-                raise TaskFailed(self.id, record.get("error_type"), record.get("error"), record.get("traceback"))
-            if state == records.CANCELLED and record.get("ended_at") is not None:
+            if record.state is records.SUCCEEDED:
+                return True, record.value(), record.state
+            if record.state is records.FAILED:
+                raise TaskFailed(self.id, record.error_type, record.error, record.traceback)
+            if record.state is records.CANCELLED and record.ended_at is not None:
                 raise TaskCancelled(f"task {self.id} was cancelled")
-            return False, None, state
+            return False, None, record.state
 
         return wait_until_ended(ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
 
@@ -156,7 +133,7 @@ class TaskHandle:
         if self.tracked:
             cancelled, record = records.cancel(self.id)
             if record is not None:
-                queue_task = record.get("queue_task") or queue_task
+                queue_task = record.queue_task or queue_task
             if not cancelled:
                 return False
         elif queue_task is None and self._created.result is not None:

@@ -118,9 +118,9 @@ def start(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo, path
     if not attempt.tracked:
         return attempt
 
-    def fallback() -> db.Entity:
-        return records.new_record(envelope.id, target=target, queue=queue, kind=envelope.kind,
-                                  queue_task=info.task_name, eta=None, ttl=result_ttl(runtime), payload=payload)
+    def fallback() -> records.TaskRecord:
+        return records.TaskRecord.new(envelope.id, target=target, queue=queue, kind=envelope.kind,
+                                      queue_task=info.task_name, eta=None, ttl=result_ttl(runtime), payload=payload)
 
     claim = records.begin(envelope.id, attempt=attempt.number, lease=_deadline(payload, config) + LEASE_MARGIN,
                           fallback=fallback)

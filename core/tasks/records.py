@@ -1,20 +1,25 @@
-"""Task records: one Datastore entity per tracked task, and its state transitions.
+"""Task records: one typed record per tracked task (:class:`TaskRecord`), its states and transitions.
 
 Kind ``_tasks_record``, key name = the task id (the envelope's id, kept across retries)::
 
     queued → running → retrying → running … → succeeded | failed | cancelled
+    failed | cancelled → queued (a person sends the task again)
 
-Every transition after the first write runs in a Datastore transaction, so a cancel racing a
-start, or two deliveries of one task racing each other, end in one state. Besides the shared
-fields (state, target, queue, kind, attempts, enqueued_at, started_at, ended_at, updated_at,
-error, error_type, traceback, result, tags, description, group, expires_at) a record keeps
-``queue_task`` (the queue's name for the task, to delete it on cancel), ``eta`` and
-``lease_until`` (how long the running attempt owns the task).
+A transition is a method of :class:`TaskRecord` that refuses what can't happen
+(:class:`InvalidTransition`); the functions below read, change and write a record in one
+Datastore transaction (one lookup and one commit), so a cancel racing a start, or two deliveries
+of one task racing each other, end in one state. Besides the shared fields (state, target, queue,
+kind, attempts, enqueued_at, started_at, ended_at, updated_at, error, error_type, traceback,
+result, tags, description, group, expires_at) a record keeps ``queue_task`` (the queue's name for
+the task, to delete it on cancel), ``eta`` and ``lease_until`` (how long the running attempt owns
+the task). Records written before this class existed (plain entities, string states) load as they
+are; a record edited into something else raises :class:`InvalidRecord`.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import logging
 import traceback as tb
 from collections.abc import Callable, Mapping
@@ -28,10 +33,6 @@ from core.tasks.errors import error_text
 log = logging.getLogger(__name__)
 
 RECORD_KIND = "_tasks_record"
-QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "running", "retrying", "succeeded", "failed", "cancelled")
-STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: Bytes of encoded result a record keeps (Datastore refuses entities over 1 MiB).
 MAX_RESULT_BYTES = 900_000
 #: Characters of traceback kept (the error text is cut by ``errors.error_text``).
@@ -40,8 +41,68 @@ MAX_TRACEBACK_CHARS = 20_000
 MAX_INDEXED_CHARS, MAX_DESCRIPTION_CHARS = 300, 20_000
 _UNINDEXED = ("traceback", "result", "error", "description")
 
+class TaskState(enum.StrEnum):
+    """Where a task is in its life; the run records of callable tasks and query iterators use it too.
+
+    The first six are a task record's. The last three are words the run records have always
+    stored for their own ends, kept so that their records and pages read as before.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: A query run paused on request (it can be resumed).
+    STOPPED = "stopped"
+    #: A callable run whose own part succeeded (what it started is followed on its own).
+    DONE = "done"
+    #: A query run that went through every entry and ran its finish.
+    FINISHED = "finished"
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will run (``stopped`` waits for a person)."""
+        return self in _ENDED
+
+    @property
+    def succeeded(self) -> bool:
+        return self in _SUCCEEDED
+
+
+QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = (
+    TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING, TaskState.SUCCEEDED, TaskState.FAILED,
+    TaskState.CANCELLED)
+#: The states a task record can be in.
+STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
+_ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED, TaskState.DONE, TaskState.FINISHED})
+_SUCCEEDED = frozenset({SUCCEEDED, TaskState.DONE, TaskState.FINISHED})
+_BY_VALUE = {state.value: state for state in STATES}
+#: The task record states after which nothing runs (a running task cancelled ends when its attempt returns).
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+#: Which state a task record may go to from each state.
+TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED}),
+    # running → running: the attempt's lease ran out and another attempt takes the task over.
+    RUNNING: frozenset({RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED}),
+    RETRYING: frozenset({RUNNING, CANCELLED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset({QUEUED}),
+    CANCELLED: frozenset({QUEUED}),
+}
+
+
 class ResultNotEncodable(TypeError):
     """A task's return value cannot travel through ``core.json`` or is too large to keep."""
+
+
+class InvalidTransition(RuntimeError):
+    """A task record was asked to go where its state does not lead (e.g. a succeeded task to fail)."""
+
+
+class InvalidRecord(ValueError):
+    """A stored task record holds what no version of the code writes (edited by hand, or corrupt)."""
 
 
 def _indexable(text: str) -> str:
@@ -54,30 +115,235 @@ def record_key(task_id: str) -> db.Key:
 
 
 def get(task_id: str) -> db.Entity | None:
+    """The stored entity itself (for tools and tests); code reads :meth:`TaskRecord.fetch`."""
     return db.get(record_key(task_id))
+
+
+@dataclasses.dataclass(eq=False)
+class TaskRecord:
+    """One tracked task: its state, attempts, times, error and result (``core.json`` text)."""
+
+    id: str
+    state: TaskState = QUEUED
+    target: str | None = None
+    queue: str | None = None
+    kind: str | None = None
+    attempts: int = 0
+    enqueued_at: datetime.datetime | None = None
+    started_at: datetime.datetime | None = None
+    ended_at: datetime.datetime | None = None
+    updated_at: datetime.datetime | None = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    result: str | None = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+    description: str | None = None
+    group: str | None = None
+    queue_task: str | None = None
+    eta: datetime.datetime | None = None
+    lease_until: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
+    #: The entity it was read from: written back with the fields it has that this class doesn't know.
+    _entity: db.Entity | None = dataclasses.field(default=None, repr=False)
+
+    # --- reading and writing ----------------------------------------------------------------
+
+    @classmethod
+    def new(cls, task_id: str, *, target: str | None, queue: str, kind: str, queue_task: str | None,
+            eta: datetime.datetime | None, ttl: datetime.timedelta,
+            payload: Mapping[str, Any] | None = None) -> TaskRecord:
+        """A ``queued`` record; ``tags``, ``description`` and ``group`` come from the payload if present."""
+        now = clock()
+        payload = payload or {}
+        tags, description, group = payload.get("tags"), payload.get("description"), payload.get("group")
+        return cls(
+            task_id, QUEUED, target=_indexable(target) if target is not None else None, queue=queue, kind=kind,
+            enqueued_at=now, updated_at=now,
+            tags=[_indexable(t) for t in tags if isinstance(t, str)] if isinstance(tags, (list, tuple)) else [],
+            description=description[:MAX_DESCRIPTION_CHARS] if isinstance(description, str) else None,
+            group=_indexable(group) if isinstance(group, str) else None,
+            queue_task=queue_task, eta=eta, expires_at=max(now, eta or now) + ttl)
+
+    @classmethod
+    def fetch(cls, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id``, or ``None`` (not tracked, expired, never existed)."""
+        entity = get(task_id)
+        return None if entity is None else cls.from_entity(entity)
+
+    @classmethod
+    def from_entity(cls, entity: db.Entity) -> TaskRecord:
+        """The record an entity holds, as any version wrote it; :class:`InvalidRecord` if it holds nonsense."""
+        task_id = entity.key.name
+        if not isinstance(task_id, str):
+            raise InvalidRecord(f"a task record's key must be the task id, not {entity.key.id_or_name!r}")
+        read = _Reader(task_id, entity)
+        stored = entity.get("state")
+        state = _BY_VALUE.get(stored) if isinstance(stored, str) else None
+        if state is None:
+            raise InvalidRecord(f"task record {task_id}: unknown state {str(stored)[:40]!r}")
+        tags = entity.get("tags")
+        if tags is None:
+            tags = []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise InvalidRecord(f"task record {task_id}: tags must be a list of strings")
+        return cls(
+            task_id, state, target=read.text("target"), queue=read.text("queue"), kind=read.text("kind"),
+            attempts=read.count("attempts"), enqueued_at=read.time("enqueued_at"),
+            started_at=read.time("started_at"), ended_at=read.time("ended_at"), updated_at=read.time("updated_at"),
+            error=read.text("error"), error_type=read.text("error_type"), traceback=read.text("traceback"),
+            result=read.text("result"), tags=list(tags), description=read.text("description"),
+            group=read.text("group"), queue_task=read.text("queue_task"), eta=read.time("eta"),
+            lease_until=read.time("lease_until"), expires_at=read.time("expires_at"), _entity=entity)
+
+    def to_entity(self) -> db.Entity:
+        """The entity to store (the one it was read from, updated: fields of other versions survive)."""
+        entity = self._entity if self._entity is not None else db.Entity(record_key(self.id),
+                                                                          exclude_from_indexes=_UNINDEXED)
+        entity.update({
+            "state": self.state.value, "target": self.target, "queue": self.queue, "kind": self.kind,
+            "attempts": self.attempts, "enqueued_at": self.enqueued_at, "started_at": self.started_at,
+            "ended_at": self.ended_at, "updated_at": self.updated_at, "error": self.error,
+            "error_type": self.error_type, "traceback": self.traceback, "result": self.result,
+            "tags": list(self.tags), "description": self.description, "group": self.group,
+            "queue_task": self.queue_task, "eta": self.eta, "lease_until": self.lease_until,
+            "expires_at": self.expires_at,
+        })
+        self._entity = entity
+        return entity
+
+    def save(self) -> None:
+        db.put(self.to_entity())
+
+    # --- what callers read --------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will run (a cancelled task whose attempt is still running counts as finished)."""
+        return self.state in FINAL_STATES
+
+    def value(self) -> Any:
+        """The task's return value (``None`` until it succeeded)."""
+        return decode_result(self.result)
+
+    def __str__(self) -> str:
+        return self.state.value
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def _go(self, state: TaskState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"task {self.id} is {self.state}; it cannot become {state}")
+        self.state = state
+
+    def _end(self, state: TaskState, now: datetime.datetime) -> None:
+        self._go(state)
+        self.ended_at = self.updated_at = now
+        self.lease_until = None
+
+    def start(self, now: datetime.datetime, *, attempt: int, lease: datetime.timedelta) -> None:
+        """An attempt starts and owns the task until ``now + lease``; ``attempt`` counts across self-scheduled tasks."""
+        self.attempts = max(attempt, self.attempts + (1 if self.state is RUNNING else 0))
+        self._go(RUNNING)
+        self.started_at = self.updated_at = now
+        self.ended_at = None
+        self.lease_until = now + lease
+
+    def succeed(self, now: datetime.datetime, result: str | None, ttl: datetime.timedelta) -> None:
+        self._end(SUCCEEDED, now)
+        self.result, self.error, self.error_type, self.traceback = result, None, None, None
+        self.expires_at = now + ttl
+
+    def fail(self, now: datetime.datetime, error: BaseException, ttl: datetime.timedelta) -> None:
+        self._end(FAILED, now)
+        self._set_error(error)
+        self.expires_at = now + ttl
+
+    def retry(self, now: datetime.datetime, error: BaseException, *, queue_task: str | None = None,
+              eta: datetime.datetime | None = None) -> None:
+        """The attempt failed and another one will come (the queue's, or ``queue_task`` at ``eta``, ours)."""
+        self._go(RETRYING)
+        self.updated_at, self.lease_until = now, None
+        self._set_error(error)
+        if queue_task is not None:
+            self.queue_task, self.eta = queue_task, eta
+
+    def cancel(self, now: datetime.datetime) -> None:
+        """Revoke the task; a running attempt can't be stopped, so it ends the record when it returns."""
+        running = self.state is RUNNING
+        if running:
+            self._go(CANCELLED)
+            self.updated_at = now
+        else:
+            self._end(CANCELLED, now)
+
+    def settle_cancel(self, now: datetime.datetime) -> None:
+        """End a task cancelled while an attempt ran, now that the attempt is over (or was refused)."""
+        if self.state is not CANCELLED:
+            raise InvalidTransition(f"task {self.id} is {self.state}, not cancelled")
+        if self.ended_at is None:
+            self.ended_at = now
+        self.updated_at, self.lease_until = now, None
+
+    def reopen(self, now: datetime.datetime) -> None:
+        """Make an ended task runnable again (a person sends its dead letter again); attempts go on."""
+        self._go(QUEUED)
+        self.ended_at, self.lease_until, self.result = None, None, None
+        self.updated_at = now
+
+    def _set_error(self, error: BaseException) -> None:
+        self.error, self.error_type = error_text(error), type(error).__name__
+        self.traceback = "".join(tb.format_exception(error))[-MAX_TRACEBACK_CHARS:]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Typed reads of one stored record's properties; a wrong type is an :class:`InvalidRecord`."""
+
+    task_id: str
+    entity: db.Entity
+
+    def _wrong(self, name: str, value: Any) -> InvalidRecord:
+        return InvalidRecord(f"task record {self.task_id}: {name} holds a {type(value).__name__}")
+
+    def text(self, name: str) -> str | None:
+        value = self.entity.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        raise self._wrong(name, value)
+
+    def count(self, name: str) -> int:
+        value = self.entity.get(name)
+        if value is None:
+            return 0
+        if type(value) is not int or not 0 <= value < db.INT64_MAX // 2:
+            raise self._wrong(name, value)
+        return value
+
+    def time(self, name: str) -> datetime.datetime | None:
+        value = self.entity.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, datetime.datetime):
+            raise self._wrong(name, value)
+        return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
 def new_record(task_id: str, *, target: str | None, queue: str, kind: str, queue_task: str | None,
                eta: datetime.datetime | None, ttl: datetime.timedelta,
                payload: Mapping[str, Any] | None = None) -> db.Entity:
-    """A ``queued`` record; ``tags``, ``description`` and ``group`` come from the payload if present."""
-    now = clock()
-    payload = payload or {}
-    tags = payload.get("tags")
-    description = payload.get("description")
-    group = payload.get("group")
-    entity = db.Entity(record_key(task_id), exclude_from_indexes=_UNINDEXED)
-    entity.update({
-        "state": QUEUED, "target": _indexable(target) if target is not None else None, "queue": queue, "kind": kind,
-        "attempts": 0,
-        "enqueued_at": now, "started_at": None, "ended_at": None, "updated_at": now,
-        "error": None, "error_type": None, "traceback": None, "result": None,
-        "tags": [_indexable(t) for t in tags if isinstance(t, str)] if isinstance(tags, (list, tuple)) else [],
-        "description": description[:MAX_DESCRIPTION_CHARS] if isinstance(description, str) else None,
-        "group": _indexable(group) if isinstance(group, str) else None,
-        "queue_task": queue_task, "eta": eta, "lease_until": None, "expires_at": max(now, eta or now) + ttl,
-    })
-    return entity
+    """The entity of a new ``queued`` record (the send path writes it with the task)."""
+    return TaskRecord.new(task_id, target=target, queue=queue, kind=kind, queue_task=queue_task, eta=eta,
+                          ttl=ttl, payload=payload).to_entity()
+
+
+def _stored(task_id: str) -> TaskRecord | None:
+    """The record, or ``None`` if it is missing or unreadable (logged: the task must not hang on it)."""
+    try:
+        return TaskRecord.fetch(task_id)
+    except InvalidRecord:
+        log.exception("the record of task %s cannot be read; a new one replaces it", task_id)
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,34 +355,27 @@ class Start:
 
 
 def begin(task_id: str, *, attempt: int, lease: datetime.timedelta,
-          fallback: Callable[[], db.Entity]) -> Start:
+          fallback: Callable[[], TaskRecord]) -> Start:
     """In a transaction: claim the record for this attempt unless it ended or another one runs.
 
-    A record that is missing (expired, or never written) is created from ``fallback()``.
+    A record that is missing (expired, or never written) or unreadable is created from ``fallback()``.
     """
     def claim() -> Start:
         now = clock()
-        record = get(task_id) or fallback()
-        state = record.get("state")
-        if state == SUCCEEDED:
-            return Start("done", int(record.get("attempts") or 0))
-        if state == CANCELLED:
-            # Touched, so a refused push shows (``updated_at`` after ``ended_at``).
-            if record.get("ended_at") is None:
-                _end(record, CANCELLED, now)
-            record["updated_at"] = now
-            db.put(record)
-            return Start("cancelled", int(record.get("attempts") or 0))
-        if state == FAILED:
-            return Start("failed", int(record.get("attempts") or 0))
-        lease_until = record.get("lease_until")
-        if state == RUNNING and lease_until is not None and lease_until > now:
-            return Start("busy", int(record.get("attempts") or 0))
-        attempts = max(attempt, int(record.get("attempts") or 0) + (1 if state == RUNNING else 0))
-        record.update({"state": RUNNING, "attempts": attempts, "started_at": now, "ended_at": None,
-                       "updated_at": now, "lease_until": now + lease})
-        db.put(record)
-        return Start("run", attempts)
+        record = _stored(task_id) or fallback()
+        if record.state is SUCCEEDED:
+            return Start("done", record.attempts)
+        if record.state is CANCELLED:
+            record.settle_cancel(now)  # touched, so a refused push shows (``updated_at`` after ``ended_at``)
+            record.save()
+            return Start("cancelled", record.attempts)
+        if record.state is FAILED:
+            return Start("failed", record.attempts)
+        if record.state is RUNNING and record.lease_until is not None and record.lease_until > now:
+            return Start("busy", record.attempts)
+        record.start(now, attempt=attempt, lease=lease)
+        record.save()
+        return Start("run", record.attempts)
 
     return db.run_in_transaction(claim)
 
@@ -137,69 +396,53 @@ def decode_result(text: str | None) -> Any:
     return None if text is None else tagged_json.loads(text)
 
 
-def _end(record: db.Entity, state: str, now: datetime.datetime) -> None:
-    record.update({"state": state, "ended_at": now, "updated_at": now, "lease_until": None})
+def _settle(task_id: str, change: Callable[[TaskRecord, datetime.datetime], None]) -> TaskState | None:
+    """In a transaction: end an attempt with ``change`` unless the task was cancelled meanwhile.
 
-
-def _error_fields(error: BaseException) -> dict[str, Any]:
-    return {"error": error_text(error), "error_type": type(error).__name__,
-            "traceback": "".join(tb.format_exception(error))[-MAX_TRACEBACK_CHARS:]}
-
-
-def _transition(task_id: str, change: Callable[[db.Entity, datetime.datetime], None]) -> str | None:
-    """Apply ``change`` unless the task was cancelled meanwhile; returns the state it ends in."""
-    def apply() -> str | None:
-        record = get(task_id)
+    Returns the state the record is in afterwards (``None``: no record). A record that can't take
+    the change (another attempt ended the task meanwhile) is left as it is.
+    """
+    def apply() -> TaskState | None:
+        record = _stored(task_id)
         if record is None:
             return None
-        if record.get("state") != CANCELLED:
-            change(record, clock())
-        elif record.get("ended_at") is None:
-            _end(record, CANCELLED, clock())
-        db.put(record)
-        return str(record.get("state"))
+        now = clock()
+        if record.state is CANCELLED:
+            record.settle_cancel(now)
+        else:
+            try:
+                change(record, now)
+            except InvalidTransition as exc:
+                log.warning("%s; its record is left as it is", exc)
+                return record.state
+        record.save()
+        return record.state
 
     return db.run_in_transaction(apply)
 
 
-def succeed(task_id: str, result: str | None, ttl: datetime.timedelta) -> str | None:
-    def change(record: db.Entity, now: datetime.datetime) -> None:
-        _end(record, SUCCEEDED, now)
-        record.update({"result": result, "error": None, "error_type": None, "traceback": None,
-                       "expires_at": now + ttl})
-    return _transition(task_id, change)
+def succeed(task_id: str, result: str | None, ttl: datetime.timedelta) -> TaskState | None:
+    return _settle(task_id, lambda record, now: record.succeed(now, result, ttl))
 
 
-def fail(task_id: str, error: BaseException, ttl: datetime.timedelta) -> str | None:
-    def change(record: db.Entity, now: datetime.datetime) -> None:
-        _end(record, FAILED, now)
-        record.update({**_error_fields(error), "expires_at": now + ttl})
-    return _transition(task_id, change)
+def fail(task_id: str, error: BaseException, ttl: datetime.timedelta) -> TaskState | None:
+    return _settle(task_id, lambda record, now: record.fail(now, error, ttl))
 
 
 def retrying(task_id: str, error: BaseException, *, queue_task: str | None = None,
-             eta: datetime.datetime | None = None) -> str | None:
+             eta: datetime.datetime | None = None) -> TaskState | None:
     """The attempt failed and another one will come (the queue's, or one we scheduled)."""
-    def change(record: db.Entity, now: datetime.datetime) -> None:
-        record.update({"state": RETRYING, "updated_at": now, "lease_until": None, **_error_fields(error)})
-        if queue_task is not None:
-            record.update({"queue_task": queue_task, "eta": eta})
-    return _transition(task_id, change)
+    return _settle(task_id, lambda record, now: record.retry(now, error, queue_task=queue_task, eta=eta))
 
 
-def cancel(task_id: str) -> tuple[bool, db.Entity | None]:
+def cancel(task_id: str) -> tuple[bool, TaskRecord | None]:
     """In a transaction: revoke a task that has not ended. ``(cancelled now?, the record)``."""
-    def revoke() -> tuple[bool, db.Entity | None]:
-        record = get(task_id)
-        if record is None or record.get("state") in FINAL_STATES:
+    def revoke() -> tuple[bool, TaskRecord | None]:
+        record = TaskRecord.fetch(task_id)
+        if record is None or record.finished:
             return False, record
-        now = clock()
-        if record.get("state") == RUNNING:
-            # The attempt in progress can't be stopped; it ends the record when it returns.
-            record.update({"state": CANCELLED, "updated_at": now})
-        else:
-            _end(record, CANCELLED, now)
-        db.put(record)
+        record.cancel(clock())
+        record.save()
         return True, record
 
     return db.run_in_transaction(revoke)
@@ -208,14 +451,15 @@ def cancel(task_id: str) -> tuple[bool, db.Entity | None]:
 def reopen(task_id: str) -> bool:
     """Make an ended task runnable again (a person retries its dead letter); ``False`` if it has no record.
 
-    Must run in the transaction that sends the task again.
+    Must run in the transaction that sends the task again. A task that has not ended is runnable
+    already and a succeeded one never runs again: both records are left as they are.
     """
-    record = get(task_id)
+    record = _stored(task_id)
     if record is None:
         return False
-    now = clock()
-    record.update({"state": QUEUED, "ended_at": None, "updated_at": now, "lease_until": None, "result": None})
-    db.put(record)
+    if QUEUED in TRANSITIONS[record.state]:
+        record.reopen(clock())
+        record.save()
     return True
 
 

@@ -3,6 +3,7 @@
 A run record (kind :data:`RUN_KIND`) is the truth about one run; a step task only says which run,
 generation and step it is. A sharded run also has one shard record (kind :data:`SHARD_KIND`) per
 key range, holding that range's position and count; status and generation stay on the run record.
+Their states are task states (:class:`~core.tasks.records.TaskState`), stored by their words.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core import json as tagged_json
 from core.clock import utc_now as now
 from core.tasks import dispatch, message
 from core.tasks.errors import NotFound, PayloadError, error_text
+from core.tasks.records import TaskState
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.transports.base import TaskRequest, hashed_task_name
 from core.tasks.wire import build_request
@@ -28,10 +30,10 @@ TASK_KIND = "queryIter"
 RUN_KIND = "_tasks_query_run"
 SHARD_KIND = "_tasks_query_shard"
 
-RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
+RUNNING, FINISHED, STOPPED, FAILED = TaskState.RUNNING, TaskState.FINISHED, TaskState.STOPPED, TaskState.FAILED
 STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
 #: A shard whose range is exhausted (its count is final); a shard still scanning is ``running``.
-SHARD_DONE = "done"
+SHARD_DONE = TaskState.DONE
 #: Most shards one run may have: a run's start writes all shard records and first steps at once.
 MAX_SHARDS = 100
 
@@ -47,7 +49,7 @@ class ShardInfo:
     """One key range of a sharded run: its progress."""
 
     index: int
-    status: str
+    status: TaskState
     processed: int
     errors: int
     step: int
@@ -56,7 +58,8 @@ class ShardInfo:
 
     @classmethod
     def from_entity(cls, entity: db.Entity) -> ShardInfo:
-        return cls(index=int(entity["index"]), status=entity["state"], processed=int(entity.get("processed") or 0),
+        return cls(index=int(entity["index"]), status=_state(entity["state"], (RUNNING, SHARD_DONE)),
+                   processed=int(entity.get("processed") or 0),
                    errors=int(entity.get("errors") or 0), step=int(entity["step"]), updated=entity["updated"],
                    last_error=entity.get("last_error"))
 
@@ -69,7 +72,7 @@ class RunInfo:
     iterator: str
     kind: str | None
     queue: str
-    status: str
+    status: TaskState
     processed: int
     errors: int
     generation: int
@@ -112,8 +115,9 @@ class RunInfo:
     def from_entity(cls, entity: db.Entity, shards: tuple[ShardInfo, ...] = ()) -> RunInfo:
         """The run of a record; a sharded run's counts are its shards' (until the finish writes the total)."""
         info = cls(id=str(entity.key.name), iterator=entity["class"], kind=entity.get("kind"),
-                   queue=entity["queue"], status=entity["status"], processed=int(entity.get("processed") or 0),
-                   errors=int(entity.get("errors") or 0), generation=int(entity["generation"]),
+                   queue=entity["queue"], status=_state(entity["status"], STATUSES),
+                   processed=int(entity.get("processed") or 0), errors=int(entity.get("errors") or 0),
+                   generation=int(entity["generation"]),
                    step=int(entity["step"]), cursor=entity.get("cursor"), started=entity["started"],
                    updated=entity["updated"], finished=entity.get("finished"), last_error=entity.get("last_error"),
                    total=entity.get("total"), shards=shards)
@@ -123,6 +127,14 @@ class RunInfo:
         last_error = info.last_error or next((s.last_error for s in shards if s.last_error), None)
         return dataclasses.replace(info, processed=sum(s.processed for s in shards),
                                    errors=sum(s.errors for s in shards), updated=updated, last_error=last_error)
+
+
+def _state(stored: Any, allowed: tuple[TaskState, ...]) -> TaskState:
+    """A stored state word as its :class:`TaskState`; ``ValueError`` for one a run can't be in."""
+    state = TaskState(stored)
+    if state not in allowed:
+        raise ValueError(f"{state!r} is not a state of a query run or shard")
+    return state
 
 
 def run_key(run_id: str) -> db.Key:

@@ -67,10 +67,10 @@ def start_chain(runtime: TaskRuntime, spec: Chain) -> ChainHandle:
     return ChainHandle(workflow_id)
 
 
-def step_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: db.Entity) -> None:
+def step_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: records.TaskRecord) -> None:
     """Book step ``index`` as ended and send the next one, once (idempotent)."""
     workflow_id = str(root.key.name)
-    succeeded = record.get("state") == records.SUCCEEDED
+    succeeded = record.state is records.SUCCEEDED
 
     def advance() -> None:
         current = db.get(store.root_key(workflow_id))
@@ -78,10 +78,10 @@ def step_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: db.Ent
             return  # booked before: a duplicate push or a repeated bookkeeping
         now = runtime.clock.now()
         total = int(current["total"])
-        member = store.new_member(workflow_id, index, task_id=str(record.key.name),
+        member = store.new_member(workflow_id, index, task_id=record.id,
                                   state=store.SUCCEEDED if succeeded else store.FAILED,
-                                  result=record.get("result") if succeeded else None,
-                                  error=None if succeeded else str(record.get("error") or record.get("state")))
+                                  result=record.result if succeeded else None,
+                                  error=None if succeeded else str(record.error or record.state))
         current["updated"] = now
         if not succeeded:
             current.update({"state": store.FAILED, "failed_step": index, "ended": now,
@@ -90,11 +90,11 @@ def step_ended(runtime: TaskRuntime, root: db.Entity, index: int, record: db.Ent
             steps = tagged_json.loads(current["steps"])
             following = Signature.from_json(steps[index + 1])
             launch.send(runtime, following, workflow_id, launch.STEP, index + 1,
-                        lead=records.decode_result(record.get("result")))
+                        lead=record.value())
             current["current"] = index + 1
         else:
             current.update({"state": store.SUCCEEDED, "current": total, "ended": now,
-                            "result": record.get("result")})
+                            "result": record.result})
         db.put([current, member])
 
     db.run_in_transaction(advance)

@@ -156,7 +156,7 @@ SPAWN = launch.internal(spawn_batch)
 # --- a member ended ----------------------------------------------------------------------------
 
 def member_ended(runtime: TaskRuntime, workflow_id: str, total: int, shards: int, index: int,
-                 record: db.Entity) -> None:
+                 record: records.TaskRecord) -> None:
     """Book member ``index`` as ended (idempotent), then close its shard and the group if it was the last.
 
     A shard found complete is closed again every time (its member may be a redelivery after a crash
@@ -164,11 +164,11 @@ def member_ended(runtime: TaskRuntime, workflow_id: str, total: int, shards: int
     """
     if not 0 <= index < total:
         return
-    succeeded = record.get("state") == records.SUCCEEDED
-    member = store.new_member(workflow_id, index, task_id=str(record.key.name),
+    succeeded = record.state is records.SUCCEEDED
+    member = store.new_member(workflow_id, index, task_id=record.id,
                               state=store.SUCCEEDED if succeeded else store.FAILED,
-                              result=record.get("result") if succeeded else None,
-                              error=None if succeeded else str(record.get("error") or record.get("state")))
+                              result=record.result if succeeded else None,
+                              error=None if succeeded else str(record.error or record.state))
     shard = store.shard_of(index, shards)
     size = store.shard_size(shard, total, shards)
 
@@ -252,7 +252,7 @@ def finish(runtime: TaskRuntime, workflow_id: str) -> None:
     db.run_in_transaction(decide)
 
 
-def callback_ended(root: db.Entity, record: db.Entity) -> None:
+def callback_ended(root: db.Entity, record: records.TaskRecord) -> None:
     """The callback's task ended: the group ends with it."""
     workflow_id = str(root.key.name)
 
@@ -260,12 +260,12 @@ def callback_ended(root: db.Entity, record: db.Entity) -> None:
         current = db.get(store.root_key(workflow_id))
         if current is None or current.get("state") != store.CALLBACK_SENT:
             return
-        if current.get("callback_task") not in (None, record.key.name):
+        if current.get("callback_task") not in (None, record.id):
             return
         now = utc_now()
-        succeeded = record.get("state") == records.SUCCEEDED
+        succeeded = record.state is records.SUCCEEDED
         current.update({"state": store.SUCCEEDED if succeeded else store.FAILED, "ended": now, "updated": now,
-                        "error": None if succeeded else f"the callback failed: {record.get('error')}"[:1500]})
+                        "error": None if succeeded else f"the callback failed: {record.error}"[:1500]})
         db.put(current)
 
     db.run_in_transaction(end)

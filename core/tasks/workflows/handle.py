@@ -100,8 +100,8 @@ class GroupHandle(_Handle):
     def _value(self, root: db.Entity) -> Any:
         task_id = root.get("callback_task")
         if task_id is not None:
-            record = records.get(str(task_id))
-            return records.decode_result(record.get("result")) if record is not None else None
+            record = records.TaskRecord.fetch(str(task_id))
+            return record.value() if record is not None else None
         return [records.decode_result(m.get("result")) if m is not None else None
                 for m in store.members(self.id, int(root["total"]))]
 

@@ -35,8 +35,8 @@ def book(runtime: TaskRuntime, workflow_id: str, role: str, index: int, task_id:
     A member whose mark carries its group's ``layout`` (total, shards) is booked without reading
     the group's root: a task record read and one shard transaction.
     """
-    record = records.get(task_id)
-    if record is None or record.get("state") not in records.FINAL_STATES:
+    record = records.TaskRecord.fetch(task_id)
+    if record is None or not record.finished:
         return
     if role == launch.MEMBER and layout is not None:
         groups.member_ended(runtime, workflow_id, *layout, index, record)

@@ -314,6 +314,23 @@ def test_finished_tasks_offer_no_cancel_and_unfinished_ones_no_retry(ann):
     assert "/tasks/done/retry" not in html
 
 
+def test_the_page_and_its_cancel_read_a_record_in_the_old_format(ann):
+    # As the code before TaskRecord wrote it: string states, no queue_task, eta or lease_until.
+    db.put([record("old-wait", "retrying", attempts=2, ended_at=None, legacy_note="kept"),
+            record("old-stopping", "cancelled", ended_at=None)])  # cancelled while its attempt runs
+    rows = {t["id"]: t for t in ann.get("/_tasks/admin/tasks?format=json").json["tasks"]}
+    waiting = rows["old-wait"]
+    assert (waiting["state"], waiting["attempts"], waiting["cancellable"], waiting["retryable"]) == (
+        "retrying", 2, True, False)
+    assert rows["old-stopping"]["state"] == "cancelled" and rows["old-stopping"]["cancellable"] is False
+    token = csrf_of(ann.get("/_tasks/admin/tasks"))
+    response = ann.post("/_tasks/admin/tasks/old-wait/cancel", data={"csrf_token": token},
+                        headers={"Accept": "application/json"})
+    assert response.json == {"ok": True, "message": "Task old-wait cancelled."}
+    stored = db.get(db.key(RECORD_KIND, "old-wait"))
+    assert stored["state"] == "cancelled" and stored["ended_at"] is not None and stored["legacy_note"] == "kept"
+
+
 # --- the chart -----------------------------------------------------------------------------------
 
 def minute_of(moment: datetime.datetime) -> str:
