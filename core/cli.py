@@ -18,7 +18,7 @@ from core.devserver.stack import run_local
 from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.errors import ConfigurationError
-from core.tasks.queues import load_queue_config
+from core.tasks.queues import QueueTable
 from core.tasks.transports.cloudtasks import sync_queues
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
@@ -55,8 +55,10 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
               help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
 def sync_queues_command(queue_yaml: Path | None) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
-    settings = current_app.extensions["core"].settings
-    for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
+    runtime = current_app.extensions["core"]
+    settings = runtime.settings
+    queues = runtime.queues if queue_yaml is None else QueueTable.load(queue_yaml, default=settings.tasks_default_queue)
+    for path in sync_queues(settings, queues):
         click.echo(f"synced {path}")
 
 

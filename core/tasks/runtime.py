@@ -21,6 +21,7 @@ from core import db
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
+from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.tasks.transports.cloudtasks import CloudTasksTransport
 from core.tasks.transports.inline import InlineTransport
@@ -113,15 +114,27 @@ class TaskRuntime:
             self.add_hook(hook)
         self.background = Background()
         self._transport = transport
+        self._queues: QueueTable | None = None
         self._verifier: RequestVerifier | None = None
         self._lock = threading.Lock()
 
     @property
+    def queues(self) -> QueueTable:
+        """The app's queues, read once from ``settings.queue_yaml``: every transport and check asks this table."""
+        if self._queues is None:
+            with self._lock:
+                if self._queues is None:
+                    self._queues = QueueTable.load(self.settings.queue_yaml,
+                                                   default=self.settings.tasks_default_queue)
+        return self._queues
+
+    @property
     def transport(self) -> Transport:
         if self._transport is None:
+            queues = self.queues
             with self._lock:
                 if self._transport is None:
-                    self._transport = build_transport(self.settings)
+                    self._transport = build_transport(self.settings, queues)
         return self._transport
 
     @property
@@ -159,13 +172,13 @@ class TaskRuntime:
         self.datastore.close()
 
 
-def build_transport(settings: Settings) -> Transport:
-    """The transport the settings ask for: ``local``, ``cloudtasks`` or ``inline``."""
+def build_transport(settings: Settings, queues: QueueTable) -> Transport:
+    """The transport the settings ask for (``local``, ``cloudtasks`` or ``inline``), over the app's queues."""
     backend = settings.tasks_backend
     if backend == "local":
-        return LocalTransport(LocalQueueStore(local_queue_path(settings)))
+        return LocalTransport(LocalQueueStore(local_queue_path(settings), queues=queues))
     if backend == "cloudtasks":
-        return CloudTasksTransport(settings)
+        return CloudTasksTransport(settings, queues=queues)
     if backend == "inline":
         return InlineTransport()
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
