@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 
 from core import db
 from core.admin.records import RECORD_KIND, moment, number, text
-from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.deadletters import DEAD_LETTER_KIND
 
 MINUTES = 60
 #: Entities read per kind at most; past that the chart says its counts are partial.

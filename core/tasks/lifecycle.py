@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from core import db
-from core import json as tagged_json
 from core.tasks import dispatch, message, records
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure
@@ -205,17 +204,3 @@ def _timeout_of(payload: Mapping[str, Any]) -> datetime.timedelta | None:
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
         return datetime.timedelta(seconds=timeout)
     return None
-
-
-def discard_stored_payload(body: bytes) -> None:
-    """Delete the Datastore payload a task body refers to (when its dead letter is discarded)."""
-    try:
-        data = tagged_json.loads(body)
-        reference = data.get("ref") if isinstance(data, dict) else None
-        if not isinstance(reference, dict):
-            return
-        payload_id, count = str(reference["id"]), int(reference["chunks"])
-    except Exception:
-        return
-    if 0 < count <= 64:
-        db.delete([db.key(message.PAYLOAD_KIND, f"{payload_id}-{i}") for i in range(count)])

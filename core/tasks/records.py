@@ -211,13 +211,15 @@ def cancel(task_id: str) -> tuple[bool, db.Entity | None]:
 def reopen(task_id: str) -> bool:
     """Make an ended task runnable again (a person retries its dead letter); ``False`` if it has no record.
 
-    Must run in the transaction that sends the task again.
+    Its attempts start from zero: a retried task gets its whole retry budget again. Must run in
+    the transaction that sends the task again.
     """
     record = get(task_id)
     if record is None:
         return False
     now = clock()
-    record.update({"state": QUEUED, "ended_at": None, "updated_at": now, "lease_until": None, "result": None})
+    record.update({"state": QUEUED, "ended_at": None, "updated_at": now, "lease_until": None, "result": None,
+                   "attempts": 0})
     db.put(record)
     return True
 
