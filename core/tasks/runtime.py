@@ -180,7 +180,7 @@ def build_transport(settings: Settings, queues: QueueTable) -> Transport:
     if backend == "cloudtasks":
         return CloudTasksTransport(settings, queues=queues)
     if backend == "inline":
-        return InlineTransport()
+        return InlineTransport(queues)
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
 
 
