@@ -150,6 +150,9 @@ def _with_fresh_budget(runtime: TaskRuntime, body: bytes) -> bytes:
         return body
     stored, chunks = envelope.stored_payload, envelope.stored_chunks
     envelope.payload.pop("attempt", None)
+    resent = envelope.payload.get("resent")
+    # Its self-scheduled attempts get names of their own: the earlier send's stay taken a while.
+    envelope.payload["resent"] = resent + 1 if type(resent) is int and resent > 0 else 1
     envelope.created = time.time()
     envelope.stored_payload, envelope.stored_chunks = None, 0
     fresh = message.encode(envelope, limit=runtime.settings.tasks_payload_limit)  # stores under the same id

@@ -171,7 +171,7 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
         return Decision("retry")
     delay = backoff.delay(attempt.number)
     eta = records.clock() + datetime.timedelta(seconds=delay)
-    name = _attempt_name(attempt.envelope.id, attempt.number + 1)
+    name = _attempt_name(_send_id(attempt.envelope), attempt.number + 1)
     if attempt.tracked:
         if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta) == records.CANCELLED:
             return Decision("cancelled")
@@ -179,6 +179,12 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
     log.info("task %s (%s) failed on attempt %d; attempt %d in %.3g s", attempt.envelope.id, what,
              attempt.number, attempt.number + 1, delay)
     return Decision("rescheduled")
+
+
+def _send_id(envelope: message.Envelope) -> str:
+    """The task id, told apart per resend of its dead letter (its attempt names start over each time)."""
+    resent = envelope.payload.get("resent")
+    return f"{envelope.id}-r{resent}" if type(resent) is int and resent > 0 else envelope.id
 
 
 def _attempt_name(task_id: str, number: int) -> str:
