@@ -8,15 +8,16 @@ from typing import Any
 import pytest
 
 from core import db
-from core.tasks import QueryIter, callDeferred
+from core.tasks import PeriodicTask, QueryIter, callDeferred
 from core.tasks.dispatch import outbox_size
 from core.tasks.errors import ConfigurationError
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queues import QueueTable, UnknownQueue
+from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
 from core.tasks.transports.base import EnqueueStatus, TaskRequest
 from core.tasks.transports.cloudtasks import CloudTasksTransport
-from core.tasks.transports.inline import InlineTransport
+from core.tasks.transports.inline import InlineTransport, TaskFailed
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.transport import LocalTransport
 from core.tasks.workflows.groups import group
@@ -114,6 +115,25 @@ def test_a_workflow_member_with_an_unknown_queue_fails_when_the_group_starts(app
     with pytest.raises(UnknownQueue, match=r"send_report\(_queue=...\): unknown queue 'typo'"):
         group([send_report.s("2026-10"), send_report.s("2026-11", _queue="typo")]).start()
     assert task_queue.pending == [] and db.Query(ROOT_KIND).run() == []
+
+
+def nightly_export() -> None:
+    pass
+
+
+def test_a_periodic_task_with_an_unknown_queue_fails_when_its_ping_would_queue_it(make_app, caplog):
+    with isolated_registry() as registry:
+        PeriodicTask(cronName="typo-queue", queue="typo")(nightly_export)
+    app = make_app(registry=registry)
+    from tests.conftest import TaskQueue
+
+    queue = TaskQueue(app)
+    with pytest.raises(TaskFailed, match="answered 500"):
+        queue.ping_cron("typo-queue")
+    assert any("nightly_export" in str(r.exc_info[1]) and "unknown queue 'typo'" in str(r.exc_info[1])
+               and "queue.yaml" in str(r.exc_info[1])
+               for r in caplog.records if r.exc_info), "the log names the queue and the file"
+    assert queue.pending == [] and outbox_size() == 0
 
 
 def test_the_local_queue_store_refuses_a_queue_its_table_lacks(tmp_path, queue_yaml):
