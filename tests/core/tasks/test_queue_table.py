@@ -149,6 +149,15 @@ def test_the_local_queue_store_refuses_a_queue_its_table_lacks(tmp_path, queue_y
         store.close()
 
 
+def test_the_inline_transport_refuses_a_queue_its_table_lacks(queue_yaml):
+    transport = InlineTransport(QueueTable.load(queue_yaml))
+    results = transport.enqueue_many([TaskRequest(queue="reprots", path="/_tasks/deferred", body=b"x"),
+                                      TaskRequest(queue="mails", path="/_tasks/deferred", body=b"y")])
+    assert [r.status for r in results] == [EnqueueStatus.FAILED, EnqueueStatus.CREATED]
+    assert isinstance(results[0].error, UnknownQueue) and str(queue_yaml) in str(results[0].error)
+    assert [t.request.body for t in transport.pending] == [b"y"]
+
+
 def test_the_app_has_one_table_that_every_transport_reads(make_app, settings, queue_yaml):
     make_app(settings=settings.replace(queue_yaml=queue_yaml))
     runtime = get_runtime()
