@@ -62,7 +62,7 @@ def record(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
     return entity.key  # type: ignore[no-any-return]
 
 
-def key_of(letter_id: str) -> db.Key:
+def key_of(letter_id: str | None) -> db.Key:
     """The key of a dead letter from its id in a URL (ids are allocated numbers)."""
     if not re.fullmatch(r"[0-9]{1,19}", letter_id or ""):
         raise BadTaskRequest(f"malformed failed-task id {letter_id!r}")
