@@ -16,7 +16,7 @@ from flask.cli import AppGroup, ScriptInfo
 
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.errors import ConfigurationError
-from core.tasks.queues import load_queue_config
+from core.tasks.queues import QueueTable
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 
@@ -52,10 +52,12 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
               help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
 def sync_queues_command(queue_yaml: Path | None) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
-    settings = current_app.extensions["core"].settings
+    runtime = current_app.extensions["core"]
+    settings = runtime.settings
     from core.tasks.transports.cloudtasks import sync_queues  # the Cloud Tasks client only where it is used
 
-    for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
+    queues = runtime.queues if queue_yaml is None else QueueTable.load(queue_yaml, default=settings.tasks_default_queue)
+    for path in sync_queues(settings, queues):
         click.echo(f"synced {path}")
 
 

@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from core import db
 from core.admin.records import moment, text
 from core.clock import utc_now
-from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.records import FAILED, RECORD_KIND, RETRYING, SUCCEEDED, InvalidRecord, TaskRecord
 
 MINUTES = 60

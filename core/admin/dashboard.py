@@ -23,32 +23,30 @@ factory: it is mounted like any other module, so an app decides whether and wher
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from flask import Response, flash, jsonify, redirect, request
 
-from core import db, db_query
-from core import json as tagged_json
+from core import db
 from core.admin import forms, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import exposed
-from core.reprs import safe_repr
 from core.tasks import callable as callable_tasks
-from core.tasks import dispatch, lifecycle, periodic_now, records, wire
-from core.tasks.errors import BadTaskRequest, NotFound
-from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks import deadletters, periodic_now
+from core.tasks.deadletters import DEAD_LETTER_KIND
+from core.tasks.errors import NotFound
 from core.tasks.periodic import periodic_overview
 from core.tasks.queryiter import runs as queryiter
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter.runs import RunInfo, run_info
 from core.tasks.runtime import TaskRuntime
-from core.tasks.transports.base import QUEUE_NAME_RE
 
 #: Seconds between reloads of a page that shows something running.
 REFRESH_SECONDS = 2
-_SUMMARY_LENGTH = 160
+#: The dead-letter actions under the names earlier callers import (:mod:`core.tasks.deadletters`).
+retry_dead_letter = deadletters.retry
+discard_dead_letter = deadletters.discard
 
 
 class TaskAdmin(Dashboard):
@@ -59,11 +57,11 @@ class TaskAdmin(Dashboard):
     def index(self, *args: Any, **kwargs: Any) -> Response:
         """Overview: a few lines of every page."""
         runtime = require_admin()
-        letters = dead_letters(limit=5)
+        letters = deadletters.latest(limit=5)
         iters = query_runs(limit=5)
         runs = [describe_run(r) for r in callable_tasks.recent_runs(limit=5)]
         periodic = periodic_tasks(runtime)
-        data = {"failed": letters, "failed_total": count_dead_letters(), "queryiters": iters, "runs": runs,
+        data = {"failed": letters, "failed_total": deadletters.count(), "queryiters": iters, "runs": runs,
                 "periodic": periodic, "queryiters_available": iters is not None,
                 "periodic_available": periodic is not None}
         active = any(r["status"] == "running" for r in iters or []) or any(run_is_active(r) for r in runs)
@@ -109,7 +107,7 @@ class TaskAdmin(Dashboard):
             return self._dead_letter_action(runtime, letter_id, action)
         if letter_id is not None:
             raise NotFound("no such page")
-        page = paging.paginate(db.Query(DEAD_LETTER_KIND).order("-created"), describe_dead_letter)
+        page = paging.paginate(db.Query(DEAD_LETTER_KIND).order("-created"), deadletters.describe)
         return respond("failed.html", {"failed": page.rows, "pages": page.as_json()}, action_form=forms.ActionForm(),
                        base=self._base(), title="Failed tasks")
 
@@ -195,19 +193,19 @@ class TaskAdmin(Dashboard):
         if action == "cancel":
             message = tasks_page.cancel_task(task_id)
         else:
-            message = tasks_page.retry_task(runtime, task_id, retry_dead_letter)
+            message = tasks_page.retry_task(runtime, task_id, deadletters.retry)
         return self._done("tasks", message)
 
     def _dead_letter_action(self, runtime: TaskRuntime, letter_id: str | None, action: str | None) -> Response:
         refused = self._refused(action, ("retry", "discard"), letter_id)
         if refused is not None:
             return refused
-        key = dead_letter_key(letter_id)
+        key = deadletters.key_of(letter_id)
         if action == "retry":
-            found = retry_dead_letter(runtime, key)
+            found = deadletters.retry(runtime, key)
             message = f"Task {letter_id} queued again." if found else f"Task {letter_id} was already handled."
         else:
-            found = discard_dead_letter(key)
+            found = deadletters.discard(key)
             message = f"Task {letter_id} discarded." if found else f"Task {letter_id} was already handled."
         return self._done("failed", message, changed=found)
 
@@ -243,96 +241,3 @@ def _run_dict(run: RunInfo) -> dict[str, Any]:
         percent = 100.0 if run.status is queryiter.FINISHED else min(100.0, 100.0 * run.processed / run.total)
     return {**dataclasses.asdict(run), "rate": run.rate, "elapsed": run.elapsed, "eta": run.eta_seconds,
             "percent": percent}
-
-
-def dead_letter_key(letter_id: str) -> db.Key:
-    """The key of a dead letter from its id in a URL (ids are allocated numbers)."""
-    if not re.fullmatch(r"[0-9]{1,19}", letter_id or ""):
-        raise BadTaskRequest(f"malformed failed-task id {letter_id!r}")
-    return db.key(DEAD_LETTER_KIND, int(letter_id))
-
-
-def count_dead_letters() -> int:
-    """How many dead letters there are (a COUNT aggregation where the server has one)."""
-    return db_query.count(db.Query(DEAD_LETTER_KIND))
-
-
-def dead_letters(limit: int) -> list[dict[str, Any]]:
-    """The newest dead letters, described for the failed-tasks page."""
-    entities = db.Query(DEAD_LETTER_KIND).order("-created").run(limit=limit)
-    return [describe_dead_letter(e) for e in entities]
-
-
-def describe_dead_letter(entity: db.Entity) -> dict[str, Any]:
-    payload = entity.get("payload")
-    return {"id": str(entity.key.id_or_name), "task_id": entity.get("task_id"), "kind": entity.get("kind"),
-            "target": entity.get("target"), "queue": entity.get("queue"), "path": entity.get("path"),
-            "error": entity.get("error"), "traceback": entity.get("traceback"),
-            "attempts": entity.get("attempts"), "created": entity.get("created"),
-            "payload": payload_summary(bytes(payload) if payload is not None else b"")}
-
-
-def payload_summary(body: bytes) -> str:
-    """What a task body asked for, shortened: ``target(args, kwargs)`` or the raw start of it.
-
-    Any stored value renders (a dead letter is often what could not be handled elsewhere).
-    """
-    try:
-        data = tagged_json.loads(body)
-    except Exception:
-        return _shorten(body.decode("utf-8", "replace") or "(empty)")
-    if not isinstance(data, dict):
-        return _shorten(safe_repr(data))
-    if "ref" in data:
-        return f"{safe_repr(data.get('kind'))} task with a payload stored in Datastore ({len(body)} bytes referenced)"
-    payload = data.get("payload")
-    if isinstance(payload, dict) and isinstance(payload.get("target"), str):
-        args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
-        shown = [safe_repr(a) for a in args] if isinstance(args, list) else [f"*{safe_repr(args)}"]
-        shown += ([f"{k}={safe_repr(v)}" for k, v in kwargs.items()] if isinstance(kwargs, dict)
-                  else [f"**{safe_repr(kwargs)}"])
-        return _shorten(f"{payload['target']}({', '.join(shown)})")
-    return _shorten(safe_repr(payload))
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= _SUMMARY_LENGTH else text[:_SUMMARY_LENGTH - 1] + "…"
-
-
-def retry_dead_letter(runtime: TaskRuntime, key: db.Key) -> bool:
-    """Send a dead letter's stored request again (freshly signed) and delete it, in one transaction.
-
-    ``False`` when it is gone already (retried or discarded by someone else): never sent twice.
-    """
-    def retry() -> bool:
-        letter = db.get(key)
-        if letter is None:
-            return False
-        path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
-        if not path.startswith("/"):
-            raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
-        if letter.get("payload_truncated"):
-            raise BadTaskRequest(f"failed task {key.id_or_name} was too large to keep whole; it cannot be sent again")
-        queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
-        if not QUEUE_NAME_RE.match(queue):
-            queue = runtime.settings.tasks_default_queue
-        dispatch.send(runtime, wire.signed_request(runtime, queue, path, body))
-        db.delete(key)
-        if letter.get("task_id"):
-            records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push
-        return True
-
-    return db.run_in_transaction(retry)
-
-
-def discard_dead_letter(key: db.Key) -> bool:
-    """Delete a dead letter; ``False`` when it is gone already."""
-    def discard() -> bool:
-        letter = db.get(key)
-        if letter is None:
-            return False
-        db.delete(key)
-        lifecycle.discard_stored_payload(bytes(letter.get("payload") or b""))
-        return True
-
-    return db.run_in_transaction(discard)

@@ -18,8 +18,8 @@ from core import tasks as public_tasks
 from core.admin import chart, paging
 from core.admin.depth import local_queue_depth
 from core.admin.records import FILTERS, STATES, describe_record, record_query
+from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.errors import BadTaskRequest, NotFound
-from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.records import FAILED, InvalidRecord, TaskRecord
 from core.tasks.runtime import TaskRuntime
 from core.tasks.transports.base import QUEUE_NAME_RE
@@ -74,7 +74,7 @@ def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskR
     """Send a failed task again from its dead letter; the message for the person who asked.
 
     Resending the letter reopens the task's record in the same transaction (a failed record
-    would make the handler refuse the task as ended); its attempts are kept, so the next counts on.
+    would make the handler refuse the task as ended) with a fresh retry budget: attempts count from one again.
     """
     letters = db.Query(DEAD_LETTER_KIND).filter("task_id", "=", task_id).keys_only().run(limit=1)
 

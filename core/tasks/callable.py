@@ -41,6 +41,7 @@ from core.clock import utc_now as _now
 from core.tasks import aio, arguments, started
 from core.tasks.deferred import DeferredFunction, TaskHandle
 from core.tasks.errors import ConfigurationError, PayloadError, PermanentTaskFailure, TaskNotFound, error_text
+from core.tasks.queues import last_allowed_attempt
 from core.tasks.records import TaskState
 from core.tasks.registry import declare
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -205,12 +206,13 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
         with started.collecting() as work:
             aio.call(task.execute, **data)
     except Exception as exc:
-        final = isinstance(exc, PermanentTaskFailure) or attempt >= cls.max_attempts
+        # The budget counts from the run's latest send (a retried dead letter starts a fresh one).
+        last = last_allowed_attempt(_sent_attempt(), max_attempts=cls.max_attempts)
+        final = isinstance(exc, PermanentTaskFailure) or last is not None
         _update(run_id, task_key, status=FAILED, finished=_now(), error=error_text(exc),
                 retrying=not final)
-        if final and not isinstance(exc, PermanentTaskFailure):
-            raise PermanentTaskFailure(f"{task_key} failed on attempt {attempt} of {cls.max_attempts}: "
-                                       f"{exc!r}") from exc
+        if last is not None and not isinstance(exc, PermanentTaskFailure):
+            raise PermanentTaskFailure(f"{task_key} failed on its last allowed attempt ({last}): {exc!r}") from exc
         raise
     # Done means this run's own part is done; what it started is linked and watched on its own.
     _update(run_id, task_key, status=DONE, finished=_now(), error=None, retrying=False,
@@ -219,6 +221,12 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
 
 #: The runner of every callable run, a deferred target of the library: every app's registry has it.
 run_callable_task = DeferredFunction(run_callable_task, track=True, builtin=True)
+
+
+def _sent_attempt() -> int:
+    """This execution's number since the run was last sent (the queue's count)."""
+    info = current.task.get()
+    return (info.execution_count if info is not None else 0) + 1
 
 
 def _next_attempt(run_id: str) -> int:

@@ -42,7 +42,7 @@ from core.tasks.errors import (
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
-from core.tasks.priority import check_priority, check_tags, queue_for
+from core.tasks.priority import check_priority, check_tags, queue_of
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -254,7 +254,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
             raise DeferredArgumentError(
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
-    queue = _queue or target.queue or queue_for(runtime, target.priority, target.name)
+    queue = queue_of(runtime, target.name, option=_queue, declared=target.queue, priority=target.priority)
     eta = _schedule(_countdown, _eta, runtime.clock.now())
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
@@ -291,7 +291,7 @@ def send_task(runtime: TaskRuntime, kind: str, payload: dict[str, Any], *, targe
     """
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
-    queue = queue or queue_for(runtime, None, target)
+    queue = queue_of(runtime, target, declared=queue)
     if tracked is None:
         tracked = queue in runtime.settings.tasks_tracked_queues
     if tracked:

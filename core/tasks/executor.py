@@ -1,4 +1,4 @@
-"""Run one task request through the pipeline, and record the dead letters of the ones given up.
+"""Run one task request through the pipeline; the ones given up become dead letters (:mod:`core.tasks.deadletters`).
 
 Flask-free: the HTTP handler passes method, path, headers and body and turns the
 :class:`Outcome` into a response; tests and the in-process queue can call it directly. The
@@ -10,15 +10,11 @@ status follows the one mapping in :mod:`core.tasks.errors`. The steps, in order
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import traceback
 from collections.abc import Mapping
 
-from core import db
-from core.clock import utc_now
-from core.tasks import message
-from core.tasks.auth.queue_headers import TaskInfo
+from core.tasks.deadletters import DEAD_LETTER_KIND
+from core.tasks.deadletters import record as record_dead_letter
 from core.tasks.errors import PermanentTaskFailure, http_status_for
 from core.tasks.pipeline import (
     RETRY_WARNING_THRESHOLD,
@@ -43,12 +39,6 @@ from core.tasks.runtime import TaskRuntime
 __all__ = ["DEAD_LETTER_KIND", "Outcome", "RETRY_WARNING_THRESHOLD", "execute", "record_dead_letter", "STEPS"]
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTER_KIND = "_tasks_dead_letter"
-#: Bytes of a task body a dead letter keeps (an entity holds at most 1 MiB); the rest is cut off.
-DEAD_LETTER_PAYLOAD_BYTES = 900_000
-#: Characters of error text and traceback a dead letter keeps.
-DEAD_LETTER_TEXT_CHARS = 20_000
 
 
 def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
@@ -93,33 +83,3 @@ def _permanent(delivery: Delivery, exc: PermanentTaskFailure) -> Outcome:
                        kind=kind, target=target, error=store_error, info=info)
     return Outcome(http_status_for(exc), f"permanent failure: {exc}", task_id=task_id, kind=kind, target=target,
                    error=exc, info=info, dead_letter=key)
-
-
-def record_dead_letter(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
-                       envelope: message.Envelope | None) -> db.Key:
-    """Store a dead letter; what does not fit in one entity is kept truncated, with its size and SHA-256."""
-    entity = db.Entity(db.key(DEAD_LETTER_KIND), exclude_from_indexes=("payload", "traceback", "error",
-                                                                        "payload_sha256"))
-    stored = body[:DEAD_LETTER_PAYLOAD_BYTES]
-    entity.update({
-        "task_id": _clip(envelope.id, 300) if envelope else None,
-        "kind": _clip(envelope.kind, 300) if envelope else None,
-        "target": _clip(target_of(envelope), 300) if envelope else None,
-        "queue": _clip(info.queue or (envelope.queue if envelope else None), 300),
-        "path": _clip(path, 300),
-        "error": _clip(f"{type(error).__name__}: {error}", DEAD_LETTER_TEXT_CHARS),
-        "traceback": "".join(traceback.format_exception(error))[-DEAD_LETTER_TEXT_CHARS:],
-        "attempts": info.execution_count + 1,
-        "created": utc_now(),
-        "payload": stored,
-        "payload_size": len(body),
-        "payload_sha256": hashlib.sha256(body).hexdigest(),
-        "payload_truncated": len(stored) < len(body),
-    })
-    db.put(entity)
-    return entity.key  # type: ignore[no-any-return]
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    """``text`` cut to ``limit`` characters (indexed strings may not exceed 1,500 bytes)."""
-    return text if text is None or len(text) <= limit else text[:limit - 1] + "…"

@@ -19,17 +19,15 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from core import db
-from core import json as tagged_json
 from core.clock import utc_now
 from core.tasks import dispatch, message, records
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure
-from core.tasks.queues import QueueConfig, load_queue_config
+from core.tasks.queues import QueueConfig, last_allowed_attempt
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime
 from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
@@ -39,7 +37,6 @@ log = logging.getLogger(__name__)
 
 #: How long past its dispatch deadline a running attempt keeps its claim on the record.
 LEASE_MARGIN = datetime.timedelta(seconds=30)
-_queue_configs: weakref.WeakKeyDictionary[TaskRuntime, Mapping[str, QueueConfig]] = weakref.WeakKeyDictionary()
 
 
 class GaveUp(PermanentTaskFailure):
@@ -72,16 +69,8 @@ class Decision:
 
 
 def queue_config(runtime: TaskRuntime, queue: str) -> QueueConfig | None:
-    """The queue.yaml entry of ``queue`` (read once per runtime)."""
-    configs = _queue_configs.get(runtime)
-    if configs is None:
-        try:
-            configs = load_queue_config(runtime.settings.queue_yaml)
-        except (OSError, ValueError):
-            log.exception("cannot read %s; no queue limits apply in the handler", runtime.settings.queue_yaml)
-            configs = {}
-        _queue_configs[runtime] = configs
-    return configs.get(queue)
+    """The entry of ``queue`` in the app's queue table (``None`` for one it lacks)."""
+    return runtime.queues.get(queue)
 
 
 def result_ttl(runtime: TaskRuntime) -> datetime.timedelta:
@@ -149,27 +138,13 @@ def succeeded(runtime: TaskRuntime, attempt: Attempt, result: str | None) -> Non
         records.succeed(attempt.envelope.id, result, result_ttl(runtime))
 
 
-def _age_reached(attempt: Attempt, limit: datetime.timedelta) -> bool:
-    created = datetime.datetime.fromtimestamp(attempt.envelope.created, datetime.UTC)
-    return utc_now() - created >= limit
-
-
 def _last_allowed(attempt: Attempt) -> str | None:
-    """Why this attempt is the last one allowed, or ``None``."""
-    policy = attempt.policy
-    if policy is not None and policy.max_attempts is not None and attempt.number >= policy.max_attempts:
-        return f"attempt {attempt.number} of {policy.max_attempts}"
-    retry = attempt.config.retry if attempt.config is not None else None
-    if retry is None:
-        return None
-    reached = []
-    if retry.task_retry_limit is not None:
-        reached.append(attempt.number - 1 >= retry.task_retry_limit)
-    if retry.task_age_limit is not None:
-        reached.append(_age_reached(attempt, retry.task_age_limit))
-    if reached and all(reached):
-        return f"attempt {attempt.number}, the limit of queue {attempt.config.name!r}"  # type: ignore[union-attr]
-    return None
+    """Why this attempt is the last one allowed, or ``None`` (:func:`~core.tasks.queues.last_allowed_attempt`)."""
+    created = datetime.datetime.fromtimestamp(attempt.envelope.created, datetime.UTC)
+    config = attempt.config
+    return last_allowed_attempt(attempt.number, retry=config.retry if config is not None else None,
+                                max_attempts=attempt.policy.max_attempts if attempt.policy is not None else None,
+                                age=utc_now() - created, queue=config.name if config is not None else None)
 
 
 def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Decision:
@@ -197,7 +172,7 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
         return Decision("retry")
     delay = backoff.delay(attempt.number)
     eta = runtime.clock.now() + datetime.timedelta(seconds=delay)
-    name = _attempt_name(attempt.envelope.id, attempt.number + 1)
+    name = _attempt_name(_send_id(attempt.envelope), attempt.number + 1)
     if attempt.tracked:
         if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta) == records.CANCELLED:
             return Decision("cancelled")
@@ -205,6 +180,12 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
     log.info("task %s (%s) failed on attempt %d; attempt %d in %.3g s", attempt.envelope.id, what,
              attempt.number, attempt.number + 1, delay)
     return Decision("rescheduled")
+
+
+def _send_id(envelope: message.Envelope) -> str:
+    """The task id, told apart per resend of its dead letter (its attempt names start over each time)."""
+    resent = envelope.payload.get("resent")
+    return f"{envelope.id}-r{resent}" if type(resent) is int and resent > 0 else envelope.id
 
 
 def _attempt_name(task_id: str, number: int) -> str:
@@ -230,17 +211,3 @@ def _timeout_of(payload: Mapping[str, Any]) -> datetime.timedelta | None:
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
         return datetime.timedelta(seconds=timeout)
     return None
-
-
-def discard_stored_payload(body: bytes) -> None:
-    """Delete the Datastore payload a task body refers to (when its dead letter is discarded)."""
-    try:
-        data = tagged_json.loads(body)
-        reference = data.get("ref") if isinstance(data, dict) else None
-        if not isinstance(reference, dict):
-            return
-        payload_id, count = str(reference["id"]), int(reference["chunks"])
-    except Exception:
-        return
-    if 0 < count <= 64:
-        db.delete([db.key(message.PAYLOAD_KIND, f"{payload_id}-{i}") for i in range(count)])

@@ -334,6 +334,8 @@ def send_run(runtime: TaskRuntime, binding: PeriodicBinding, slot: datetime.date
     """
     payload = {"periodic": binding.spec.name, "instance": binding.instance_path, "slot": slot,
                "generation": generation}
+    if binding.spec.queue is not None:
+        runtime.queues.require(binding.spec.queue, f"periodic task {binding.spec.name} (declared with queue=...)")
     send_task(runtime, RUN_TARGET.name, payload, target=RUN_TARGET.name, queue=binding.spec.queue, name=name,
               tracked=tracked)
 

@@ -2,19 +2,18 @@
 
 ``@callDeferred(priority="high")`` sends the function's tasks to the queue the priority mapping
 names (setting ``TASKS_PRIORITY_QUEUES``; by default ``high`` -> ``high``, ``normal`` -> the
-default queue, ``low`` -> ``low``). The queue must be defined in ``queue.yaml``: a priority whose
-queue is missing fails at the call, naming the priority, the queue and the file.
+default queue, ``low`` -> ``low``). The queue must be in the app's queue table: a priority whose
+queue is missing fails at the call, naming the priority, the queue and the file. :func:`queue_of`
+names and checks the queue of any call, whichever way the queue was named.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from core.config import PRIORITIES
 from core.tasks.errors import ConfigurationError
-from core.tasks.queues import load_queue_config
+from core.tasks.queues import UnknownQueue
 from core.tasks.runtime import TaskRuntime
 
 MAX_TAGS = 20
@@ -45,18 +44,19 @@ def check_tags(tags: Iterable[Any], description: Any, what: str) -> tuple[tuple[
     return tuple(dict.fromkeys(found)), description
 
 
-@functools.lru_cache(maxsize=8)
-def _defined_queues(path: Path, mtime_ns: int) -> frozenset[str]:
-    return frozenset(load_queue_config(path))
+def queue_of(runtime: TaskRuntime, what: str, *, option: str | None = None, declared: str | None = None,
+             priority: str | None = None) -> str:
+    """The queue of a call of ``what``, checked against the app's queue table.
 
-
-def defined_queues(path: Path) -> frozenset[str]:
-    """The push queues ``queue.yaml`` at ``path`` defines (re-read when the file changes)."""
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
-        mtime = -1
-    return _defined_queues(path, mtime)
+    ``option``: ``_queue=`` at the call; ``declared``: the queue its declaration names; else its
+    priority's queue, else the default one. An unknown queue raises
+    :class:`~core.tasks.queues.UnknownQueue` naming ``what``, how the queue was named, and the file.
+    """
+    if option is not None:
+        return runtime.queues.require(option, f"{what}(_queue=...)")
+    if declared is not None:
+        return runtime.queues.require(declared, f"{what} (declared with queue=...)")
+    return queue_for(runtime, priority, what)
 
 
 def queue_for(runtime: TaskRuntime, priority: str | None, what: str) -> str:
@@ -65,8 +65,8 @@ def queue_for(runtime: TaskRuntime, priority: str | None, what: str) -> str:
     if priority is None:
         return settings.tasks_default_queue
     queue = dict(settings.tasks_priority_queues).get(priority) or settings.tasks_default_queue
-    if queue != settings.tasks_default_queue and queue not in defined_queues(settings.queue_yaml):
-        raise ConfigurationError(f"{what} has priority {priority!r}, which maps to queue {queue!r}, but "
-                                 f"{settings.queue_yaml.name} ({settings.queue_yaml}) defines no such queue: "
-                                 "add it there or change TASKS_PRIORITY_QUEUES")
+    if queue not in runtime.queues:
+        raise UnknownQueue(f"{what} has priority {priority!r}, which maps to queue {queue!r}, but "
+                           f"{runtime.queues.described_source} defines no such queue: "
+                           "add it there or change TASKS_PRIORITY_QUEUES")
     return queue

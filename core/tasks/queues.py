@@ -26,19 +26,25 @@ queue.yaml                               Cloud Tasks
 retry, so a task ends after ``limit + 1`` attempts (:attr:`RetryConfig.max_attempts`). When both a
 retry limit and an age limit are set, a task is retried until *both* are reached, as App Engine
 and Cloud Tasks do.
+
+Each app has one :class:`QueueTable`, loaded once from its ``queue.yaml`` (``runtime.queues``):
+every transport, every check of a queue's name and every retry decision asks it. An unknown
+queue is :class:`UnknownQueue` at the call, naming the queue and the file. Whether an attempt is
+the last one allowed is decided in one place, :func:`last_allowed_attempt`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.tasks.errors import ConfigurationError
 from core.tasks.transports.base import QUEUE_NAME_RE
 
 DEFAULT_QUEUE = "default"
@@ -89,6 +95,84 @@ class QueueConfig:
     @property
     def paused(self) -> bool:
         return self.rate_per_second == 0
+
+
+class UnknownQueue(ConfigurationError, LookupError):
+    """A task names a queue its app's queue table does not define (Cloud Tasks: NOT_FOUND)."""
+
+
+class QueueTable(Mapping[str, QueueConfig]):
+    """The queues of one app: its ``queue.yaml`` (``source``), plus its default queue.
+
+    Loaded once per app and read by everything that names a queue: the transports, the checks at
+    the call, the pipeline's retry limits. A mapping of queue name to :class:`QueueConfig`.
+    """
+
+    def __init__(self, configs: Mapping[str, QueueConfig], *, source: Path | None = None,
+                 default: str = DEFAULT_QUEUE) -> None:
+        self._configs = dict(configs)
+        # The queue calls without one go to always exists, as App Engine's ``default`` does.
+        self._configs.setdefault(default, QueueConfig(name=default))
+        self.source = source
+        self.default = default
+
+    @classmethod
+    def load(cls, path: Path, *, default: str = DEFAULT_QUEUE) -> QueueTable:
+        """The table of the ``queue.yaml`` at ``path`` (a missing file: only the default queue)."""
+        return cls(load_queue_config(path), source=Path(path), default=default)
+
+    def __getitem__(self, name: str) -> QueueConfig:
+        return self._configs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def __repr__(self) -> str:
+        return f"QueueTable({sorted(self._configs)!r}, source={str(self.source)!r})"
+
+    @property
+    def described_source(self) -> str:
+        """The file the table comes from, as an error message names it."""
+        return f"{self.source.name} ({self.source})" if self.source is not None else "the app's queue table"
+
+    def require(self, name: Any, what: str) -> str:
+        """``name`` if the table defines it; else :class:`UnknownQueue` saying ``what`` named it and where to add it."""
+        if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
+            raise ValueError(f"{what}: invalid queue name {name!r}: use letters, digits and hyphens")
+        if name not in self._configs:
+            raise UnknownQueue(f"{what}: unknown queue {name!r}: {self.described_source} defines only "
+                               f"{', '.join(sorted(self._configs))}; add it there or name one of those")
+        return name
+
+    def retry_of(self, name: str) -> RetryConfig:
+        """The retry parameters of ``name`` (App Engine's defaults for a queue the table lacks)."""
+        config = self._configs.get(name)
+        return config.retry if config is not None else RetryConfig()
+
+
+def last_allowed_attempt(number: int, *, retry: RetryConfig | None = None, max_attempts: int | None = None,
+                         age: timedelta | None = None, queue: str | None = None) -> str | None:
+    """Why attempt ``number`` (1-based, counted since the task was last sent) is its last one, or ``None``.
+
+    The one retry-limit rule. The task's own ``max_attempts`` ends it when reached; otherwise the
+    queue's ``task_retry_limit`` and ``task_age_limit`` do, both when both are set (as Cloud Tasks
+    does). ``age`` is the time since the task was sent; ``None`` (unknown) leaves the age limit out.
+    """
+    if max_attempts is not None and number >= max_attempts:
+        return f"attempt {number} of {max_attempts}"
+    if retry is None:
+        return None
+    reached = []
+    if retry.task_retry_limit is not None:
+        reached.append(number - 1 >= retry.task_retry_limit)
+    if retry.task_age_limit is not None and age is not None:
+        reached.append(age >= retry.task_age_limit)
+    if reached and all(reached):
+        return f"attempt {number}, the limit of queue {queue!r}" if queue else f"attempt {number}, the queue's limit"
+    return None
 
 
 def backoff_delay(retry: RetryConfig, attempt: int) -> float:

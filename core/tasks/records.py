@@ -286,9 +286,9 @@ class TaskRecord:
         self.updated_at, self.lease_until = now, None
 
     def reopen(self, now: datetime.datetime) -> None:
-        """Make an ended task runnable again (a person sends its dead letter again); attempts go on."""
+        """Make an ended task runnable again (a person sends its dead letter again) with a fresh budget."""
         self._go(QUEUED)
-        self.ended_at, self.lease_until, self.result = None, None, None
+        self.ended_at, self.lease_until, self.result, self.attempts = None, None, None, 0
         self.updated_at = now
 
     def _set_error(self, error: BaseException) -> None:
@@ -451,8 +451,9 @@ def cancel(task_id: str) -> tuple[bool, TaskRecord | None]:
 def reopen(task_id: str) -> bool:
     """Make an ended task runnable again (a person retries its dead letter); ``False`` if it has no record.
 
-    Must run in the transaction that sends the task again. A task that has not ended is runnable
-    already and a succeeded one never runs again: both records are left as they are.
+    Its attempts start from zero: a retried task gets its whole retry budget again. Must run in the
+    transaction that sends the task again. A task that has not ended is runnable already and a
+    succeeded one never runs again: both records are left as they are.
     """
     record = _stored(task_id)
     if record is None:

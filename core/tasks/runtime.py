@@ -23,6 +23,7 @@ from core.clock import Clock
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
+from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.users import AnonymousUsers, UserProvider
 
@@ -117,15 +118,27 @@ class TaskRuntime:
         #: What the web layer keeps for this app (``core.extension.AppState``), set by ``Tasks.init_app``.
         self.app_state: Any = None
         self._transport = transport
+        self._queues: QueueTable | None = None
         self._verifier: RequestVerifier | None = None
         self._lock = threading.Lock()
 
     @property
+    def queues(self) -> QueueTable:
+        """The app's queues, read once from ``settings.queue_yaml``: every transport and check asks this table."""
+        if self._queues is None:
+            with self._lock:
+                if self._queues is None:
+                    self._queues = QueueTable.load(self.settings.queue_yaml,
+                                                   default=self.settings.tasks_default_queue)
+        return self._queues
+
+    @property
     def transport(self) -> Transport:
         if self._transport is None:
+            queues = self.queues
             with self._lock:
                 if self._transport is None:
-                    self._transport = build_transport(self.settings)
+                    self._transport = build_transport(self.settings, queues)
         return self._transport
 
     @property
@@ -163,8 +176,8 @@ class TaskRuntime:
         self.datastore.close()
 
 
-def build_transport(settings: Settings) -> Transport:
-    """The transport the settings ask for: ``local``, ``cloudtasks`` or ``inline``."""
+def build_transport(settings: Settings, queues: QueueTable) -> Transport:
+    """The transport the settings ask for (``local``, ``cloudtasks`` or ``inline``), over the app's queues."""
     # Each transport is imported only when chosen: a production app never loads the local queue or
     # the test queue, and a local one never loads the Cloud Tasks client.
     backend = settings.tasks_backend
@@ -172,15 +185,15 @@ def build_transport(settings: Settings) -> Transport:
         from core.tasks.transports.local.store import LocalQueueStore
         from core.tasks.transports.local.transport import LocalTransport
 
-        return LocalTransport(LocalQueueStore(local_queue_path(settings)))
+        return LocalTransport(LocalQueueStore(local_queue_path(settings), queues=queues))
     if backend == "cloudtasks":
         from core.tasks.transports.cloudtasks import CloudTasksTransport
 
-        return CloudTasksTransport(settings)
+        return CloudTasksTransport(settings, queues=queues)
     if backend == "inline":
         from core.tasks.transports.inline import InlineTransport
 
-        return InlineTransport()
+        return InlineTransport(queues)
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
 
 

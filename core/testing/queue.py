@@ -16,14 +16,13 @@ import datetime
 import itertools
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.executor import Outcome
-from core.tasks.queues import QueueConfig, RetryConfig, backoff_delay, load_queue_config
+from core.tasks.queues import RetryConfig, backoff_delay, last_allowed_attempt
 from core.tasks.runtime import TaskRuntime, runtime_of
 from core.tasks.transports.inline import InlineTransport, QueuedTask, TaskFailed, push
 
@@ -100,7 +99,6 @@ class TaskQueue:
         #: When a task retried here is due again (by ``id()``; the request's own eta otherwise).
         self._due: dict[int, datetime.datetime] = {}
         self._order = itertools.count()
-        self._queues: dict[str, QueueConfig] | None = None
 
     @property
     def runtime(self) -> TaskRuntime:
@@ -174,7 +172,8 @@ class TaskQueue:
                 return
         else:
             retry = self.retry_config(task.request.queue)
-            if retry.max_attempts is None or task.execution_count < retry.max_attempts:
+            # The queue keeps no first-attempt time here: its retry limit alone ends a task.
+            if last_allowed_attempt(task.execution_count, retry=retry) is None:
                 delay = backoff_delay(retry, task.execution_count)
                 self._requeue(task, self.clock.now() + datetime.timedelta(seconds=delay))
         if raise_errors:
@@ -187,12 +186,8 @@ class TaskQueue:
             self._due[id(task)] = due
 
     def retry_config(self, queue: str) -> RetryConfig:
-        """The retry policy of ``queue`` in the app's queue.yaml (App Engine's defaults without one)."""
-        if self._queues is None:
-            path = Path(self.runtime.settings.queue_yaml)
-            self._queues = load_queue_config(path) if path.is_file() else {}
-        config = self._queues.get(queue)
-        return config.retry if config is not None else RetryConfig()
+        """The retry policy of ``queue`` in the app's queue table (App Engine's defaults without one)."""
+        return self.runtime.queues.retry_of(queue)
 
     def ping_cron(self, cron_name: str = "default", *, run: bool = True, **kwargs: Any) -> Any:
         """Send the cron group's ping as the local cron does (signed), then run what it queued.

@@ -173,6 +173,7 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     if runtime.registry.query_iters.find(cls.iter_id) is not cls:
         raise ConfigurationError(f"{cls.iter_id} is not registered in this app's task registry")
+    runtime.queues.require(cls.queueName, f"{cls.iter_id}.queueName")
     if not isinstance(query, db.Query):
         raise TypeError(f"startIterOnQuery needs a core.db.Query, got {type(query).__name__}")
     if not query.is_cursor_resumable:

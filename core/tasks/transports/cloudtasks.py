@@ -29,7 +29,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from core.config import Settings
 from core.tasks.errors import ConfigurationError, EnqueueError
 from core.tasks.google_admin import admin_calls
-from core.tasks.queues import load_queue_config
+from core.tasks.queues import QueueTable
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -178,8 +178,8 @@ def _is_already_exists(error: BaseException) -> bool:
 class CloudTasksTransport:
     """Creates tasks in Cloud Tasks (or its emulator) concurrently; see :meth:`enqueue_many`.
 
-    ``queues`` gives each queue's ``dispatch_deadline`` (a per-task field in Cloud Tasks); when
-    omitted it is read from ``settings.queue_yaml`` on first use.
+    ``queues`` (the app's queue table) gives each queue's ``dispatch_deadline`` (a per-task field
+    in Cloud Tasks); when omitted it is loaded from ``settings.queue_yaml`` on first use.
     """
 
     def __init__(
@@ -220,9 +220,9 @@ class CloudTasksTransport:
 
     @property
     def queues(self) -> Mapping[str, QueueConfig]:
-        """The queue configuration, read from ``settings.queue_yaml`` on first use."""
+        """The queue configuration: the app's table, or ``settings.queue_yaml``'s loaded on first use."""
         if self._queues is None:
-            self._queues = load_queue_config(self.settings.queue_yaml)
+            self._queues = QueueTable.load(self.settings.queue_yaml, default=self.settings.tasks_default_queue)
         return self._queues
 
     def _dispatch_deadline(self, queue: str) -> datetime.timedelta | None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.tasks.errors import PermanentTaskFailure
+from core.tasks.queues import QueueTable, UnknownQueue
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 
 if TYPE_CHECKING:
@@ -33,12 +34,17 @@ class TaskFailed(AssertionError):
 
 
 class InlineTransport:
-    """Keeps requests in memory, in order; named requests dedupe like Cloud Tasks."""
+    """Keeps requests in memory, in order; named requests dedupe like Cloud Tasks.
+
+    With ``queues`` (the app's queue table) a request for a queue it lacks is refused, as Cloud
+    Tasks and the local queue refuse it.
+    """
 
     #: Creating a batch costs no round trips: the dispatcher never routes it through the outbox.
     cheap_batches = True
 
-    def __init__(self) -> None:
+    def __init__(self, queues: QueueTable | None = None) -> None:
+        self.queues = queues
         self.pending: list[QueuedTask] = []
         self.names: set[str] = set()
         self.created = 0
@@ -48,6 +54,12 @@ class InlineTransport:
         results = []
         with self._lock:
             for request in requests:
+                if self.queues is not None:
+                    try:
+                        self.queues.require(request.queue, f"task for {request.path}")
+                    except (UnknownQueue, ValueError) as exc:
+                        results.append(EnqueueResult(EnqueueStatus.FAILED, error=exc))
+                        continue
                 if request.name is not None:
                     if request.name in self.names:
                         results.append(EnqueueResult(EnqueueStatus.DUPLICATE, request.name))

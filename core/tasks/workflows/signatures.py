@@ -19,6 +19,7 @@ from typing import Any
 from core import json as tagged_json
 from core.tasks.arguments import check_call
 from core.tasks.errors import DeferredArgumentError, PayloadError
+from core.tasks.priority import queue_of
 from core.tasks.runtime import get_runtime
 
 #: Call options a signature may carry (the others make no sense for a workflow's step).
@@ -94,10 +95,12 @@ def signature(func: Any, *args: Any, **kwargs: Any) -> Signature:
 
 
 def check_complete(runtime: Any, sig: Signature, *, receives_result: bool) -> Any:
-    """The target of ``sig``, after checking the call is complete (with the leading result if it gets one)."""
+    """The target of ``sig``, after checking the call is complete (with the leading result if it gets one)
+    and its queue is one of the app's."""
     target = runtime.registry.deferred.find(sig.target)
     if target is None:
         raise DeferredArgumentError(f"{sig.target} is not a registered deferred function", function=sig.target)
+    queue_of(runtime, target.name, option=sig.options.get("_queue"), declared=target.queue, priority=target.priority)
     lead = (_RESULT,) if receives_result else ()
     try:
         check_call(target.func, target.name, (*_bound(target), *lead), list(sig.args), dict(sig.kwargs))

@@ -255,6 +255,22 @@ def test_a_run_is_given_up_after_max_attempts_with_a_dead_letter(app, queue, as_
     assert len(letters) == 1 and letters[0]["attempts"] == 3 and "attempt 3 of 3" in letters[0]["error"]
 
 
+def test_a_retried_dead_letter_gives_the_run_its_whole_budget_again(app, queue, as_user):
+    from core.tasks import deadletters
+
+    with as_user("bob"):
+        run = queue_run(runtime_of(app), Flaky(), {"token": "t4", "failures": 99})
+    queue.run_pending(raise_errors=False, max_attempts=10)
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert deadletters.retry(runtime_of(app), letter.key)
+    queue.run_pending(raise_errors=False, max_attempts=10)
+    assert [c[1] for c in CALLS if c[0] == "flaky"] == [1, 2, 3, 4, 5, 6], "max_attempts=3: three more runs"
+    failed = get_run(run.key.name)
+    assert failed["status"] == FAILED and failed["retrying"] is False and failed["attempts"] == 6
+    (again,) = db.Query(DEAD_LETTER_KIND).run()
+    assert "attempt 3 of 3" in again["error"]
+
+
 def test_a_permanent_failure_is_not_retried(app, queue, as_user):
     with as_user("bob"):
         run = queue_run(runtime_of(app), Doomed(), {})

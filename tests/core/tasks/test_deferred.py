@@ -194,7 +194,14 @@ def test_call_deferred_false_runs_now(app, task_queue):
     assert task_queue.pending == []
 
 
-def test_queue_options(app, task_queue):
+def test_queue_options(make_app, settings, tmp_path):
+    queue_yaml = tmp_path / "queue.yaml"
+    queue_yaml.write_text("queue:\n- name: background\n- name: other\n")  # every queue named must exist
+    from tests.conftest import TaskQueue
+
+    app = make_app({"index": Index, "invoices": Invoices, "archive": Invoices}, users=Users(),
+                   languages=("en", "de"), settings=settings.replace(queue_yaml=queue_yaml))
+    task_queue = TaskQueue(app)
     on_background()
     handle = record(1, _queue="other", _countdown=60, _name="unique-1")
     requests = [t.request for t in task_queue.pending]

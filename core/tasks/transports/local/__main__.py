@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from core.tasks.queues import QueueConfig, load_queue_config
+from core.tasks.queues import QueueTable
 from core.tasks.transports.local.dispatcher import LocalDispatcher
 from core.tasks.transports.local.store import LocalQueueStore
 
@@ -33,9 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    queues = load_queue_config(args.queue_yaml) if args.queue_yaml else {"default": QueueConfig(name="default")}
+    # The same loader as the app's runtime, so both sides of the queue share one table.
+    queues = QueueTable.load(args.queue_yaml) if args.queue_yaml else QueueTable({})
     dispatcher = LocalDispatcher(
-        LocalQueueStore(args.db), args.url, queues, max_connections=args.max_connections,
+        LocalQueueStore(args.db, queues=queues), args.url, queues, max_connections=args.max_connections,
         rate_limits=not args.no_rate_limits, poll_interval=args.poll_interval,
     )
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import math
 import time
 
-from core.tasks.queues import QueueConfig, backoff_delay
+from core.tasks.queues import QueueConfig, backoff_delay, last_allowed_attempt
 from core.tasks.transports.local.rows import FAILED, QUEUED, LeasedTask
 
 _USER_AGENT = "AppEngine-Google; (+http://code.google.com/appengine)"
@@ -47,13 +48,8 @@ class QueueState:
 
 def next_attempt(config: QueueConfig, attempts: int, first_attempt: float, now: float) -> tuple[int, float]:
     """``(state, eta)`` after a failed attempt: ``QUEUED`` with the backoff's ETA, or ``FAILED``
-    once every retry limit the queue sets is reached (Cloud Tasks: both, when both are set)."""
-    retry = config.retry
-    reached = []
-    if retry.task_retry_limit is not None:
-        reached.append(attempts - 1 >= retry.task_retry_limit)
-    if retry.task_age_limit is not None:
-        reached.append(now - first_attempt >= retry.task_age_limit.total_seconds())
-    if reached and all(reached):
+    once the queue's limits end the task (:func:`~core.tasks.queues.last_allowed_attempt`)."""
+    age = datetime.timedelta(seconds=now - first_attempt)
+    if last_allowed_attempt(attempts, retry=config.retry, age=age, queue=config.name) is not None:
         return FAILED, now
-    return QUEUED, now + backoff_delay(retry, attempts)
+    return QUEUED, now + backoff_delay(config.retry, attempts)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.files import private_file
+from core.tasks.queues import QueueTable, UnknownQueue
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 from core.tasks.transports.local.rows import (
     FAILED,
@@ -85,11 +86,13 @@ class LocalQueueStore:
         name_retention: datetime.timedelta = datetime.timedelta(hours=1),
         busy_timeout: float = 30.0,
         synchronous: str = "NORMAL",
+        queues: QueueTable | None = None,
     ) -> None:
         if synchronous not in {"NORMAL", "FULL"}:
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         self.path = Path(path)
         self.name_retention = name_retention
+        self.queues = queues
         self._busy_ms = int(busy_timeout * 1000)
         self._synchronous = synchronous
         self._local = threading.local()
@@ -180,8 +183,10 @@ class LocalQueueStore:
         auto_names = struct.unpack(f"{len(requests)}Q", os.urandom(8 * len(requests)))
         for index, request in enumerate(requests):
             try:
+                if self.queues is not None:
+                    self.queues.require(request.queue, f"task for {request.path}")
                 row = new_task(request, now, str(auto_names[index] >> 1))
-            except ValueError as exc:
+            except (ValueError, UnknownQueue) as exc:
                 results.append(EnqueueResult(EnqueueStatus.FAILED, error=exc))
                 continue
             rows[index] = row

@@ -5,6 +5,7 @@ import logging
 import sqlite3
 from collections.abc import Collection, Sequence
 
+from core.tasks.queues import QueueConfig, QueueTable
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.wake import WakeSender
@@ -16,22 +17,20 @@ class LocalTransport:
     """Enqueues into a :class:`LocalQueueStore`: every request of a call in one transaction,
     then one datagram wakes the dispatcher.
 
-    With ``queues`` given, a request for any other queue fails like Cloud Tasks' NOT_FOUND.
+    The store refuses queues missing from its table (``queues`` names them, for a store without one).
     """
 
     #: A whole batch is one local transaction: the dispatcher never routes it through the outbox.
     cheap_batches = True
 
     def __init__(self, store: LocalQueueStore, *, queues: Collection[str] | None = None) -> None:
+        if queues is not None and store.queues is None:
+            store.queues = QueueTable({name: QueueConfig(name=name) for name in queues},
+                                      default=next(iter(queues), "default"))
         self.store = store
-        self._queues = None if queues is None else frozenset(queues)
         self._wake = WakeSender(store.path)
 
     def enqueue_many(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
-        if self._queues is not None:
-            unknown = [r for r in requests if r.queue not in self._queues]
-            if unknown:
-                return self._with_unknown(requests)
         try:
             results = self.store.add(requests)
         except (sqlite3.Error, OSError) as exc:
@@ -39,16 +38,6 @@ class LocalTransport:
         if any(result.status is EnqueueStatus.CREATED for result in results):
             self._wake.notify()  # after the commit, so the dispatcher it wakes sees the tasks
         return results
-
-    def _with_unknown(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
-        assert self._queues is not None
-        known = [r for r in requests if r.queue in self._queues]
-        created = iter(self.enqueue_many(known) if known else [])
-        return [
-            next(created) if r.queue in self._queues
-            else EnqueueResult(EnqueueStatus.FAILED, error=LookupError(f"unknown queue {r.queue!r}"))
-            for r in requests
-        ]
 
     def delete_task(self, queue: str, name: str) -> bool:
         try:
