@@ -14,6 +14,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
+from core import devserver
+from core.tasks import transports
+from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueTable
@@ -54,10 +57,8 @@ def sync_queues_command(queue_yaml: Path | None) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
     runtime = current_app.extensions["core"]
     settings = runtime.settings
-    from core.tasks.transports.cloudtasks import sync_queues  # the Cloud Tasks client only where it is used
-
     queues = runtime.queues if queue_yaml is None else QueueTable.load(queue_yaml, default=settings.tasks_default_queue)
-    for path in sync_queues(settings, queues):
+    for path in transports.sync_queues(settings, queues):
         click.echo(f"synced {path}")
 
 
@@ -68,9 +69,7 @@ def run_local_command(ctx: click.Context, port: int | None) -> None:
     """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
     info = ctx.find_object(ScriptInfo)
     app = info.load_app() if info is not None else current_app._get_current_object()
-    from core.devserver.stack import run_local  # the dev server only for this command
-
-    run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port)
+    devserver.run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port)
 
 
 def gunicorn_target(app: Flask, import_path: str | None) -> str:
@@ -92,8 +91,6 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 def sync_scheduler_command(dry_run: bool) -> None:
     """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
-    from core.tasks.cloudscheduler import sync_scheduler  # the Cloud Scheduler client only where it is used
-
     runtime = current_app.extensions["core"]
     try:
         changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)

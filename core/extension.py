@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
-from core import current, db, safety, task_routes, trace
+from core import current, db, devserver, safety, task_routes, trace
 from core.admin import views as admin_views
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
@@ -151,9 +151,7 @@ def _checked(settings: Settings) -> Settings:
 def _datastore(settings: Settings) -> db.Datastore:
     """The app's store; a local app without an emulator host finds the running stack's on first use."""
     if settings.runtime == "local" and not settings.datastore_emulator_host:
-        from core.devserver.locate import local_datastore  # local development only: production never loads it
-
-        return local_datastore(settings)
+        return devserver.local_datastore(settings)  # loaded on first use: production never loads it
     return db.Datastore.from_settings(settings)
 
 

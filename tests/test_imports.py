@@ -252,7 +252,7 @@ def test_dependencies_point_one_way(graph: dict[str, set[str]], lower: tuple[str
 @pytest.mark.parametrize(("lower", "allowed"), [
     (("core.json",), ()),  # the codec stands on the standard library alone
     (("core.tasks.transports",), ("core.tasks.transports", "core.tasks.errors", "core.tasks.queues",
-                                  "core.tasks.google_admin", "core.config", "core.files")),
+                                  "core.tasks.google_admin", "core.config", "core.files", "core.lazy")),
 ], ids=["json", "transports"])
 def test_the_lowest_rooms_load_only_what_they_stand_on(graph: dict[str, set[str]], lower: tuple[str, ...],
                                                        allowed: tuple[str, ...]) -> None:

@@ -11,7 +11,8 @@ from core import lazy
 
 _EXPORTS = {"LocalStack": "core.devserver.stack", "run_local": "core.devserver.stack",
             "read_state": "core.devserver.stack", "DatastoreEmulator": "core.devserver.datastore_emulator",
-            "start_datastore_emulator": "core.devserver.datastore_emulator"}
+            "start_datastore_emulator": "core.devserver.datastore_emulator",
+            "local_datastore": "core.devserver.locate"}
 __all__ = sorted(_EXPORTS)
 
 
@@ -20,4 +21,5 @@ __getattr__ = lazy.exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+    from core.devserver.locate import local_datastore
     from core.devserver.stack import LocalStack, read_state, run_local

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core import clock as app_clock
 from core import db
 from core.clock import Clock
+from core.tasks import transports
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
@@ -182,18 +183,11 @@ def build_transport(settings: Settings, queues: QueueTable) -> Transport:
     # the test queue, and a local one never loads the Cloud Tasks client.
     backend = settings.tasks_backend
     if backend == "local":
-        from core.tasks.transports.local.store import LocalQueueStore
-        from core.tasks.transports.local.transport import LocalTransport
-
-        return LocalTransport(LocalQueueStore(local_queue_path(settings), queues=queues))
+        return transports.LocalTransport(transports.LocalQueueStore(local_queue_path(settings), queues=queues))
     if backend == "cloudtasks":
-        from core.tasks.transports.cloudtasks import CloudTasksTransport
-
-        return CloudTasksTransport(settings, queues=queues)
+        return transports.CloudTasksTransport(settings, queues=queues)
     if backend == "inline":
-        from core.tasks.transports.inline import InlineTransport
-
-        return InlineTransport(queues)
+        return transports.InlineTransport(queues)
     raise ConfigurationError(f"unknown TASKS_BACKEND {backend!r}: use local, cloudtasks or inline")
 
 

@@ -85,7 +85,7 @@ def test_a_cancel_during_an_attempt_ends_when_the_attempt_returns_and_a_failed_t
     failed.start(at(1), attempt=3, lease=LEASE)
     failed.fail(at(2), RuntimeError("boom"), TTL)
     failed.reopen(at(3))
-    assert failed.state is TaskState.QUEUED and failed.attempts == 3  # attempts go on after a reopen
+    assert failed.state is TaskState.QUEUED and failed.attempts == 0  # a reopened task gets its whole budget again
 
 
 def test_task_status_is_the_record_state_enum_and_run_records_share_it():
