@@ -14,11 +14,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
+from core.cli_queue import queue_cli
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import load_queue_config
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
+tasks_cli.add_command(queue_cli)
 
 
 @tasks_cli.command("cron-yaml")

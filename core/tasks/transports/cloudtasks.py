@@ -31,6 +31,7 @@ from core.tasks.errors import ConfigurationError, EnqueueError
 from core.tasks.google_admin import admin_calls
 from core.tasks.queues import load_queue_config
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.cloudtasks_controls import CloudTasksQueueControls
 
 if TYPE_CHECKING:
     from core.tasks.queues import QueueConfig
@@ -175,8 +176,10 @@ def _is_already_exists(error: BaseException) -> bool:
     return isinstance(error, api_exceptions.AlreadyExists)
 
 
-class CloudTasksTransport:
+class CloudTasksTransport(CloudTasksQueueControls):
     """Creates tasks in Cloud Tasks (or its emulator) concurrently; see :meth:`enqueue_many`.
+
+    Its queue controls (pause, resume, purge, list, run) are Cloud Tasks' own calls.
 
     ``queues`` gives each queue's ``dispatch_deadline`` (a per-task field in Cloud Tasks); when
     omitted it is read from ``settings.queue_yaml`` on first use.

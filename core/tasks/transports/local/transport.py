@@ -6,15 +6,16 @@ import sqlite3
 from collections.abc import Collection, Sequence
 
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.local.controls import LocalQueueControls
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.wake import WakeSender
 
 log = logging.getLogger(__name__)
 
 
-class LocalTransport:
+class LocalTransport(LocalQueueControls):
     """Enqueues into a :class:`LocalQueueStore`: every request of a call in one transaction,
-    then one datagram wakes the dispatcher.
+    then one datagram wakes the dispatcher. Its queue controls are the file's (pause, purge, ...).
 
     With ``queues`` given, a request for any other queue fails like Cloud Tasks' NOT_FOUND.
     """
@@ -23,9 +24,9 @@ class LocalTransport:
     cheap_batches = True
 
     def __init__(self, store: LocalQueueStore, *, queues: Collection[str] | None = None) -> None:
-        self.store = store
         self._queues = None if queues is None else frozenset(queues)
-        self._wake = WakeSender(store.path)
+        self._wake_sender = WakeSender(store.path)
+        super().__init__(store, self._wake_sender.notify)
 
     def enqueue_many(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
         if self._queues is not None:
@@ -37,7 +38,7 @@ class LocalTransport:
         except (sqlite3.Error, OSError) as exc:
             return [EnqueueResult(EnqueueStatus.FAILED, error=exc) for _ in requests]
         if any(result.status is EnqueueStatus.CREATED for result in results):
-            self._wake.notify()  # after the commit, so the dispatcher it wakes sees the tasks
+            self._wake_sender.notify()  # after the commit, so the dispatcher it wakes sees the tasks
         return results
 
     def _with_unknown(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
@@ -61,5 +62,5 @@ class LocalTransport:
         return self.store.depth()
 
     def close(self) -> None:
-        self._wake.close()
+        self._wake_sender.close()
         self.store.close()
