@@ -7,6 +7,7 @@ running stack's emulator (or starts one for the command, see ``core.devserver.lo
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
+from core.cli_errors import one_line_errors
 from core.cli_queue import queue_cli
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
-from core.tasks.errors import ConfigurationError
 from core.tasks.queues import load_queue_config
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
@@ -29,6 +30,7 @@ tasks_cli.add_command(queue_cli)
 @click.option("--check", "check_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Instead of printing, check that this cron.yaml covers every declared cron group "
                    "(exit status 1 if not).")
+@one_line_errors
 def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
     """Print the cron.yaml that pings every cron group the app's periodic tasks declare."""
     runtime = current_app.extensions["core"]
@@ -50,20 +52,30 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
 
 
 @tasks_cli.command("sync-queues")
-@click.option("--queue-yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--queue-yaml", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
-def sync_queues_command(queue_yaml: Path | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the queues that would be synced; change nothing.")
+@one_line_errors
+def sync_queues_command(queue_yaml: Path | None, dry_run: bool) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
     settings = current_app.extensions["core"].settings
-    from core.tasks.transports.cloudtasks import sync_queues  # the Cloud Tasks client only where it is used
+    from core.tasks.transports.cloudtasks import queue_path, sync_queues  # the client only where it is used
 
-    for path in sync_queues(settings, load_queue_config(queue_yaml or settings.queue_yaml)):
+    if queue_yaml is not None and not queue_yaml.is_file():
+        raise FileNotFoundError(2, "no such file", str(queue_yaml))
+    queues = load_queue_config(queue_yaml or settings.queue_yaml)
+    if dry_run:
+        for name, config in queues.items():
+            click.echo(f"would sync {queue_path(settings, name)}" + (" (paused: rate 0)" if config.paused else ""))
+        return
+    for path in sync_queues(settings, queues):
         click.echo(f"synced {path}")
 
 
 @tasks_cli.command("run-local", with_appcontext=False)
 @click.option("--port", type=int, default=None, help="Port of the app (default $PORT or 8080).")
 @click.pass_context
+@one_line_errors
 def run_local_command(ctx: click.Context, port: int | None) -> None:
     """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
     info = ctx.find_object(ScriptInfo)
@@ -90,15 +102,19 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
 
 @tasks_cli.command("sync-scheduler")
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-def sync_scheduler_command(dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+@one_line_errors
+def sync_scheduler_command(dry_run: bool, as_json: bool) -> None:
     """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
     from core.tasks.cloudscheduler import sync_scheduler  # the Cloud Scheduler client only where it is used
 
     runtime = current_app.extensions["core"]
-    try:
-        changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "changes": [
+            {"action": change.action, "job_id": change.job_id, "fields": list(change.fields),
+             "schedule": change.spec.schedule if change.spec else None} for change in changes]}, indent=2))
+        return
     for change in changes:
         click.echo(change.describe())
     if not changes:

@@ -6,34 +6,16 @@ with one line and exit status 1, never a traceback; what writes has ``--dry-run`
 """
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 from flask.cli import AppGroup
 
+from core.cli_errors import one_line_errors
 from core.tasks import queue_admin
 from core.tasks.runtime import get_runtime
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 queue_cli = AppGroup("queue", help="Pause, resume, purge and inspect the app's queues (any backend).")
-
-
-def one_line_errors(command: F) -> F:
-    """Turn an error of the queue or its API into one line on stderr and exit status 1."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure of the queue becomes one line
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            raise click.ClickException(f"{type(exc).__name__}: {text[:500]}") from exc
-    return wrapper  # type: ignore[return-value]
 
 
 @queue_cli.command("status")

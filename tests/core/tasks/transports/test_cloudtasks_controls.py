@@ -179,5 +179,5 @@ def test_a_refusal_names_the_call(service: _RecordingCloudTasks, tmp_path: Path)
     settings = Settings(project="test-project", tasks_region="europe-west1", queue_yaml=tmp_path / "q.yaml",
                         tasks_emulator_host=f"127.0.0.1:{service.port}")
     with CloudTasksTransport(settings, timeout=2.0) as transport, \
-            pytest.raises(ConfigurationError, match="Cloud Tasks refused pausing queue bulk"):
+            pytest.raises(ConfigurationError, match="Cloud Tasks did not answer pausing queue bulk"):
         transport.pause_queue("bulk")
