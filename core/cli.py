@@ -7,6 +7,7 @@ running stack's emulator (or starts one for the command, see ``core.devserver.lo
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,13 +16,15 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
 from core import devserver
+from core.cli_errors import one_line_errors
+from core.cli_queue import queue_cli
 from core.tasks import transports
 from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
-from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueTable
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
+tasks_cli.add_command(queue_cli)
 
 
 @tasks_cli.command("cron-yaml")
@@ -30,6 +33,7 @@ tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Schedu
 @click.option("--check", "check_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Instead of printing, check that this cron.yaml covers every declared cron group "
                    "(exit status 1 if not).")
+@one_line_errors
 def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
     """Print the cron.yaml that pings every cron group the app's periodic tasks declare."""
     runtime = current_app.extensions["core"]
@@ -51,13 +55,22 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
 
 
 @tasks_cli.command("sync-queues")
-@click.option("--queue-yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--queue-yaml", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="queue.yaml to apply (default: the QUEUE_YAML setting, deploy/queue.yaml).")
-def sync_queues_command(queue_yaml: Path | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the queues that would be synced; change nothing.")
+@one_line_errors
+def sync_queues_command(queue_yaml: Path | None, dry_run: bool) -> None:
     """Create or update the Cloud Tasks queues of queue.yaml through the API."""
     runtime = current_app.extensions["core"]
     settings = runtime.settings
+    if queue_yaml is not None and not queue_yaml.is_file():
+        raise FileNotFoundError(2, "no such file", str(queue_yaml))
     queues = runtime.queues if queue_yaml is None else QueueTable.load(queue_yaml, default=settings.tasks_default_queue)
+    if dry_run:
+        for name, config in queues.items():
+            click.echo(f"would sync {transports.queue_path(settings, name)}"
+                       + (" (paused: rate 0)" if config.paused else ""))
+        return
     for path in transports.sync_queues(settings, queues):
         click.echo(f"synced {path}")
 
@@ -65,6 +78,7 @@ def sync_queues_command(queue_yaml: Path | None) -> None:
 @tasks_cli.command("run-local", with_appcontext=False)
 @click.option("--port", type=int, default=None, help="Port of the app (default $PORT or 8080).")
 @click.pass_context
+@one_line_errors
 def run_local_command(ctx: click.Context, port: int | None) -> None:
     """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
     info = ctx.find_object(ScriptInfo)
@@ -89,13 +103,17 @@ def gunicorn_target(app: Flask, import_path: str | None) -> str:
 
 @tasks_cli.command("sync-scheduler")
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-def sync_scheduler_command(dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+@one_line_errors
+def sync_scheduler_command(dry_run: bool, as_json: bool) -> None:
     """Create, update and delete the Cloud Scheduler jobs that ping the app's cron groups."""
     runtime = current_app.extensions["core"]
-    try:
-        changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    changes = sync_scheduler(runtime.settings, runtime.registry, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "changes": [
+            {"action": change.action, "job_id": change.job_id, "fields": list(change.fields),
+             "schedule": change.spec.schedule if change.spec else None} for change in changes]}, indent=2))
+        return
     for change in changes:
         click.echo(change.describe())
     if not changes:

@@ -18,7 +18,7 @@ from google.protobuf import field_mask_pb2
 from core.config import Settings
 from core.tasks.cronyaml import plan_cron
 from core.tasks.errors import ConfigurationError
-from core.tasks.google_admin import admin_calls
+from core.tasks.google_admin import BOUNDED, admin_calls
 from core.tasks.scheduler_plan import JobChange, JobSpec, desired_jobs, plan_changes
 
 
@@ -89,7 +89,7 @@ def sync_scheduler(settings: Settings, registry: Any, *, dry_run: bool = False,
     api = make_client(settings) if client is None else client
     parent = location_path(settings)
     with admin_calls("Cloud Scheduler", api, f"listing the jobs of {parent}", close=client is None) as step:
-        existing = {spec.job_id: spec for spec in map(spec_of, api.list_jobs(parent=parent))}
+        existing = {spec.job_id: spec for spec in map(spec_of, api.list_jobs(parent=parent, **BOUNDED))}
         changes = plan_changes(desired, existing, settings.tasks_scheduler_prefix)
         if not dry_run:
             for change in changes:
@@ -100,12 +100,12 @@ def sync_scheduler(settings: Settings, registry: Any, *, dry_run: bool = False,
 
 def _apply(api: scheduler_v1.CloudSchedulerClient, settings: Settings, parent: str, change: JobChange) -> None:
     if change.action == "delete":
-        api.delete_job(name=f"{parent}/jobs/{change.job_id}")
+        api.delete_job(name=f"{parent}/jobs/{change.job_id}", **BOUNDED)
         return
     assert change.spec is not None
     job = job_message(settings, change.spec)
     if change.action == "add":
-        api.create_job(parent=parent, job=job)
+        api.create_job(parent=parent, job=job, **BOUNDED)
     else:
-        api.update_job(job=job, update_mask=field_mask_pb2.FieldMask(paths=change.update_mask))
+        api.update_job(job=job, update_mask=field_mask_pb2.FieldMask(paths=change.update_mask), **BOUNDED)
 

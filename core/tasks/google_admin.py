@@ -10,8 +10,24 @@ from collections.abc import Iterator
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
 
 from core.tasks.errors import ConfigurationError
+
+#: How long an admin call may take, its retries included: a command never waits minutes on an
+#: endpoint that does not answer.
+ADMIN_WAIT_SECONDS = 10.0
+
+
+def bounded(seconds: float = ADMIN_WAIT_SECONDS) -> dict[str, Any]:
+    """Keyword arguments of an admin call: retry transient errors, all within ``seconds``."""
+    return {"retry": api_retry.Retry(initial=0.2, maximum=2.0, multiplier=2.0, timeout=seconds,
+                                     predicate=api_retry.if_transient_error),
+            "timeout": seconds}
+
+
+#: What every admin call of the commands gets.
+BOUNDED = bounded()
 
 
 class Step:
@@ -32,6 +48,8 @@ def admin_calls(service: str, api: Any, first_step: str, *, close: bool) -> Iter
         yield step
     except api_exceptions.GoogleAPICallError as error:
         raise ConfigurationError(f"{service} refused {step.now}: {error}") from error
+    except api_exceptions.RetryError as error:  # transient errors until the bounded wait ran out
+        raise ConfigurationError(f"{service} did not answer {step.now}: {error.cause or error}") from error
     finally:
         if close:
             api.transport.close()

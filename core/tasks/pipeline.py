@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,8 @@ class Outcome:
     dead_letter: db.Key | None = None
     #: Why the task was answered without running (it ended before, was cancelled, runs elsewhere).
     skipped: str | None = None
+    #: Seconds from the request's arrival in the pipeline to its outcome.
+    duration: float | None = None
 
     @property
     def ran(self) -> bool:
@@ -122,7 +125,9 @@ def target_of(envelope: message.Envelope) -> str | None:
 
 def report(delivery: Delivery, proceed: Proceed) -> Outcome:
     """Every outcome goes to the hooks' ``after_run`` and to the runtime's outcome listeners."""
+    started = time.perf_counter()
     outcome = proceed(delivery)
+    outcome.duration = time.perf_counter() - started
     runtime = delivery.runtime
     hooks.after_run(runtime, outcome)
     runtime.notify(outcome)

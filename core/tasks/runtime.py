@@ -24,6 +24,7 @@ from core.tasks import transports
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
 from core.tasks.hooks import check_hooks
+from core.tasks.metrics import TaskMetrics, outcome_name
 from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.users import AnonymousUsers, UserProvider
@@ -116,6 +117,9 @@ class TaskRuntime:
         for hook in hooks:
             self.add_hook(hook)
         self.background = Background()
+        #: The app's task metrics (:mod:`core.tasks.metrics`), counted from every outcome.
+        self.metrics = TaskMetrics(self.background.submit)
+        self.outcome_listeners.append(self._count)
         #: What the web layer keeps for this app (``core.extension.AppState``), set by ``Tasks.init_app``.
         self.app_state: Any = None
         self._transport = transport
@@ -152,6 +156,10 @@ class TaskRuntime:
         """Run ``hook`` around every task of this app (after the hooks added before it)."""
         self.hooks.extend(check_hooks([hook], "add_hook"))
         return hook
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.target is not None and outcome.info is not None:
+            self.metrics.ran(outcome.info.queue, outcome.target, outcome_name(outcome), outcome.duration)
 
     def notify(self, outcome: Outcome) -> None:
         for listener in list(self.outcome_listeners):

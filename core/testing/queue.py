@@ -96,8 +96,6 @@ class TaskQueue:
             raise TypeError("the test app must use the inline transport (TASKS_BACKEND=inline)")
         self.transport = transport
         install_test_clock(self.runtime, clock)
-        #: When a task retried here is due again (by ``id()``; the request's own eta otherwise).
-        self._due: dict[int, datetime.datetime] = {}
         self._order = itertools.count()
 
     @property
@@ -115,7 +113,7 @@ class TaskQueue:
 
     def due(self, task: QueuedTask) -> datetime.datetime | None:
         """When ``task`` runs (``None``: at once)."""
-        return self._due.get(id(task), task.request.eta)
+        return task.due
 
     def advance(self, seconds: float, **kwargs: Any) -> list[Outcome]:
         """Move the clock ``seconds`` ahead, running every task due on the way; returns their outcomes."""
@@ -151,13 +149,13 @@ class TaskQueue:
         now = self.clock.now()
         horizon = max(now, until) if until is not None else now
         with self.transport._lock:
-            candidates = [(self.due(t) or now, i, t) for i, t in enumerate(self.pending)]
+            candidates = [(self.due(t) or now, i, t) for i, t in enumerate(self.pending)
+                          if self.transport.runnable(t)]
             due = [c for c in candidates if c[0] <= horizon]
             if not due:
                 return None
             moment, index, task = min(due, key=lambda c: (c[0], c[1]))
             del self.pending[index]
-        self._due.pop(id(task), None)
         self.clock.advance_to(moment)
         return task
 
@@ -180,10 +178,9 @@ class TaskQueue:
             raise TaskFailed(failure.message) from failure.error
 
     def _requeue(self, task: QueuedTask, due: datetime.datetime | None) -> None:
+        task.due = due
         with self.transport._lock:
             self.pending.append(task)
-        if due is not None:
-            self._due[id(task)] = due
 
     def retry_config(self, queue: str) -> RetryConfig:
         """The retry policy of ``queue`` in the app's queue table (App Engine's defaults without one)."""

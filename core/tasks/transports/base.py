@@ -113,3 +113,64 @@ class CountingTransport(Transport, Protocol):
     def depth(self) -> dict[str, dict[str, int]]:
         """Per queue, by name: tasks due, scheduled for later, being pushed, and failed."""
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedTaskInfo:
+    """One task a queue holds, as its queue controls list it."""
+
+    queue: str
+    #: The queue's name for the task (what ``run_task`` and ``delete_task`` take).
+    name: str
+    path: str
+    #: When the queue will push it next (timezone-aware UTC).
+    schedule_time: datetime.datetime | None
+    #: Pushes made so far (``X-AppEngine-TaskRetryCount`` of the next one).
+    attempts: int
+    #: ``queued``, ``pushing`` or ``failed`` (the local queue keeps tasks that ran out of retries).
+    state: str = "queued"
+    #: The request body where the queue hands it out (the local and in-process queues), else ``None``.
+    body: bytes | None = None
+    last_status: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPage:
+    """One page of a queue's tasks; ``cursor`` fetches the next one (``None``: this was the last)."""
+
+    tasks: list[QueuedTaskInfo]
+    cursor: str | None = None
+
+
+@runtime_checkable
+class QueueControls(Protocol):
+    """What an operator does to a queue at run time, as Cloud Tasks' API offers it.
+
+    Every transport implements it: Cloud Tasks through ``PauseQueue``/``ResumeQueue``/``PurgeQueue``/
+    ``ListTasks``/``RunTask``, the local queue in its SQLite file (a pause survives restarts), the
+    in-process queue in memory.
+    """
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop pushing ``queue``'s tasks; they stay queued and new ones are still accepted."""
+        ...
+
+    def resume_queue(self, queue: str) -> None:
+        """Push ``queue``'s tasks again."""
+        ...
+
+    def paused_queues(self) -> set[str]:
+        """The queues paused at run time (queue.yaml's ``rate: 0`` aside)."""
+        ...
+
+    def purge_queue(self, queue: str) -> int | None:
+        """Delete every task ``queue`` holds; how many (``None`` where the queue does not say)."""
+        ...
+
+    def list_tasks(self, queue: str, *, limit: int = 100, cursor: str | None = None) -> TaskPage:
+        """The tasks of ``queue`` by schedule time, a page at a time."""
+        ...
+
+    def run_task(self, queue: str, name: str) -> bool:
+        """Push one queued task now, whatever its schedule time; ``False`` if it is not there."""
+        ...

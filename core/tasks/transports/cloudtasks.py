@@ -28,9 +28,10 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from core.config import Settings
 from core.tasks.errors import ConfigurationError, EnqueueError
-from core.tasks.google_admin import admin_calls
+from core.tasks.google_admin import BOUNDED, admin_calls
 from core.tasks.queues import QueueTable
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.cloudtasks_controls import CloudTasksQueueControls
 
 if TYPE_CHECKING:
     from core.tasks.queues import QueueConfig
@@ -175,8 +176,10 @@ def _is_already_exists(error: BaseException) -> bool:
     return isinstance(error, api_exceptions.AlreadyExists)
 
 
-class CloudTasksTransport:
+class CloudTasksTransport(CloudTasksQueueControls):
     """Creates tasks in Cloud Tasks (or its emulator) concurrently; see :meth:`enqueue_many`.
+
+    Its queue controls (pause, resume, purge, list, run) are Cloud Tasks' own calls.
 
     ``queues`` (the app's queue table) gives each queue's ``dispatch_deadline`` (a per-task field
     in Cloud Tasks); when omitted it is loaded from ``settings.queue_yaml`` on first use.
@@ -388,22 +391,22 @@ def sync_queues(
     api: Any = make_client(settings) if client is None else client
     parent = f"projects/{settings.project}/locations/{settings.tasks_region}"
     with admin_calls("Cloud Tasks", api, f"listing the queues of {parent}", close=client is None) as step:
-        existing = {queue.name: queue for queue in api.list_queues(parent=parent)}
+        existing = {queue.name: queue for queue in api.list_queues(parent=parent, **BOUNDED)}
         synced: list[str] = []
         for config in queues.values():
             queue, fields = build_queue(settings, config)
             step.now = f"syncing queue {queue.name}"
             current = existing.get(queue.name)
             if current is None:
-                current = api.create_queue(parent=parent, queue=queue)
+                current = api.create_queue(parent=parent, queue=queue, **BOUNDED)
                 logger.info("created queue %s", queue.name)
             else:
-                current = api.update_queue(queue=queue, update_mask=field_mask_pb2.FieldMask(paths=fields))
+                current = api.update_queue(queue=queue, update_mask=field_mask_pb2.FieldMask(paths=fields), **BOUNDED)
                 logger.info("updated queue %s", queue.name)
             paused = current.state == tasks_v2.Queue.State.PAUSED
             if config.paused and not paused:
-                api.pause_queue(name=queue.name)
+                api.pause_queue(name=queue.name, **BOUNDED)
             elif paused and not config.paused:
-                api.resume_queue(name=queue.name)
+                api.resume_queue(name=queue.name, **BOUNDED)
             synced.append(queue.name)
         return synced

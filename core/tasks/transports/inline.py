@@ -7,13 +7,20 @@ Like dramatiq's ``StubBroker.join``, a task that fails re-raises its error in th
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.tasks.errors import PermanentTaskFailure
 from core.tasks.queues import QueueTable, UnknownQueue
-from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.base import (
+    EnqueueResult,
+    EnqueueStatus,
+    QueuedTaskInfo,
+    TaskPage,
+    TaskRequest,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -27,6 +34,15 @@ class QueuedTask:
     id: str
     retry_count: int = 0
     execution_count: int = 0
+    #: When it is pushed next (``None``: at once): the request's ETA, then its retry's.
+    due: datetime.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.due is None:
+            self.due = self.request.eta
+
+
+_EPOCH = datetime.datetime.fromtimestamp(0, datetime.UTC)
 
 
 class TaskFailed(AssertionError):
@@ -48,6 +64,8 @@ class InlineTransport:
         self.pending: list[QueuedTask] = []
         self.names: set[str] = set()
         self.created = 0
+        #: Queues paused at run time: their tasks stay pending and are not run.
+        self.paused: set[str] = set()
         self._lock = threading.Lock()
 
     def enqueue_many(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
@@ -80,6 +98,48 @@ class InlineTransport:
                     return True
         return False
 
+    # queue controls (see QueueControls)
+
+    def pause_queue(self, queue: str) -> None:
+        with self._lock:
+            self.paused.add(queue)
+
+    def resume_queue(self, queue: str) -> None:
+        with self._lock:
+            self.paused.discard(queue)
+
+    def paused_queues(self) -> set[str]:
+        with self._lock:
+            return set(self.paused)
+
+    def purge_queue(self, queue: str) -> int:
+        with self._lock:
+            kept = [task for task in self.pending if task.request.queue != queue]
+            purged = len(self.pending) - len(kept)
+            self.pending[:] = kept
+        return purged
+
+    def list_tasks(self, queue: str, *, limit: int = 100, cursor: str | None = None) -> TaskPage:
+        start = int(cursor or 0)
+        with self._lock:
+            tasks = sorted((t for t in self.pending if t.request.queue == queue),
+                           key=lambda t: t.due or _EPOCH)
+        page = [QueuedTaskInfo(queue=queue, name=t.id, path=t.request.path, schedule_time=t.due,
+                               attempts=t.retry_count, body=t.request.body) for t in tasks[start:start + limit]]
+        return TaskPage(page, str(start + limit) if start + limit < len(tasks) else None)
+
+    def run_task(self, queue: str, name: str) -> bool:
+        with self._lock:
+            for task in self.pending:
+                if task.id == name and task.request.queue == queue:
+                    task.due = None
+                    return True
+        return False
+
+    def runnable(self, task: QueuedTask) -> bool:
+        """Whether ``task``'s queue may run it now (it is not paused)."""
+        return task.request.queue not in self.paused
+
     def close(self) -> None:
         pass
 
@@ -105,9 +165,12 @@ class InlineTransport:
         client = app.test_client()
         try:
             handled = 0
-            while self.pending and handled < max_tasks:
+            while handled < max_tasks:
                 with self._lock:
-                    task = self.pending.pop(0)
+                    index = next((i for i, t in enumerate(self.pending) if self.runnable(t)), None)
+                    if index is None:
+                        break
+                    task = self.pending.pop(index)
                 handled += 1
                 failure = push(client, task, outcomes, raise_errors=raise_errors)
                 if failure is None:

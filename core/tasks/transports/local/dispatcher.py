@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueConfig
+from core.tasks.transports.local.controls import paused_queues
 from core.tasks.transports.local.http import Pusher
 from core.tasks.transports.local.policy import QueueState, next_attempt
 from core.tasks.transports.local.rows import FAILED, LeasedTask, Outcome, StoredTask
@@ -92,6 +93,8 @@ class LocalDispatcher:
         self._wakeups = wakeups
         self._queues: dict[str, QueueState] = {}
         self._warned: set[str] = set()
+        #: Queues an operator paused at run time (read from the store whenever it changes).
+        self._paused: set[str] = set()
         # Outcomes not yet written: ids done, names of those done, rows to retry or fail.
         self._done: list[int] = []
         self._ended: list[tuple[str, str]] = []
@@ -200,6 +203,7 @@ class LocalDispatcher:
                 log.info("reclaimed %d task(s) leased by a dispatcher that did not stop cleanly", reclaimed)
             # Every queue's empty_version (-1) differs from this, so the first turn looks at all.
             self._version, self._woken = self.store.data_version(), True
+            self._read_paused()
             self._queues = {name: self._queue_state(config) for name, config in self._configs.items()}
             self._scan_queues(time.monotonic())
         except BaseException:
@@ -327,8 +331,30 @@ class LocalDispatcher:
         if version != self._version:
             self._version = version
             self._rescan = True
+            self._read_paused()
         if self._rescan and mono - self._scanned_queues > 1.0:
             self._scan_queues(mono)
+
+    def _read_paused(self) -> None:
+        """Take up pauses and resumes; rows leased ahead for a queue now paused go back unpushed."""
+        paused = paused_queues(self.store)
+        for name in paused - self._paused:
+            q = self._queues.get(name)
+            if q is not None and q.buffer:
+                self.store.release([task.id for task in q.buffer])
+                q.buffer.clear()
+                q.empty_version = -1
+            log.info("queue %s is paused: its tasks wait until it is resumed", name)
+        for name in self._paused - paused:
+            q = self._queues.get(name)
+            if q is not None:
+                q.empty_version = -1
+            log.info("queue %s is resumed", name)
+        self._paused = paused
+
+    def _held(self, q: QueueState) -> bool:
+        """Whether ``q`` pushes nothing now: paused in queue.yaml (``rate: 0``) or at run time."""
+        return q.config.paused or q.name in self._paused
 
     def _scan_queues(self, mono: float) -> None:
         self._scanned_queues, self._rescan = mono, False
@@ -344,7 +370,7 @@ class LocalDispatcher:
         started = 0
         active = self._pusher.active
         for q in self._queues.values():
-            if q.config.paused:
+            if self._held(q):
                 continue
             while True:
                 room = min(self._max_connections - len(active), q.limit - q.inflight)
@@ -373,7 +399,7 @@ class LocalDispatcher:
 
     def _is_idle(self, now: float, wait_scheduled: bool) -> bool:
         for q in self._queues.values():
-            if q.config.paused:
+            if self._held(q):
                 continue
             if q.buffer or q.empty_version != self._version:
                 return False
@@ -393,7 +419,7 @@ class LocalDispatcher:
             timeout = min(timeout, self._scanned_queues + 1.0 - mono)
         if len(self._pusher.active) < self._max_connections:
             for q in self._queues.values():
-                if q.config.paused or q.inflight >= q.limit:
+                if self._held(q) or q.inflight >= q.limit:
                     continue
                 if q.buffer or (q.next_eta is not None and q.next_eta <= now):
                     if self._rate_limits and q.tokens < 1:

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from core.files import private_file
@@ -33,7 +33,7 @@ from core.tasks.transports.local.rows import (
     stored_task,
 )
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS task (
     id INTEGER PRIMARY KEY,
@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS task_name (
     PRIMARY KEY (queue, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue (name TEXT PRIMARY KEY) WITHOUT ROWID;
+-- Queues an operator paused at run time (version 3): kept across dispatcher restarts.
+CREATE TABLE IF NOT EXISTS queue_paused (name TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 #: A version-1 file lacks the per-task dispatch deadline.
 _MIGRATE_FROM_1 = "ALTER TABLE task ADD COLUMN deadline REAL"
@@ -151,6 +153,10 @@ class LocalQueueStore:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's connection inside one write transaction."""
+        return self._write(self.connection())
 
     def close_thread(self) -> None:
         """Close this thread's connection (a thread that is about to end)."""

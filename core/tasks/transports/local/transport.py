@@ -7,15 +7,16 @@ from collections.abc import Collection, Sequence
 
 from core.tasks.queues import QueueConfig, QueueTable
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
+from core.tasks.transports.local.controls import LocalQueueControls
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.wake import WakeSender
 
 log = logging.getLogger(__name__)
 
 
-class LocalTransport:
+class LocalTransport(LocalQueueControls):
     """Enqueues into a :class:`LocalQueueStore`: every request of a call in one transaction,
-    then one datagram wakes the dispatcher.
+    then one datagram wakes the dispatcher. Its queue controls are the file's (pause, purge, ...).
 
     The store refuses queues missing from its table (``queues`` names them, for a store without one).
     """
@@ -27,8 +28,8 @@ class LocalTransport:
         if queues is not None and store.queues is None:
             store.queues = QueueTable({name: QueueConfig(name=name) for name in queues},
                                       default=next(iter(queues), "default"))
-        self.store = store
-        self._wake = WakeSender(store.path)
+        self._wake_sender = WakeSender(store.path)
+        super().__init__(store, self._wake_sender.notify)
 
     def enqueue_many(self, requests: Sequence[TaskRequest]) -> list[EnqueueResult]:
         try:
@@ -36,7 +37,7 @@ class LocalTransport:
         except (sqlite3.Error, OSError) as exc:
             return [EnqueueResult(EnqueueStatus.FAILED, error=exc) for _ in requests]
         if any(result.status is EnqueueStatus.CREATED for result in results):
-            self._wake.notify()  # after the commit, so the dispatcher it wakes sees the tasks
+            self._wake_sender.notify()  # after the commit, so the dispatcher it wakes sees the tasks
         return results
 
     def delete_task(self, queue: str, name: str) -> bool:
@@ -50,5 +51,5 @@ class LocalTransport:
         return self.store.depth()
 
     def close(self) -> None:
-        self._wake.close()
+        self._wake_sender.close()
         self.store.close()
