@@ -173,5 +173,5 @@ def test_a_file_of_the_first_schema_gains_the_deadline_column(tmp_path: Path) ->
     [result] = LocalTransport(store).enqueue_many([_request(dispatch_deadline=datetime.timedelta(seconds=5))])
     assert result.status is EnqueueStatus.CREATED
     assert store.lease_due("default", now=9e12, limit=1)[0].deadline == 5.0
-    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == local_store._SCHEMA_VERSION
     store.close()
