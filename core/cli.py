@@ -16,6 +16,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
 from core import devserver
+from core.cli_dead_letters import dead_letters_cli
 from core.cli_errors import one_line_errors
 from core.cli_queue import queue_cli
 from core.tasks import transports
@@ -25,6 +26,7 @@ from core.tasks.queues import QueueTable
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 tasks_cli.add_command(queue_cli)
+tasks_cli.add_command(dead_letters_cli)
 
 
 @tasks_cli.command("cron-yaml")

@@ -9,9 +9,12 @@ record counts its attempts from zero again (see :func:`~core.tasks.queues.last_a
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import re
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from core import db, db_query
@@ -20,13 +23,13 @@ from core.clock import utc_now
 from core.reprs import safe_repr
 from core.tasks import dispatch, message, records, wire
 from core.tasks.auth.queue_headers import TaskInfo
-from core.tasks.errors import BadTaskRequest, PayloadError
+from core.tasks.errors import BadTaskRequest, PayloadError, PermanentTaskFailure
 from core.tasks.pipeline import target_of
 from core.tasks.runtime import TaskRuntime
 from core.tasks.transports.base import QUEUE_NAME_RE
 
 __all__ = ["DEAD_LETTER_KIND", "record", "retry", "discard", "count", "latest", "describe", "key_of",
-           "payload_summary"]
+           "payload_summary", "LetterFilter", "matching", "retry_many", "discard_many", "bulk"]
 
 DEAD_LETTER_KIND = "_tasks_dead_letter"
 #: Bytes of a task body a dead letter keeps (an entity holds at most 1 MiB); the rest is cut off.
@@ -49,6 +52,7 @@ def record(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
         "queue": _clip(info.queue or (envelope.queue if envelope else None), 300),
         "path": _clip(path, 300),
         "error": _clip(f"{type(error).__name__}: {error}", DEAD_LETTER_TEXT_CHARS),
+        "error_type": _clip(type(_behind(error)).__name__, 300),
         "traceback": "".join(traceback.format_exception(error))[-DEAD_LETTER_TEXT_CHARS:],
         "attempts": info.execution_count + 1,
         "created": utc_now(),
@@ -59,6 +63,12 @@ def record(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
     })
     db.put(entity)
     return entity.key  # type: ignore[no-any-return]
+
+
+def _behind(error: BaseException) -> BaseException:
+    """The error a give-up stands for (``GaveUp`` after the last allowed attempt keeps it as its cause)."""
+    cause = error.__cause__
+    return cause if isinstance(error, PermanentTaskFailure) and isinstance(cause, Exception) else error
 
 
 def key_of(letter_id: str | None) -> db.Key:
@@ -121,21 +131,27 @@ def retry(runtime: TaskRuntime, key: db.Key) -> bool:
         letter = db.get(key)
         if letter is None:
             return False
-        path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
-        if not path.startswith("/"):
-            raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
-        if letter.get("payload_truncated"):
-            raise BadTaskRequest(f"failed task {key.id_or_name} was too large to keep whole; it cannot be sent again")
-        queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
-        if not QUEUE_NAME_RE.match(queue):
-            queue = runtime.settings.tasks_default_queue
-        dispatch.send(runtime, wire.signed_request(runtime, queue, path, _with_fresh_budget(runtime, body)))
-        db.delete(key)
-        if letter.get("task_id"):
-            records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push
+        _resend(runtime, letter)
         return True
 
     return db.run_in_transaction(resend)
+
+
+def _resend(runtime: TaskRuntime, letter: db.Entity) -> None:
+    """Send ``letter``'s request again and delete it (inside the caller's transaction)."""
+    key = letter.key
+    path, body = str(letter.get("path") or ""), bytes(letter.get("payload") or b"")
+    if not path.startswith("/"):
+        raise BadTaskRequest(f"failed task {key.id_or_name} has no path to send it to")
+    if letter.get("payload_truncated"):
+        raise BadTaskRequest(f"failed task {key.id_or_name} was too large to keep whole; it cannot be sent again")
+    queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
+    if not QUEUE_NAME_RE.match(queue):
+        queue = runtime.settings.tasks_default_queue
+    dispatch.send(runtime, wire.signed_request(runtime, queue, path, _with_fresh_budget(runtime, body)))
+    db.delete(key)
+    if letter.get("task_id"):
+        records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push
 
 
 def _with_fresh_budget(runtime: TaskRuntime, body: bytes) -> bytes:
@@ -158,6 +174,130 @@ def _with_fresh_budget(runtime: TaskRuntime, body: bytes) -> bytes:
     if stored is not None and chunks > envelope.stored_chunks:
         db.delete([db.key(message.PAYLOAD_KIND, f"{stored}-{i}") for i in range(envelope.stored_chunks, chunks)])
     return fresh
+
+
+@dataclasses.dataclass(frozen=True)
+class LetterFilter:
+    """Which dead letters a bulk action takes: every field given must match (none given: all)."""
+
+    target: str | None = None
+    queue: str | None = None
+    #: The error's class name (``OSError``, ``PermanentTaskFailure``); for a task given up after its
+    #: last allowed attempt, the class of the error that attempt raised.
+    error_type: str | None = None
+    #: Only letters at least this old.
+    older_than: datetime.timedelta | None = None
+
+    def matches(self, letter: db.Entity, now: datetime.datetime) -> bool:
+        if self.target is not None and letter.get("target") != self.target:
+            return False
+        if self.queue is not None and str(letter.get("queue") or "").rsplit("/", 1)[-1] != self.queue:
+            return False
+        if self.error_type is not None and error_type_of(letter) != self.error_type:
+            return False
+        created = letter.get("created")
+        return self.older_than is None or (isinstance(created, datetime.datetime)
+                                           and created <= now - self.older_than)
+
+    def describe(self) -> str:
+        parts = [f"{name}={value}" for name, value in dataclasses.asdict(self).items() if value is not None]
+        return ", ".join(parts) or "all dead letters"
+
+
+def error_type_of(letter: db.Entity) -> str | None:
+    """The class name of a letter's error (read from its text for letters written before it was kept)."""
+    kept = letter.get("error_type")
+    if isinstance(kept, str):
+        return kept
+    text = letter.get("error")
+    return text.split(":", 1)[0] if isinstance(text, str) and ":" in text else None
+
+
+def matching(selection: LetterFilter, *, now: datetime.datetime | None = None,
+             page_size: int = 300) -> Iterator[db.Entity]:
+    """Every dead letter ``selection`` takes, oldest first, a Datastore page at a time.
+
+    One single-property order and the filter applied here: any combination of fields works without
+    a composite index.
+    """
+    now = now or utc_now()
+    for letter in db.Query(DEAD_LETTER_KIND).order("created").iter(page_size=page_size):
+        if selection.matches(letter, now):
+            yield letter
+
+
+def retry_many(runtime: TaskRuntime, keys: Sequence[db.Key]) -> int:
+    """Send the letters of ``keys`` again and delete them, all in one transaction; how many were there.
+
+    A crash before the commit sends none of them and keeps them all; after it, they are sent (the
+    outbox) and gone: run again, a bulk retry takes up exactly the letters that are left.
+    """
+    def resend() -> int:
+        letters = [letter for letter in db.get(list(keys)) if letter is not None]
+        for letter in letters:
+            _resend(runtime, letter)
+        return len(letters)
+
+    return db.run_in_transaction(resend)
+
+
+def discard_many(keys: Sequence[db.Key]) -> int:
+    """Delete the letters of ``keys`` (and their stored payloads) in one transaction; how many were there."""
+    def drop() -> int:
+        letters = [letter for letter in db.get(list(keys)) if letter is not None]
+        db.delete([letter.key for letter in letters])
+        for letter in letters:
+            _discard_stored_payload(bytes(letter.get("payload") or b""))
+        return len(letters)
+
+    return db.run_in_transaction(drop)
+
+
+@dataclasses.dataclass
+class BulkResult:
+    """What a bulk action did: letters acted on, and the batches refused with why."""
+
+    done: int = 0
+    refused: list[str] = dataclasses.field(default_factory=list)
+
+
+#: Letters one bulk transaction takes: each touches up to three entity groups (the letter, the task's
+#: record, its stored payload) and a transaction may span 25 (the emulator enforces Datastore's limit).
+BULK_BATCH = 8
+
+
+def bulk(runtime: TaskRuntime, action: str, selection: LetterFilter, *, batch_size: int = BULK_BATCH,
+         limit: int | None = None, progress: Callable[[int], None] | None = None) -> BulkResult:
+    """``retry`` or ``discard`` every letter ``selection`` takes, ``batch_size`` letters per transaction.
+
+    Each batch commits on its own: stopped part-way (a crash, a deploy), what was done stays done
+    and the rest stays as dead letters, so running it again finishes the job with no letter sent
+    twice. A batch that is refused (a letter too large to resend) is retried letter by letter, so
+    one bad letter does not hold back the others. ``progress`` hears how many letters each batch took.
+    """
+    if action not in ("retry", "discard"):
+        raise ValueError(f"unknown bulk action {action!r}: retry or discard")
+    if not 1 <= batch_size <= BULK_BATCH:
+        raise ValueError(f"batch_size must be from 1 to {BULK_BATCH}")
+    result = BulkResult()
+    keys = [letter.key for letter in matching(selection)]
+    if limit is not None:
+        keys = keys[:limit]
+    for start in range(0, len(keys), batch_size):
+        batch = keys[start:start + batch_size]
+        try:
+            done = retry_many(runtime, batch) if action == "retry" else discard_many(batch)
+        except BadTaskRequest:
+            done = 0
+            for key in batch:
+                try:
+                    done += retry(runtime, key) if action == "retry" else discard(key)
+                except BadTaskRequest as exc:
+                    result.refused.append(str(exc))
+        result.done += done
+        if progress is not None:
+            progress(len(batch))
+    return result
 
 
 def discard(key: db.Key) -> bool:

@@ -43,6 +43,14 @@ def permanent(token: str) -> None:
 
 
 @callDeferred(track=True)
+def redeemable(token: str, index: int) -> None:
+    """Given up at once while ``probe_flag/<token>-blocked`` exists; afterwards it runs (and records)."""
+    if db.get(db.key("probe_flag", f"{token}-blocked")) is not None:
+        raise PermanentTaskFailure("the partner is down")
+    _record("redeemable", token, index=index)
+
+
+@callDeferred(track=True)
 def tracked_slow(token: str, index: int, seconds: float) -> int:
     time.sleep(seconds)
     _record("tracked_slow", token, index=index)
@@ -126,6 +134,12 @@ class Probes(Module):
     @exposed(methods=("POST",))
     def flaky(self, token: str, failures: str = "2") -> str:
         flaky(token, int(failures))
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def redeemable(self, token: str, count: str = "1") -> str:
+        for index in range(int(count)):
+            redeemable(token, index)
         return "queued"
 
     @exposed(methods=("POST",))
