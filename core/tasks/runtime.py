@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core import db
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
-from core.tasks.hooks import check_hooks
+from core.tasks.hooks import as_middleware, check_hooks
+from core.tasks.middleware import Pipeline
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.tasks.transports.cloudtasks import CloudTasksTransport
 from core.tasks.transports.inline import InlineTransport
@@ -30,7 +31,7 @@ from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
     from core.config import Settings
-    from core.tasks.executor import Outcome
+    from core.tasks.outcome import Outcome
     from core.tasks.transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class TaskRuntime:
         self.hooks: list[Any] = []
         for hook in hooks:
             self.add_hook(hook)
+        #: The app's task pipeline: the built-in middleware and the app's own (:meth:`add_middleware`).
+        self.pipeline: Pipeline[Any] = Pipeline(self.registry.middleware)
         self.background = Background()
         self._transport = transport
         self._verifier: RequestVerifier | None = None
@@ -134,6 +137,16 @@ class TaskRuntime:
         """Run ``hook`` around every task of this app (after the hooks added before it)."""
         self.hooks.extend(check_hooks([hook], "add_hook"))
         return hook
+
+    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> Any:
+        """Run ``middleware`` in this app's task pipeline, before or after the one named so.
+
+        ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a
+        :class:`~core.tasks.hooks.TaskHook`; see :mod:`core.tasks.middleware`.
+        """
+        self.pipeline.add(as_middleware(middleware), before=before, after=after, name=name)
+        return middleware
 
     def notify(self, outcome: Outcome) -> None:
         for listener in list(self.outcome_listeners):

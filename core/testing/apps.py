@@ -30,6 +30,7 @@ def as_test_app(app: Flask, *, settings: Settings, startup_tasks: bool = False, 
                           environment=options.get("environment", original.environment),
                           transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail),
                           hooks=original.hooks)
+    runtime.pipeline.inherit(original.pipeline)
     pending = app.extensions.get("core.startup_pending")
     app.extensions["core"] = runtime
     app.extensions["core.startup_pending"] = startup_tasks

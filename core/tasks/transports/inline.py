@@ -17,7 +17,7 @@ from core.tasks.transports.base import EnqueueResult, EnqueueStatus, TaskRequest
 if TYPE_CHECKING:
     from flask import Flask
 
-    from core.tasks.executor import Outcome
+    from core.tasks.outcome import Outcome
 
 
 @dataclasses.dataclass
