@@ -127,6 +127,36 @@ def test_a_cron_ping_runs_through_the_pipeline_where_middleware_hooks_and_listen
                     ("hook after_run", "cron", 200), ("listener", "cron", 200)]
 
 
+class AdaptedHook(TaskHook):
+    name = "adapted"
+
+    def before_run(self, task):
+        SEEN.append(("adapted before_run", task.kind, task.attempt))
+
+    def on_failure(self, task, error):
+        SEEN.append(("adapted on_failure", task.kind, type(error).__name__))
+
+    def after_run(self, task, outcome):
+        SEEN.append(("adapted after_run", task.kind, outcome.status))
+
+
+def test_a_task_hook_given_to_add_middleware_is_a_middleware_of_its_own(make_app, settings):
+    app = make_app()
+    runtime = app.extensions["core"]
+    runtime.add_middleware(AdaptedHook(), after="decode")
+    runtime.add_middleware(recorder("inside"), after="adapted")
+    assert runtime.pipeline.names().index("inside") == runtime.pipeline.names().index("decode") + 2
+    noted(3)
+    always_fails()
+    TaskQueue(app).run_pending(raise_errors=False, max_attempts=1)
+    assert ping(app.test_client(), settings, "t-pipeline").status_code == 200
+    assert [event for event in SEEN if event[0].startswith("adapted")] == [
+        ("adapted before_run", "deferred", 1), ("adapted after_run", "deferred", 200),
+        ("adapted before_run", "deferred", 1), ("adapted on_failure", "deferred", "RuntimeError"),
+        ("adapted after_run", "deferred", 500),
+        ("adapted before_run", "cron", 0), ("adapted after_run", "cron", 200)]
+
+
 def test_a_crashing_cron_run_is_an_outcome_of_the_pipeline_not_a_bare_500(make_app, settings):
     app = make_app(settings=dataclasses.replace(settings, tasks_timezone="Nowhere/Atlantis"), hooks=[PingHook()])
     outcomes = []
