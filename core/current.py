@@ -20,3 +20,25 @@ task: contextvars.ContextVar[Any] = contextvars.ContextVar("core_task", default=
 #: The trace of the request, or in a task the trace of the request that deferred it
 #: (:class:`core.trace.TraceContext`), or ``None``. Log lines and spans join it.
 trace: contextvars.ContextVar[Any] = contextvars.ContextVar("core_trace", default=None)
+
+_ALL = (request, user, language, task, trace)
+
+#: What :func:`enter` returns and :func:`leave` takes back.
+Entered = tuple["contextvars.Token[Any]", ...]
+
+
+def enter(*, request: Any = None, user: Any = None, language: str | None = None, trace: Any = None,
+          task: Any = None) -> Entered:
+    """Set every variable above for a request or a task; undo with :func:`leave`.
+
+    The one place ``core.current`` is set up: the Flask request, the queue's direct push, and the
+    task run each call it, so a task sees the same values whichever way it came in.
+    """
+    return (_ALL[0].set(request), _ALL[1].set(user), _ALL[2].set(language), _ALL[3].set(task),
+            _ALL[4].set(trace))
+
+
+def leave(entered: Entered) -> None:
+    """Restore what :func:`enter` replaced."""
+    for var, token in zip(reversed(_ALL), reversed(entered)):
+        var.reset(token)

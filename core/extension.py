@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -74,8 +75,24 @@ class Tasks:
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         self.options = options
+        self._middleware: list[tuple[Any, dict[str, str | None]]] = []
+        self._runtimes: weakref.WeakSet[TaskRuntime] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
+
+    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> Any:
+        """Add ``middleware`` to the task pipeline of every app of this extension, now and later.
+
+        ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a
+        :class:`~core.tasks.TaskHook`; ``before=`` / ``after=`` name its neighbour (``"verify"``,
+        ``"lifecycle"``, ... or one added earlier). See :mod:`core.tasks.middleware`.
+        """
+        placement = {"before": before, "after": after, "name": name}
+        for runtime in list(self._runtimes):
+            runtime.add_middleware(middleware, **placement)
+        self._middleware.append((middleware, placement))
+        return middleware
 
     def init_app(self, app: Flask, *, modules: Mapping[str, type[Module] | Module] | None = None,
                  settings: Settings | None = None, users: UserProvider | None = None,
@@ -114,6 +131,9 @@ class Tasks:
                               admin_mail=opts.get("admin_mail"), datastore=_datastore(settings),
                               hooks=opts.get("hooks") or ())
         install_workflows(runtime)  # groups and chains book their tasks through a hook
+        for middleware, placement in self._middleware:
+            runtime.add_middleware(middleware, **placement)
+        self._runtimes.add(runtime)
         runtime.verifier  # noqa: B018 - a verifier that cannot work fails here, at start-up
         app.secret_key = app.secret_key or settings.secret_key
         app.config["LANGUAGES"] = languages
@@ -176,15 +196,12 @@ def _enter_request() -> None:
     state: AppState = runtime.app_state
     task_routes.queue_startup_tasks_once(app)
     environ = req.environ
-    current.request.set(req)
-    current.trace.set(trace.from_environ(environ))
     if req.path in state.task_routes:
         # A queue's push: the executor restores the caller's user and language from the envelope.
-        current.user.set(None)
-        current.language.set(app.config["LANGUAGES"][0])
+        user, language = None, app.config["LANGUAGES"][0]
     else:
-        current.user.set(runtime.users.load_from_request(req))
-        current.language.set(state.language_selector(req))
+        user, language = runtime.users.load_from_request(req), state.language_selector(req)
+    current.enter(request=req, user=user, language=language, trace=trace.from_environ(environ))
     scope = dispatch.RequestScope(runtime)
     scope.__enter__()
     environ["core.task_scope"] = scope
@@ -205,9 +222,7 @@ def _leave_request(error: BaseException | None) -> None:
             scope.__exit__(None, None, None)
         except Exception:
             log.exception("could not create the tasks this request deferred")
-    current.user.set(None)
-    current.request.set(None)
-    current.trace.set(None)
+    current.enter()  # nothing of this request stays behind
 
 
 def _accept_language(languages: tuple[str, ...]) -> LanguageSelector:

@@ -139,9 +139,7 @@ class DirectPushes:
         runtime: TaskRuntime = app.extensions["core"]
         with app.app_context():
             queue_startup_tasks_once(app)
-            tokens = (current.request.set(None), current.user.set(None),
-                      current.language.set(app.config["LANGUAGES"][0]),
-                      current.trace.set(trace.from_environ(environ)))
+            entered = current.enter(language=app.config["LANGUAGES"][0], trace=trace.from_environ(environ))
             try:
                 with RequestScope(runtime):
                     outcome = executor.execute(runtime, method="POST", path=environ["PATH_INFO"],
@@ -152,8 +150,7 @@ class DirectPushes:
                 log.exception("the task push to %s crashed", environ["PATH_INFO"])
                 return _answer(start_response, 500, "internal error")
             finally:
-                for var, token in zip((current.request, current.user, current.language, current.trace), tokens):
-                    var.reset(token)
+                current.leave(entered)
         return _answer(start_response, outcome.status, outcome.message, outcome_headers(outcome))
 
 

@@ -33,15 +33,17 @@ def capture_environment(runtime: TaskRuntime, target: str = "task", queue: str |
 
 @contextlib.contextmanager
 def restored_environment(runtime: TaskRuntime, env: Mapping[str, Any], info: TaskInfo | None) -> Iterator[None]:
-    """Set the caller's user (reloaded by id), language and custom environment for the block."""
+    """Set the caller's user (reloaded by id), language and custom environment for the block.
+
+    A task runs outside any Flask request (``current.request`` is ``None``) and keeps the entry's trace
+    until its own is restored (:func:`core.tasks.telemetry.run_span`).
+    """
     user_id = env.get("user")
     user = runtime.users.load_by_id(user_id) if user_id is not None else None
-    tokens = [(current.user, current.user.set(user)), (current.language, current.language.set(env.get("language"))),
-              (current.task, current.task.set(info))]
+    entered = current.enter(user=user, language=env.get("language"), task=info, trace=current.trace.get())
     try:
         if runtime.environment is not None and "custom" in env:
             runtime.environment.restore(env["custom"])
         yield
     finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
+        current.leave(entered)

@@ -2,11 +2,14 @@
 
 Flask-free: the HTTP handler passes method, path, headers and body and turns the
 :class:`Outcome` into a response; tests and the in-process queue can call it directly. The
-status follows the one mapping in :mod:`core.tasks.errors`. The steps, in order
-(:mod:`core.tasks.pipeline`)::
+status follows the one mapping in :mod:`core.tasks.errors`. Each request runs through its app's
+pipeline (the runtime's, :mod:`core.tasks.middleware`); the built-in middleware, declared here in
+their order (:mod:`core.tasks.pipeline`)::
 
-    report → verify → dead letters → decode → hooks → retry warning → payload cleanup
-           → lifecycle → run (by the task's kind, in the caller's environment)
+    report → verify → dead_letters → decode → hooks → retry_warning → payload_cleanup
+           → lifecycle → environment → telemetry → run (by the task's kind)
+
+An app's own middleware take their places among them by these names.
 """
 from __future__ import annotations
 
@@ -16,27 +19,27 @@ from collections.abc import Mapping
 from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.deadletters import record as record_dead_letter
 from core.tasks.errors import PermanentTaskFailure, http_status_for
+from core.tasks.outcome import Outcome
 from core.tasks.pipeline import (
-    RETRY_WARNING_THRESHOLD,
     Delivery,
     GivenUp,
-    Outcome,
     Proceed,
-    Step,
-    chain,
     cleanup_payload,
     decode,
+    environment,
     report,
     retry_warning,
     run,
     run_hooks,
     target_of,
+    traced,
     track_lifecycle,
     verify,
 )
+from core.tasks.registry import declare_builtin
 from core.tasks.runtime import TaskRuntime
 
-__all__ = ["DEAD_LETTER_KIND", "Outcome", "RETRY_WARNING_THRESHOLD", "execute", "record_dead_letter", "STEPS"]
+__all__ = ["DEAD_LETTER_KIND", "BUILTIN_MIDDLEWARE", "execute", "record_dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,22 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
         return _permanent(delivery, exc)
 
 
-#: The pipeline of the task handler, outermost first.
-STEPS: tuple[Step, ...] = (report, verify, dead_letters, decode, run_hooks, retry_warning, cleanup_payload,
-                           track_lifecycle, run)
-_pipeline = chain(STEPS)
+#: The built-in middleware of every app's pipeline, by name, outermost first.
+BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
+                      "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
+                      "lifecycle": track_lifecycle, "environment": environment, "telemetry": traced, "run": run}
+for _name, _step in BUILTIN_MIDDLEWARE.items():
+    declare_builtin("middleware", _name, _step)
 
 
 def execute(runtime: TaskRuntime, *, method: str, path: str, headers: Mapping[str, str], body: bytes,
-            expected_kinds: tuple[str, ...] | None = None) -> Outcome:
-    """Verify and run one task request; never raises for anything the request contains.
+            expected_kinds: tuple[str, ...] | None = None, cron: str | None = None) -> Outcome:
+    """Verify and run one task request (or, with ``cron``, that group's cron ping) through the app's pipeline.
 
-    ``expected_kinds`` limits the kinds this request may carry; without it, the kind's own routes do.
+    Never raises for anything the request contains. ``expected_kinds`` limits the kinds this
+    request may carry; without it, the kind's own routes do.
     """
-    return _pipeline(Delivery(runtime, method, path, headers, body, expected_kinds))
+    return runtime.pipeline(Delivery(runtime, method, path, headers, body, expected_kinds, cron))
 
 
 def _permanent(delivery: Delivery, exc: PermanentTaskFailure) -> Outcome:

@@ -20,7 +20,9 @@ from flask import Response, jsonify, request
 from core.module import Module, exposed
 from core.safety import read_body
 from core.tasks import executor
-from core.tasks.periodic import cron_request, find_bound_task
+from core.tasks.outcome import Outcome
+from core.tasks.periodic import find_bound_task
+from core.tasks.pipeline import RETRY_WARNING_THRESHOLD
 from core.tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -41,12 +43,12 @@ def callable_pages() -> CallablePages | None:
     return None if state is None else state.callable_pages
 
 
-def outcome_headers(outcome: executor.Outcome) -> list[tuple[str, str]]:
+def outcome_headers(outcome: Outcome) -> list[tuple[str, str]]:
     """What a task response says of its outcome besides the status: ``X-Task-Outcome``."""
     return [("X-Task-Outcome", "ok" if outcome.error is None else type(outcome.error).__name__)]
 
 
-def outcome_response(outcome: executor.Outcome) -> Response:
+def outcome_response(outcome: Outcome) -> Response:
     return Response(outcome.message + "\n", status=outcome.status, content_type=_TEXT,
                     headers=outcome_headers(outcome))
 
@@ -62,8 +64,9 @@ def run_task_request(*kinds: str) -> Response:
 class TaskHandler(Module):
     """Task Handler: runs queued tasks (deferred calls, query-iterator chunks) and cron pings."""
 
-    #: ViUR's name: from this retry on, each failure is logged as an error and mailed once.
-    retryCountWarningThreshold = executor.RETRY_WARNING_THRESHOLD  # noqa: N815 - ViUR's name
+    #: ViUR's name: from this retry on, each failure is logged as an error and mailed once. The
+    #: pipeline reads it from the mounted handler, so a subclass's value is the app's.
+    retryCountWarningThreshold = RETRY_WARNING_THRESHOLD  # noqa: N815 - ViUR's name
     #: The routes only queues and schedulers call: no session, no user or language from the request.
     push_routes = ("deferred", "queryIter", "cron")
 
@@ -80,10 +83,11 @@ class TaskHandler(Module):
     @exposed(methods=("GET", "POST"))
     def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803
         """Enqueue every periodic task of the cron group that is due (cron / Cloud Scheduler ping)."""
-        status, body = cron_request(get_runtime(), cron_name=cronName, method=request.method, path=request.path,
-                                    headers=request.headers, body=read_body())
-        response = jsonify(body)
-        response.status_code = status
+        outcome = executor.execute(get_runtime(), method=request.method, path=request.path,
+                                   headers=request.headers, body=read_body(), cron=cronName)
+        response = jsonify(outcome.data if outcome.data is not None else {"error": outcome.message})
+        response.status_code = outcome.status
+        response.headers.extend(outcome_headers(outcome))
         return response
 
     @exposed(methods=("GET",))

@@ -1,4 +1,4 @@
-"""Task hooks (middleware): code that runs around every task, app-wide or for one task.
+"""Task hooks, the public face of the task pipeline's middleware: code around every task, app-wide or for one.
 
 A hook is any object with some of these methods (:class:`TaskHook` has them all, doing nothing)::
 
@@ -12,7 +12,12 @@ A hook is any object with some of these methods (:class:`TaskHook` has them all,
 error, dead letter). App-wide hooks (``runtime.add_hook(...)`` or ``create_app(hooks=[...])``)
 and a task's own (``@callDeferred(hooks=[...])``) both run: app-wide first before the task, the
 task's own first after it (as layers around the task). A hook that raises is logged and skipped:
-the task is still sent, still runs and keeps its outcome.
+the task is still sent, still runs and keeps its outcome. A cron ping is a task of kind ``cron``
+to them (target ``cron/<group>``).
+
+The run side is middleware of the app's pipeline (:mod:`core.tasks.middleware`): the app-wide and
+per-task hooks run in its built-in ``hooks`` and ``report`` middleware, and a hook given to
+``add_middleware`` becomes a middleware of its own (:class:`HookMiddleware`), placed by name.
 """
 from __future__ import annotations
 
@@ -20,20 +25,22 @@ import contextvars
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.tasks.errors import LockHeld
 
 if TYPE_CHECKING:
     from core.tasks.auth.queue_headers import TaskInfo
-    from core.tasks.executor import Outcome
     from core.tasks.message import Envelope
+    from core.tasks.outcome import Outcome
     from core.tasks.runtime import TaskRuntime
 
 log = logging.getLogger(__name__)
 
 HOOK_METHODS = ("before_enqueue", "before_run", "after_run", "on_failure", "on_dead_letter")
+#: The methods of a hook that run around a task's run (the rest run when it is sent).
+RUN_METHODS = ("before_run", "after_run", "on_failure", "on_dead_letter")
 
 
 class TaskHook:
@@ -165,9 +172,43 @@ def after_run(runtime: TaskRuntime, outcome: Outcome) -> None:
             return
         task = TaskCall(id=outcome.task_id, kind=outcome.kind, target=outcome.target,
                         queue=outcome.info.queue if outcome.info else None, info=outcome.info)
-    hooks = [*reversed(_own_hooks(runtime, task.target)), *reversed(runtime.hooks)]
+    _ended([*reversed(_own_hooks(runtime, task.target)), *reversed(runtime.hooks)], task, outcome)
+
+
+def _ended(hooks: Sequence[Any], task: TaskCall, outcome: Outcome) -> None:
     if outcome.error is not None and not isinstance(outcome.error, LockHeld):
         _call(hooks, "on_failure", task, outcome.error)
     if outcome.dead_letter is not None:
         _call(hooks, "on_dead_letter", task, outcome)
     _call(hooks, "after_run", task, outcome)
+
+
+def as_middleware(obj: Any) -> Any:
+    """``obj`` as a pipeline middleware: a hook (no ``step`` of its own) becomes a :class:`HookMiddleware`."""
+    if not callable(getattr(obj, "step", None)) and any(callable(getattr(obj, m, None)) for m in RUN_METHODS):
+        return HookMiddleware(obj)
+    return obj
+
+
+class HookMiddleware:
+    """A hook as a middleware of the pipeline: ``before_run``, the rest, then its outcome methods.
+
+    Placed before ``decode`` it sees the request before there is a task: its ``before_run`` is
+    skipped and the outcome methods get what the outcome knows.
+    """
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self.name = getattr(hook, "name", None) or type(hook).__name__
+
+    def step(self, delivery: Any, proceed: Callable[[Any], Outcome]) -> Outcome:
+        envelope = delivery.envelope
+        task = call_of(envelope, delivery.target, delivery.info) if envelope is not None else None
+        if task is not None:
+            _call([self.hook], "before_run", task)
+        outcome = proceed(delivery)
+        if task is None:
+            task = TaskCall(id=outcome.task_id, kind=outcome.kind, target=outcome.target,
+                            queue=outcome.info.queue if outcome.info else None, info=outcome.info)
+        _ended([self.hook], task, outcome)
+        return outcome

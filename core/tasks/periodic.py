@@ -5,7 +5,9 @@ imported here, where they are documented. A cron ping (``GET /_tasks/cron/<group
 Engine cron, Cloud Scheduler or the local pinger) only *enqueues*: each due task of the group
 becomes its own task of the ``periodic`` kind, so a slow or failing task neither blocks nor hides
 another and every run gets the queue's retries, records and dead letters. The runs are pushed to
-``/_tasks/deferred`` like every signed task of the app.
+``/_tasks/deferred`` like every signed task of the app. The ping itself runs through the app's
+task pipeline as a task of kind ``cron`` (:func:`run_ping`): hooks and outcome listeners see it,
+and a crash is its outcome.
 
 Bookkeeping lives in one Datastore entity per task and live instance (kind
 ``_tasks_periodic_state``, so a module mounted twice has two). A ping claims a due run inside a
@@ -37,6 +39,7 @@ from core.tasks.errors import (
     TaskNotFound,
     error_text,
 )
+from core.tasks.outcome import Outcome
 from core.tasks.periodic_declare import (  # the public names of periodic tasks, documented here
     CRON_NAME_RE,
     DEFAULT_CRON,
@@ -50,7 +53,7 @@ from core.tasks.periodic_declare import (  # the public names of periodic tasks,
     removePeriodicTask,
     spec_of,
 )
-from core.tasks.pipeline import verified
+from core.tasks.pipeline import CRON_KIND
 from core.tasks.registry import TaskRegistry, declare_builtin, declare_kind
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.schedule import CalendarSchedule, IntervalSchedule, Schedule, describe, due_slot, named_zone, next_due
@@ -58,7 +61,7 @@ from core.tasks.transports.base import hashed_task_name
 
 __all__ = ["CRON_NAME_RE", "DEFAULT_CRON", "PeriodicFunction", "PeriodicSpec", "PeriodicTask", "check_no_arguments",
            "periodic_task", "remove_periodic_task", "removePeriodicTask", "spec_of", "RUN_TARGET", "STATE_KIND",
-           "run_cron", "cron_request", "find_bound_task", "periodic_overview", "install_builtins"]
+           "run_cron", "run_ping", "find_bound_task", "periodic_overview", "install_builtins"]
 
 log = logging.getLogger(__name__)
 
@@ -273,17 +276,20 @@ def run_cron(runtime: TaskRuntime, cron_name: str, *, now: datetime.datetime | N
     return report
 
 
-def cron_request(runtime: TaskRuntime, *, cron_name: str, method: str, path: str, headers: Any, body: bytes,
-                 now: datetime.datetime | None = None) -> tuple[int, dict[str, Any]]:
-    """Verify a cron ping and run it: ``(status, JSON body)``; unverifiable pings run nothing."""
-    _, refusal = verified(runtime.verifier.verify_cron, method, path, headers, body, "cron")
-    if refusal is not None:
-        return refusal.status, {"error": refusal.message}
-    try:
-        report = run_cron(runtime, cron_name, now=now)
-    except NotFound as exc:
-        return exc.http_status, {"error": str(exc)}
-    return (500 if report.errors else 200), report.to_json()
+def run_ping(runtime: TaskRuntime, envelope: message.Envelope, info: object) -> Outcome:
+    """The runner of a cron ping (kind ``cron``, verified by the pipeline): its report is its answer.
+
+    A task that could not be claimed makes the answer a 500 (the scheduler may ping again); an
+    unknown group is a 404.
+    """
+    group = envelope.payload["group"]
+    report = run_cron(runtime, group)
+    status = 500 if report.errors else 200
+    text = f"cron {group}: {len(report.enqueued)} enqueued, {len(report.errors)} errors"
+    return Outcome(status, text, data=report.to_json())
+
+
+declare_kind(CRON_KIND, run_ping)
 
 
 # --- the run -----------------------------------------------------------------------------------------

@@ -1,23 +1,21 @@
-"""The task pipeline: one request to ``/_tasks/*`` goes through an ordered list of steps.
+"""The task pipeline's built-in middleware: what every request to ``/_tasks/*`` goes through.
 
 Every kind of task (deferred, periodic, startup, queryIter, callable) runs through the same
-steps; the kind only chooses the runner at the end. A step is ``step(delivery, proceed)``: it may
-do something before the rest, answer without calling ``proceed`` (a refused request, a skipped
-task) or look at the outcome after it, as dramatiq's middleware do around a message (``before``
-in order, ``after`` in reverse). The executor assembles the default list; the steps here are the
-kind-agnostic ones: verify, decode, the hooks, the retry warning, the lifecycle records, payload
-cleanup, the restored environment and the run.
+middleware, and so does a cron ping (as a task of :data:`CRON_KIND`); the kind only chooses the
+runner at the end. A middleware is ``step(delivery, proceed)``: it may do something before the
+rest, answer without calling ``proceed`` (a refused request, a skipped task) or look at the
+outcome after it, as dramatiq's middleware do around a message. The executor declares these,
+in their order, as the built-ins of every app's pipeline (:mod:`core.tasks.middleware`), where
+the app's own middleware take their places among them by name.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core import db
 from core.tasks import dispatch, hooks, lifecycle, message, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
@@ -25,9 +23,11 @@ from core.tasks.errors import (
     PayloadError,
     PermanentTaskFailure,
     RequestError,
+    TaskError,
     TaskNotFound,
     http_status_for,
 )
+from core.tasks.outcome import Outcome
 from core.tasks.registry import TaskKind
 from core.tasks.runtime import TaskRuntime
 
@@ -36,31 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: ViUR's ``TaskHandler.retryCountWarningThreshold``: from this retry on, each failure is an error log.
+#: ViUR's default of ``TaskHandler.retryCountWarningThreshold``: from this retry on, each failure is an error log.
 RETRY_WARNING_THRESHOLD = 25
-
-
-@dataclasses.dataclass
-class Outcome:
-    """What became of one request to ``/_tasks/*``."""
-
-    status: int
-    message: str
-    task_id: str | None = None
-    kind: str | None = None
-    target: str | None = None
-    error: BaseException | None = None
-    info: TaskInfo | None = None
-    #: Key of the dead letter recorded for a permanent failure.
-    dead_letter: db.Key | None = None
-    #: Why the task was answered without running (it ended before, was cancelled, runs elsewhere).
-    skipped: str | None = None
-    #: Seconds from the request's arrival in the pipeline to its outcome.
-    duration: float | None = None
-
-    @property
-    def ran(self) -> bool:
-        return self.target is not None and self.status < 300 and self.error is None and self.skipped is None
+#: The kind of a cron ping (``/_tasks/cron/<group>``) on its way through the pipeline.
+CRON_KIND = "cron"
 
 
 @dataclasses.dataclass(slots=True)
@@ -73,6 +52,8 @@ class Delivery:
     headers: Mapping[str, str]
     body: bytes
     expected_kinds: tuple[str, ...] | None
+    #: The cron group of a cron ping (which runs as a task of :data:`CRON_KIND`), else ``None``.
+    cron: str | None = None
     info: TaskInfo | None = None
     envelope: message.Envelope | None = None
     kind: TaskKind | None = None
@@ -97,18 +78,6 @@ class GivenUp(Exception):  # noqa: N818 - not an error of its own: it carries on
 
 
 Proceed = Callable[[Delivery], Outcome]
-Step = Callable[[Delivery, Proceed], Outcome]
-
-
-def chain(steps: Sequence[Step]) -> Proceed:
-    """The steps as one callable, the first one outermost."""
-    def end(delivery: Delivery) -> Outcome:
-        raise RuntimeError("the pipeline has no run step")
-
-    proceed: Proceed = end
-    for step in reversed(steps):
-        proceed = functools.partial(step, proceed=proceed)  # type: ignore[call-arg]
-    return proceed
 
 
 def target_of(envelope: message.Envelope) -> str | None:
@@ -121,7 +90,7 @@ def target_of(envelope: message.Envelope) -> str | None:
     return envelope.kind
 
 
-# --- the steps ----------------------------------------------------------------------------------------
+# --- the built-in middleware, outermost first -----------------------------------------------------
 
 def report(delivery: Delivery, proceed: Proceed) -> Outcome:
     """Every outcome goes to the hooks' ``after_run`` and to the runtime's outcome listeners."""
@@ -134,8 +103,8 @@ def report(delivery: Delivery, proceed: Proceed) -> Outcome:
     return outcome
 
 
-def verified(check: Callable[..., TaskInfo], method: str, path: str, headers: Mapping[str, str], body: bytes,
-             what: str) -> tuple[TaskInfo | None, Outcome | None]:
+def verified(check: Callable[..., TaskInfo | None], method: str, path: str, headers: Mapping[str, str],
+             body: bytes, what: str) -> tuple[TaskInfo | None, Outcome | None]:
     """``(info, None)`` for a request ``check`` accepts, else ``(None, refusal)``: never raises.
 
     The one "verify" of task requests and cron pings (``what`` is ``task`` or ``cron``). A verifier
@@ -153,9 +122,11 @@ def verified(check: Callable[..., TaskInfo], method: str, path: str, headers: Ma
 
 
 def verify(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """Only requests the verifier accepts (signature, queue headers, OIDC) go on."""
-    info, refusal = verified(delivery.runtime.verifier.verify_task, delivery.method, delivery.path,
-                             delivery.headers, delivery.body, "task")
+    """Only requests the verifier accepts (signature, queue headers, OIDC; a cron ping's own) go on."""
+    verifier = delivery.runtime.verifier
+    cron = delivery.cron is not None
+    info, refusal = verified(verifier.verify_cron if cron else verifier.verify_task, delivery.method,
+                             delivery.path, delivery.headers, delivery.body, "cron" if cron else "task")
     if refusal is not None:
         return refusal
     delivery.info = info
@@ -163,9 +134,18 @@ def verify(delivery: Delivery, proceed: Proceed) -> Outcome:
 
 
 def decode(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """Parse the envelope and find its kind; anything wrong is a permanent failure (a dead letter)."""
+    """Parse the envelope and find its kind; anything wrong is a permanent failure (a dead letter).
+
+    A cron ping has no envelope: it becomes one of :data:`CRON_KIND` naming its group.
+    """
+    kinds = delivery.runtime.registry.kinds
+    if delivery.cron is not None:
+        envelope = message.Envelope(kind=CRON_KIND, payload={"group": delivery.cron,
+                                                             "target": f"cron/{delivery.cron}"}, queue="")
+        delivery.envelope, delivery.kind, delivery.target = envelope, kinds.get(CRON_KIND), target_of(envelope)
+        return proceed(delivery)
     envelope = message.decode(delivery.body)
-    kind = delivery.runtime.registry.kinds.find(envelope.kind)
+    kind = kinds.find(envelope.kind)
     expected = delivery.expected_kinds
     if (envelope.kind not in expected) if expected is not None else (kind is None or delivery.path not in kind.routes):
         raise PayloadError(f"a {envelope.kind!r} task was sent to {delivery.path}")
@@ -176,24 +156,34 @@ def decode(delivery: Delivery, proceed: Proceed) -> Outcome:
 
 
 def run_hooks(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """The hooks' ``before_run`` (their ``after_run`` is the :func:`report` step's)."""
+    """The hooks' ``before_run`` (their ``after_run`` is the :func:`report` middleware's)."""
     hooks.before_run(delivery.runtime, delivery.envelope, delivery.target, delivery.info)  # type: ignore[arg-type]
     return proceed(delivery)
 
 
+def warning_threshold(delivery: Delivery) -> int:
+    """``retryCountWarningThreshold`` of the task handler mounted where the task was pushed (ViUR's contract)."""
+    modules = delivery.runtime.modules
+    handler = modules.get(delivery.path.rpartition("/")[0]) if modules is not None else None
+    threshold = getattr(handler, "retryCountWarningThreshold", RETRY_WARNING_THRESHOLD)
+    return threshold if isinstance(threshold, int) else RETRY_WARNING_THRESHOLD
+
+
 def retry_warning(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """A task on its 25th retry or later logs an error; the 25th mails the admin once."""
+    """A task on the handler's warning retry or later logs an error; that retry mails the admin once."""
     info = delivery.info
-    if info is not None and info.retry_count >= RETRY_WARNING_THRESHOLD:
-        text = f"task {delivery.envelope.id if delivery.envelope else '?'} ({delivery.target}) is on retry " \
-               f"{info.retry_count}"
-        log.error(text)
-        mail = delivery.runtime.admin_mail
-        if mail is not None and info.retry_count == RETRY_WARNING_THRESHOLD:
-            try:
-                mail("Task keeps failing", text)
-            except Exception:
-                log.exception("admin mail hook failed")
+    if info is not None and info.retry_count > 0:  # a first run is never warned of: no lookup on the hot path
+        threshold = warning_threshold(delivery)
+        if info.retry_count >= threshold:
+            text = f"task {delivery.envelope.id if delivery.envelope else '?'} ({delivery.target}) is on retry " \
+                   f"{info.retry_count}"
+            log.error(text)
+            mail = delivery.runtime.admin_mail
+            if mail is not None and info.retry_count == threshold:
+                try:
+                    mail("Task keeps failing", text)
+                except Exception:
+                    log.exception("admin mail hook failed")
     return proceed(delivery)
 
 
@@ -209,8 +199,20 @@ def cleanup_payload(delivery: Delivery, proceed: Proceed) -> Outcome:
 
 
 def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """Claim the task's record and decide what a failure leads to (see :mod:`core.tasks.lifecycle`)."""
+    """Claim the task's record and decide what a failure leads to (see :mod:`core.tasks.lifecycle`).
+
+    A cron ping has no record and no retries: what it raises is its outcome, never a bare 500.
+    """
     runtime, envelope, info = delivery.runtime, delivery.envelope, delivery.info
+    if delivery.cron is not None:
+        try:
+            return proceed(delivery)
+        except Exception as exc:
+            status = http_status_for(exc)
+            if status >= 500:
+                log.exception("cron %s crashed", delivery.cron)
+            return delivery.outcome(status, str(exc) if isinstance(exc, TaskError) else
+                                    f"cron {delivery.cron} failed: {exc!r}", error=exc)
     assert envelope is not None and info is not None
     attempt = lifecycle.start(runtime, envelope, info, delivery.path, delivery.target)
     if attempt.skip is not None:
@@ -239,11 +241,29 @@ def counted(info: TaskInfo, attempts: int) -> TaskInfo:
     return dataclasses.replace(info, execution_count=attempts - 1, retry_count=max(info.retry_count, attempts - 1))
 
 
+def environment(delivery: Delivery, proceed: Proceed) -> Outcome:
+    """The rest runs as the caller: user (reloaded by id), language, custom environment, task info."""
+    envelope = delivery.envelope
+    assert envelope is not None
+    with restored_environment(delivery.runtime, envelope.env, delivery.info):
+        return proceed(delivery)
+
+
+def traced(delivery: Delivery, proceed: Proceed) -> Outcome:
+    """The rest runs in the task's trace (a span linked to its enqueue, with OpenTelemetry)."""
+    assert delivery.envelope is not None
+    with telemetry.run_span(delivery.envelope, delivery.target):
+        return proceed(delivery)
+
+
 def run(delivery: Delivery, proceed: Proceed) -> Outcome:
-    """Run the task by its kind, as the caller (user, language, environment), with its trace."""
+    """Run the task by its kind; the tasks it defers are sent together when it returns."""
     runtime, envelope, info, kind = delivery.runtime, delivery.envelope, delivery.info, delivery.kind
-    assert envelope is not None and kind is not None and delivery.attempt is not None
-    with restored_environment(runtime, envelope.env, info), telemetry.run_span(envelope, delivery.target), \
-            dispatch.RequestScope(runtime):
-        delivery.result = lifecycle.encode_result(delivery.attempt, kind.run(runtime, envelope, info))
+    assert envelope is not None and kind is not None
+    with dispatch.RequestScope(runtime):
+        value = kind.run(runtime, envelope, info)
+        if delivery.cron is not None and isinstance(value, Outcome):  # the cron run's report is its answer
+            return delivery.outcome(value.status, value.message, error=value.error, data=value.data)
+        if delivery.attempt is not None:
+            delivery.result = lifecycle.encode_result(delivery.attempt, value)
     return delivery.outcome()

@@ -104,7 +104,7 @@ class TaskKind:
 
 
 #: The tables of a registry, by the name declarations use.
-TABLES = ("deferred", "periodic", "startup", "callable", "query_iters", "kinds")
+TABLES = ("deferred", "periodic", "startup", "callable", "query_iters", "kinds", "middleware")
 
 
 class TaskRegistry:
@@ -118,6 +118,8 @@ class TaskRegistry:
         self.query_iters: Table[Any] = Table("query iterator")
         #: The task kinds the pipeline runs (``deferred``, ``periodic``, ``queryIter``, ...).
         self.kinds: Table[TaskKind] = Table("kind")
+        #: The built-in middleware of the task pipeline, outermost first (see :mod:`core.tasks.middleware`).
+        self.middleware: Table[Any] = Table("middleware")
         self._builtins = False
 
     @classmethod

@@ -23,15 +23,16 @@ from core.clock import Clock
 from core.tasks import transports
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.errors import ConfigurationError
-from core.tasks.hooks import check_hooks
+from core.tasks.hooks import as_middleware, check_hooks
 from core.tasks.metrics import TaskMetrics, outcome_name
+from core.tasks.middleware import Pipeline
 from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
     from core.config import Settings
-    from core.tasks.executor import Outcome
+    from core.tasks.outcome import Outcome
     from core.tasks.transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class TaskRuntime:
         self.hooks: list[Any] = []
         for hook in hooks:
             self.add_hook(hook)
+        #: The app's task pipeline: the built-in middleware and the app's own (:meth:`add_middleware`).
+        self.pipeline: Pipeline[Any] = Pipeline(self.registry.middleware)
         self.background = Background()
         #: The app's task metrics (:mod:`core.tasks.metrics`), counted from every outcome.
         self.metrics = TaskMetrics(self.background.submit)
@@ -160,6 +163,16 @@ class TaskRuntime:
     def _count(self, outcome: Outcome) -> None:
         if outcome.target is not None and outcome.info is not None:
             self.metrics.ran(outcome.info.queue, outcome.target, outcome_name(outcome), outcome.duration)
+
+    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> Any:
+        """Run ``middleware`` in this app's task pipeline, before or after the one named so.
+
+        ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a
+        :class:`~core.tasks.hooks.TaskHook`; see :mod:`core.tasks.middleware`.
+        """
+        self.pipeline.add(as_middleware(middleware), before=before, after=after, name=name)
+        return middleware
 
     def notify(self, outcome: Outcome) -> None:
         for listener in list(self.outcome_listeners):

@@ -32,6 +32,7 @@ def as_test_app(app: Flask, *, settings: Settings, startup_tasks: bool = False, 
                           transport=options.get("transport"), admin_mail=options.get("admin_mail", original.admin_mail),
                           hooks=original.hooks)
     runtime.app_state = dataclasses.replace(original.app_state, startup_pending=startup_tasks)
+    runtime.pipeline.inherit(original.pipeline)
     app.extensions["core"] = runtime
     try:
         yield app

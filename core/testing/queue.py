@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask
 
 from core.tasks.auth.signing import sign_cron_ping
-from core.tasks.executor import Outcome
+from core.tasks.outcome import Outcome
 from core.tasks.queues import RetryConfig, backoff_delay, last_allowed_attempt
 from core.tasks.runtime import TaskRuntime, runtime_of
 from core.tasks.transports.inline import InlineTransport, QueuedTask, TaskFailed, push

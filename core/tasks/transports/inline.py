@@ -25,7 +25,7 @@ from core.tasks.transports.base import (
 if TYPE_CHECKING:
     from flask import Flask
 
-    from core.tasks.executor import Outcome
+    from core.tasks.outcome import Outcome
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.workflows import chains, groups, launch, store
 
 if TYPE_CHECKING:
-    from core.tasks.executor import Outcome
+    from core.tasks.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from core.tasks.queues import QueueConfig
 from core.tasks.transports.local.controls import paused_queues
 from core.tasks.transports.local.http import Pusher
 from core.tasks.transports.local.policy import QueueState, next_attempt
-from core.tasks.transports.local.rows import FAILED, LeasedTask, Outcome, StoredTask
+from core.tasks.transports.local.rows import FAILED, FailedAttempt, LeasedTask, StoredTask
 from core.tasks.transports.local.store import LocalQueueStore
 from core.tasks.transports.local.wake import WakeListener
 
@@ -98,7 +98,7 @@ class LocalDispatcher:
         # Outcomes not yet written: ids done, names of those done, rows to retry or fail.
         self._done: list[int] = []
         self._ended: list[tuple[str, str]] = []
-        self._again: list[Outcome] = []
+        self._again: list[FailedAttempt] = []
         self._first_outcome = 0.0
         self._version = -1
         #: Set by a wakeup datagram: look at the store on the next turn of the loop.
@@ -496,7 +496,7 @@ class LocalDispatcher:
                 q.next_eta = eta
         if not (self._done or self._again):
             self._first_outcome = time.monotonic()
-        self._again.append(Outcome(state, eta, int(responded), started, status, error, task.id))
+        self._again.append(FailedAttempt(state, eta, int(responded), started, status, error, task.id))
 
     def _flush(self) -> None:
         if self._done or self._again:

@@ -1,7 +1,7 @@
 """What the local queue's SQLite file holds per task, as named rows, and the checks a request passes.
 
 A request becomes a :class:`NewTask` once it passed what Cloud Tasks would refuse too; the
-dispatcher leases :class:`LeasedTask` rows and writes :class:`Outcome` rows back; listings show
+dispatcher leases :class:`LeasedTask` rows and writes :class:`FailedAttempt` rows back; listings show
 :class:`StoredTask`.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ class LeasedTask(NamedTuple):
 LEASE_COLUMNS = ", ".join(LeasedTask._fields)
 
 
-class Outcome(NamedTuple):
+class FailedAttempt(NamedTuple):
     """An attempt that did not succeed: the task goes back to the queue for a retry or stays failed."""
 
     state: int
