@@ -102,6 +102,8 @@ class Settings:
     tasks_payload_limit: int = 100_000
     #: Largest request body accepted (413 beyond); ``None``: the payload limit plus 64 KiB.
     max_request_bytes: int | None = None
+    #: Seconds a client may leave a request body unsent before it gets 408 (:mod:`core.request_bodies`).
+    request_body_timeout: float = 10.0
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0
@@ -154,6 +156,7 @@ class Settings:
             tasks_default_queue=env.get("TASKS_DEFAULT_QUEUE", "default"),
             tasks_payload_limit=int(env.get("TASKS_PAYLOAD_LIMIT", "100000")),
             max_request_bytes=int(env["REQUEST_SIZE_LIMIT"]) if env.get("REQUEST_SIZE_LIMIT") else None,
+            request_body_timeout=float(env.get("REQUEST_BODY_TIMEOUT", "10")),
             tasks_timezone=env.get("TASKS_TIMEZONE", "UTC"),
             tasks_query_chunk_seconds=float(env.get("TASKS_QUERY_CHUNK_SECONDS", "10")),
             tasks_lock_lease_seconds=float(env.get("TASKS_LOCK_LEASE_SECONDS", "60")),
