@@ -2,8 +2,8 @@
 
 Run: ``deploy/bench-setup.sh && .venv/bin/python -m bench.peers`` (``--tasks 500 --rounds 1
 --latency-tasks 50`` for a quick smoke run). Progress goes to stderr; a table and, last:
-``peers: ours/celery=<x> ours/dramatiq=<y> ours/rq=<z> p50_ours/p50_celery=<w>`` (end-to-end rates,
-and the latency medians).
+``peers: ours/celery=<> ours/dramatiq=<> ours_lean/dramatiq=<> ours/floor=<> ours_lean/floor_lean=<>
+p50_ours/p50_celery=<>`` on one line (end-to-end rates, and the latency medians).
 
 Every task body is one Redis ``INCR`` on a counter (the latency task instead appends the time its
 body started beside the time its enqueue call began). The systems:
@@ -11,6 +11,7 @@ body started beside the time its enqueue call began). The systems:
 - ours: the example app on the local stack as app.yaml runs it (gunicorn, 2 threaded workers x 8
   threads), tasks queued by deferred calls into the durable local queue and pushed over HTTP by
   its dispatcher (queue rates off, as the peers have none), run by the task handler;
+- ours_lean: the same on the lean server, granian (2 workers x 8 blocking threads, WSGI);
 - Celery 5 with its Redis broker, one worker with the prefork pool of 2 processes;
 - dramatiq with its Redis broker, 2 processes (its default 8 threads each);
 - RQ, two ``SimpleWorker`` processes.
@@ -23,10 +24,11 @@ workers stopped, then tasks/s from the first task seen until the last; (c) laten
 20 ms (``--latency-tasks``), the delay from each enqueue call to its body, p50 and p99; and the
 CPU time per task of the system's processes and its redis-server during (a), read from ``/proc``
 (the enqueuing process left out): less blurred than rates on a loaded machine. Each round also
-measures the floor the same way (:class:`FloorSystem`, ``--no-floor`` skips it): ours' stack with a
-bare WSGI app in place of ours, running the same task body, its tasks queued straight into the local
-queue; what one HTTP request per task costs before any of our code runs, a ceiling for ours'
-ratios, printed above the last line with its ratios to the peers. The peers
+measures the floor the same way on each server ours runs on (:class:`FloorSystem`: ``floor`` on
+gunicorn, ``floor_lean`` on granian; ``--no-floor`` skips them): ours' stack with a bare WSGI app in
+place of ours, running the same task body, its tasks queued straight into the local queue; what one
+HTTP request per task costs on that server before any of our code runs, a ceiling for ours' ratios,
+printed above the last line with its ratios to the peers. The peers
 run from ``.venv-bench`` and ours from ``.venv``: each system's workers and enqueuer are
 subprocesses with their own interpreter, started in their own process groups and stopped by PID.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -56,8 +59,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"
 #: The Redis client alone, for ours (on its PYTHONPATH beside the app's virtualenv).
 OURS_SITE = BENCH_VENV / "ours"
-SYSTEMS = ("ours", "celery", "dramatiq", "rq")
-PEERS = SYSTEMS[1:]
+SYSTEMS = ("ours", "ours_lean", "celery", "dramatiq", "rq")
+PEERS = SYSTEMS[2:]
+#: The floor measured beside each system that runs on ours' stack (the same server, a bare app).
+FLOORS = {"ours": "floor", "ours_lean": "floor_lean"}
 WARM_TASKS = 50
 
 
@@ -127,12 +132,19 @@ def format_table(figures: dict[str, Figures]) -> str:
     return "\n".join(lines)
 
 
+#: The end-to-end ratios of the last line, as (numerator, denominator) systems.
+SUMMARY_RATIOS = (("ours", "celery"), ("ours", "dramatiq"), ("ours_lean", "dramatiq"), ("ours", "floor"),
+                  ("ours_lean", "floor_lean"))
+
+
 def summary_line(figures: dict[str, Figures]) -> str:
-    """The last line: ours' end-to-end rate over each peer's, and ours' latency p50 over Celery's."""
-    ours = figures.get("ours", Figures())
-    parts = [f"ours/{peer}={fmt(ratio(ours.median('e2e'), figures.get(peer, Figures()).median('e2e')), 2)}"
-             for peer in PEERS]
-    p50 = ratio(ours.median("p50"), figures.get("celery", Figures()).median("p50"))
+    """The last line: ours' end-to-end rates (on each server) over the peers' and the floors', and
+    ours' latency p50 over Celery's."""
+    def e2e(name: str) -> float | None:
+        return figures.get(name, Figures()).median("e2e")
+
+    parts = [f"{a}/{b}={fmt(ratio(e2e(a), e2e(b)), 2)}" for a, b in SUMMARY_RATIOS]
+    p50 = ratio(figures.get("ours", Figures()).median("p50"), figures.get("celery", Figures()).median("p50"))
     return "peers: " + " ".join(parts) + f" p50_ours/p50_celery={fmt(p50, 2)}"
 
 
@@ -195,6 +207,8 @@ class System:
     """A system's worker processes and the interpreter its enqueuer runs with."""
 
     name = ""
+    #: The system whose enqueuer :mod:`bench.peers_driver` runs, if not the one named ``name``.
+    enqueuer = ""
 
     def __init__(self, redis: Redis, folder: Path) -> None:
         self.redis = redis
@@ -274,12 +288,14 @@ class Ours(System):
     """The local stack: gunicorn as app.yaml runs it, the durable local queue and its dispatcher."""
 
     name = "ours"
+    enqueuer = "ours"  # on every server
     app_module = "bench.peer_tasks.ours_app:app"
+    server = "gunicorn"
 
     def __init__(self, redis: Redis, folder: Path, datastore: Any) -> None:
         super().__init__(redis, folder)
         self.stack = LocalStack(
-            data_dir=folder / "local", datastore=datastore, persist=False, cron=False,
+            data_dir=folder / "local", datastore=datastore, persist=False, cron=False, server=self.server,
             app_module=self.app_module, workers=2, worker_class="gthread", threads=8,
             dispatcher_args=("--no-rate-limits",),
             extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(OURS_SITE)]), "BENCH_REDIS_URL": redis.url})
@@ -296,7 +312,8 @@ class Ours(System):
         self.stack.start()
 
     def groups(self) -> set[int]:
-        return {p.pid for p in (self.stack.gunicorn, self.stack.dispatcher) if p is not None} | {self.redis.process.pid}
+        processes = (self.stack.server_process, self.stack.dispatcher)
+        return {p.pid for p in processes if p is not None} | {self.redis.process.pid}
 
     def start_workers(self) -> None:
         self.stack.start_dispatcher()
@@ -308,10 +325,17 @@ class Ours(System):
         self.stack.stop()
 
     def check(self) -> None:
-        for process in (self.stack.gunicorn, self.stack.dispatcher):
+        for process in (self.stack.server_process, self.stack.dispatcher):
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"{self.name}: a process exited with {process.returncode}: "
-                                   f"{self.stack.log_tail('gunicorn')}{self.stack.log_tail('dispatcher')}")
+                                   f"{self.stack.log_tail(self.server)}{self.stack.log_tail('dispatcher')}")
+
+
+class OursLean(Ours):
+    """Ours on the lean server: granian in place of gunicorn, everything else the same."""
+
+    name = "ours_lean"
+    server = "granian"
 
 
 class FloorSystem(Ours):
@@ -319,20 +343,28 @@ class FloorSystem(Ours):
     ours, running the same task body; its driver queues tasks straight into the local queue."""
 
     name = "floor"
+    enqueuer = "floor"
     app_module = "bench.peer_tasks.floor_app:app"
+
+
+class FloorLean(FloorSystem):
+    """The floor on granian: what ``ours_lean`` can reach at most."""
+
+    name = "floor_lean"
+    server = "granian"
 
 
 PEER_CLASSES: dict[str, type[System]] = {"celery": Celery, "dramatiq": Dramatiq, "rq": Rq}
 #: The systems run on ours' local stack.
-STACK_CLASSES: dict[str, type[Ours]] = {"ours": Ours, "floor": FloorSystem}
+STACK_CLASSES: dict[str, type[Ours]] = {cls.name: cls for cls in (Ours, OursLean, FloorSystem, FloorLean)}
 
 
 # --- one system, one round ----------------------------------------------------------------------
 
 def driver(system: System, mode: str, count: int, *, timeout: float, interval: float = 0.02,
            ) -> subprocess.Popen[str]:
-    args = [system.python, "-m", "bench.peers_driver", system.name, mode, str(count), "--timeout", str(timeout),
-            "--interval", str(interval)]
+    args = [system.python, "-m", "bench.peers_driver", system.enqueuer or system.name, mode, str(count),
+            "--timeout", str(timeout), "--interval", str(interval)]
     return subprocess.Popen(args, env=system.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
@@ -414,19 +446,24 @@ def measure(system: System, figures: Figures, args: argparse.Namespace) -> None:
              f"p99 {fmt(steps.get('p99'), 1)} ms, CPU {fmt(steps.get('cpu'))} us/task")
 
 
-def floor_line(figures: dict[str, Figures]) -> str:
-    """The floor's medians, and the floor over dramatiq and Celery: a ceiling for ours' ratios.
+#: What answers the floor's requests, by floor.
+FLOOR_SERVERS = {"floor": "gunicorn 2 gthread workers x 8 threads",
+                 "floor_lean": "granian 2 workers x 8 blocking threads"}
+
+
+def floor_line(figures: dict[str, Figures], name: str = "floor") -> str:
+    """A floor's medians, and the floor over dramatiq and Celery: a ceiling for ours' ratios on its server.
 
     The floor is ours' HTTP path and the task body with none of our code between (see
     :class:`FloorSystem`): no change to our code can lift ours above it.
     """
-    floor = figures["floor"]
-    line = (f"floor (ours' HTTP path and the task body alone: gunicorn 2 gthread workers x 8 threads answering "
+    floor = figures[name]
+    line = (f"{name} (ours' HTTP path and the task body alone: {FLOOR_SERVERS[name]} answering "
             f"a bare WSGI app, our dispatcher and local queue): end to end {fmt(floor.median('e2e'))}/s, "
             f"drain {fmt(floor.median('drain'))}/s, CPU {fmt(floor.median('cpu'))} us/task")
     for peer in ("dramatiq", "celery"):
         if peer in figures:
-            line += (f"; floor/{peer}: end to end {fmt(ratio(floor.median('e2e'), figures[peer].median('e2e')), 2)}, "
+            line += (f"; {name}/{peer}: end to end {fmt(ratio(floor.median('e2e'), figures[peer].median('e2e')), 2)}, "
                      f"drain {fmt(ratio(floor.median('drain'), figures[peer].median('drain')), 2)}, "
                      f"CPU {fmt(ratio(floor.median('cpu'), figures[peer].median('cpu')), 2)}")
     return line
@@ -460,7 +497,7 @@ def main() -> None:
     parser.add_argument("--latency-tasks", type=int, default=300, help="tasks of (c), one every 20 ms")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset, comma-separated")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help="skip the floor: ours' HTTP path and the task body alone, measured as a system")
+                        help="skip the floors: ours' HTTP path and the task body alone on each server")
     args = parser.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
@@ -468,13 +505,16 @@ def main() -> None:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     if any(s in PEERS for s in systems) and not (BENCH_VENV / "bin" / "python").exists():
         raise SystemExit(".venv-bench is missing: run deploy/bench-setup.sh")
-    if "ours" in systems and not (OURS_SITE / "redis").exists():
+    on_stack = [s for s in systems if s in FLOORS]
+    if on_stack and not (OURS_SITE / "redis").exists():
         raise SystemExit(f"{OURS_SITE} is missing: run deploy/bench-setup.sh")
+    if "ours_lean" in systems and importlib.util.find_spec("granian") is None:
+        raise SystemExit("granian is missing: pip install -r requirements-dev.txt (or the lean extra)")
 
-    measured = [*systems, "floor"] if args.floor else systems
+    measured = [*systems, *(FLOORS[s] for s in on_stack)] if args.floor else systems
     figures = {name: Figures() for name in measured}
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    datastore = start_datastore_emulator() if "ours" in measured or "floor" in measured else None
+    datastore = start_datastore_emulator() if on_stack else None
     started = time.monotonic()
     try:
         for round_index in range(args.rounds):
@@ -489,8 +529,9 @@ def main() -> None:
     print(f"{args.tasks} tasks (a, b) and {args.latency_tasks} at 20 ms intervals (c) per system; "
           f"medians of {args.rounds} rounds; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(format_table(figures))
-    if "floor" in figures:
-        print(floor_line(figures))
+    for floor in FLOORS.values():
+        if floor in figures:
+            print(floor_line(figures, floor))
     print(summary_line(figures))
 
 

@@ -19,6 +19,7 @@ from core import devserver
 from core.cli_dead_letters import dead_letters_cli
 from core.cli_errors import one_line_errors
 from core.cli_queue import queue_cli
+from core.config import SERVERS
 from core.tasks import transports
 from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
@@ -79,13 +80,16 @@ def sync_queues_command(queue_yaml: Path | None, dry_run: bool) -> None:
 
 @tasks_cli.command("run-local", with_appcontext=False)
 @click.option("--port", type=int, default=None, help="Port of the app (default $PORT or 8080).")
+@click.option("--server", type=click.Choice(SERVERS), default=None,
+              help="HTTP server of the app (default $TASKS_SERVER, else gunicorn).")
 @click.pass_context
 @one_line_errors
-def run_local_command(ctx: click.Context, port: int | None) -> None:
-    """Serve this app on the local stack: Datastore emulator, local queue, gunicorn, cron pings."""
+def run_local_command(ctx: click.Context, port: int | None, server: str | None) -> None:
+    """Serve this app on the local stack: Datastore emulator, local queue, gunicorn or granian, cron pings."""
     info = ctx.find_object(ScriptInfo)
     app = info.load_app() if info is not None else current_app._get_current_object()
-    devserver.run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port)
+    devserver.run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port,
+                        server=server)
 
 
 def gunicorn_target(app: Flask, import_path: str | None) -> str:

@@ -52,6 +52,10 @@ def _runtime(environ: Mapping[str, str]) -> str:
     return "local"
 
 
+#: The HTTP servers the local stack can run an app on (``TASKS_SERVER``; see ``core.devserver.servers``).
+SERVERS = ("gunicorn", "granian")
+DEFAULT_SERVER = "gunicorn"
+
 PRIORITIES = ("high", "normal", "low")
 DEFAULT_PRIORITY_QUEUES: tuple[tuple[str, str | None], ...] = (("high", "high"), ("normal", None), ("low", "low"))
 
@@ -124,6 +128,8 @@ SOURCES: tuple[Source, ...] = (
     Source("tasks_default_queue", "TASKS_DEFAULT_QUEUE", ("TASKS_DEFAULT_QUEUE",)),
     Source("tasks_payload_limit", "TASKS_PAYLOAD_LIMIT", ("TASKS_PAYLOAD_LIMIT",), int),
     Source("max_request_bytes", "TASKS_REQUEST_SIZE_LIMIT", ("REQUEST_SIZE_LIMIT",), int),
+    Source("request_body_timeout", "TASKS_REQUEST_BODY_TIMEOUT", ("REQUEST_BODY_TIMEOUT",), float),
+    Source("tasks_server", "TASKS_SERVER", ("TASKS_SERVER",)),
     Source("tasks_timezone", "TASKS_TIMEZONE", ("TASKS_TIMEZONE",)),
     Source("tasks_query_chunk_seconds", "TASKS_QUERY_CHUNK_SECONDS", ("TASKS_QUERY_CHUNK_SECONDS",), float),
     Source("tasks_lock_lease_seconds", "TASKS_LOCK_LEASE_SECONDS", ("TASKS_LOCK_LEASE_SECONDS",), float),
@@ -172,6 +178,10 @@ class Settings:
     tasks_payload_limit: int = 100_000
     #: Largest request body accepted (413 beyond); ``None``: the payload limit plus 64 KiB.
     max_request_bytes: int | None = None
+    #: Seconds a client may leave a request body unsent before it gets 408 (:mod:`core.request_bodies`).
+    request_body_timeout: float = 10.0
+    #: The local stack's HTTP server (``core.devserver.servers``); the stack reads ``TASKS_SERVER`` itself.
+    tasks_server: str = DEFAULT_SERVER
     tasks_timezone: str = "UTC"
     #: Time budget of one QueryIter chunk, well inside the queue's dispatch deadline.
     tasks_query_chunk_seconds: float = 10.0

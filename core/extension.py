@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
-from core import current, db, devserver, safety, task_routes, trace
+from core import current, db, devserver, request_bodies, safety, task_routes, trace
 from core.admin import views as admin_views
 from core.admin.dashboard import TaskAdmin
 from core.cli import init_app as init_cli
@@ -150,8 +150,12 @@ class Tasks:
         app.before_request(_enter_request)
         app.after_request(_flush_request)
         app.teardown_request(_leave_request)
+        # A body that stops arriving ends in 408, on Flask's routes and direct pushes alike.
+        bodies = request_bodies.BodyDeadline(app.wsgi_app, settings.request_body_timeout)
+        app.wsgi_app = bodies  # type: ignore[method-assign]
         if opts.get("direct_pushes", True):
-            app.wsgi_app = task_routes.DirectPushes(app, app.wsgi_app, task_routes.direct_paths(tree))  # type: ignore[method-assign]
+            app.wsgi_app = task_routes.DirectPushes(app, bodies, task_routes.direct_paths(tree),  # type: ignore[method-assign]
+                                                    bodies=bodies)
         return runtime
 
     @staticmethod

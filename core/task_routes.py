@@ -20,7 +20,7 @@ from typing import Any
 from flask import Flask
 from flask.sessions import SecureCookieSession, SessionInterface
 
-from core import current, safety, trace
+from core import current, request_bodies, safety, trace
 from core.module import ModuleTree
 from core.tasks import executor
 from core.tasks.auth.queue_headers import environ_headers
@@ -116,10 +116,13 @@ class DirectPushes:
     a chunked body, goes to Flask. ``Tasks(app, direct_pushes=False)`` sends pushes through Flask.
     """
 
-    def __init__(self, app: Flask, inner: WSGIApp, paths: Iterable[str]) -> None:
+    def __init__(self, app: Flask, inner: WSGIApp, paths: Iterable[str], *,
+                 bodies: request_bodies.BodyDeadline | None = None) -> None:
         self.app = app
         self.inner = inner
         self.paths = frozenset(paths)
+        #: Reads a push's body within the app's body timeout (``None``: reads it unbounded).
+        self.bodies = bodies
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") not in self.paths:
@@ -129,7 +132,11 @@ class DirectPushes:
             return self.inner(environ, start_response)
         if length > self.app.config[safety.LIMIT_KEY]:
             return _answer(start_response, 413, "request body too large")
-        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = (environ["wsgi.input"].read(length) if self.bodies is None else self.bodies.read(environ, length)
+                    ) if length else b""
+        except request_bodies.BodyTimeout:
+            return _answer(start_response, 408, "request body not sent in time")
         if len(body) != length:
             return _answer(start_response, 400, "request body shorter than its Content-Length")
         return self._run(environ, start_response, body)

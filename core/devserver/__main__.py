@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.devserver.servers import add_server_argument
 from core.devserver.stack import run_local
 
 
@@ -13,8 +14,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="port of the app (default $PORT or 8080)")
     parser.add_argument("--root", type=Path, default=None,
                         help="project folder with queue.yaml, cron.yaml and .local-data (default: working directory)")
+    add_server_argument(parser)
     args = parser.parse_args(argv)
-    run_local(args.app, root=args.root, port=args.port)
+    run_local(args.app, root=args.root, port=args.port, server=args.server)
 
 
 if __name__ == "__main__":

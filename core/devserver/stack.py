@@ -1,4 +1,4 @@
-"""The local stack: Datastore emulator + durable local queue + gunicorn serving any app module.
+"""The local stack: Datastore emulator + durable local queue + gunicorn or granian serving any app module.
 
 ``python -m core.devserver myapp:app`` (or ``flask --app myapp tasks run-local``) runs it in the
 foreground, with data kept under the project's ``.local-data/``; end-to-end tests and benchmarks
@@ -24,6 +24,7 @@ from core.config import Settings, default_queue_yaml, project_root
 from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
 from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
+from core.devserver.servers import checked_server, server_command, server_from_env
 from core.tasks.cronyaml import CronPinger
 
 log = logging.getLogger("devserver")
@@ -40,14 +41,17 @@ DISPATCHER_RESTART_WINDOW = 60
 class LocalStack:
     """One app on embedded defaults. ``start()``, use ``url``, ``stop()``."""
 
-    #: Folder of ``data_dir=None``: the project root, from which gunicorn imports the app module.
+    #: Folder of ``data_dir=None``: the project root, from which the server imports the app module.
     data_dir: Path | None = None
     port: int | None = None
     persist: bool = True
+    #: ``gunicorn`` or ``granian`` (:mod:`core.devserver.servers`); default: ``TASKS_SERVER``, else gunicorn.
+    server: str = dataclasses.field(default_factory=server_from_env)
     workers: int = 2
-    #: Threaded workers, as app.yaml's entrypoint runs them: keep-alive lets the local queue reuse
-    #: its connections (a sync worker closes every one).
+    #: gunicorn's threaded workers, as app.yaml's entrypoint runs them: keep-alive lets the local queue
+    #: reuse its connections (a sync worker closes every one). granian's workers are always threaded.
     worker_class: str = "gthread"
+    #: Threads per worker (granian's blocking threads).
     threads: int = 4
     app_module: str = "main:app"
     #: An already running emulator to use instead of starting one (tests share one per session).
@@ -66,7 +70,7 @@ class LocalStack:
         self.data_dir = Path(self.data_dir or self.root / ".local-data").absolute()
         self.queue_yaml = Path(self.queue_yaml or default_queue_yaml(self.root)).absolute()
         self._own_datastore = False
-        self.gunicorn: subprocess.Popen[bytes] | None = None
+        self.server_process: subprocess.Popen[bytes] | None = None
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.cron_pinger: Any = None
         self._restarts: list[float] = []
@@ -126,7 +130,7 @@ class LocalStack:
         self.settings  # noqa: B018 - creates the shared local secrets before the workers race for them
         try:
             self.start_dispatcher()
-            self.start_gunicorn()
+            self.start_server()
             if self.cron:
                 self.start_cron()
         except BaseException:
@@ -145,14 +149,15 @@ class LocalStack:
 
     @property
     def app_slots(self) -> int:
-        """Requests the app's workers serve at once (each gthread worker one per thread)."""
-        return self.workers * (self.threads if self.worker_class == "gthread" else 1)
+        """Requests the app's workers serve at once (each threaded worker one per thread)."""
+        threaded = self.server == "granian" or self.worker_class == "gthread"
+        return self.workers * (self.threads if threaded else 1)
 
     def dispatcher_command(self) -> list[str]:
         """The dispatcher's command line: at most :attr:`app_slots` connections unless told otherwise.
 
         More connections than the app serves at once add no concurrency: the extra requests only
-        wait inside gunicorn, whose poller pays for every waiting kept-alive connection.
+        wait inside the server (gunicorn's poller pays for every waiting kept-alive connection).
         """
         limit = () if "--max-connections" in self.dispatcher_args else ("--max-connections", str(self.app_slots))
         return [sys.executable, "-m", "core.tasks.transports.local", "--db", str(self.queue_db),
@@ -164,19 +169,22 @@ class LocalStack:
             self.dispatcher = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
                                                stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start_gunicorn(self, timeout: float = 60) -> None:
-        args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                "--worker-class", self.worker_class, "--threads", str(self.threads),
-                "--graceful-timeout", "5", "--timeout", "120",
-                # Its default path is one per user: parallel stacks would share (and steal) it.
-                "--no-control-socket", self.app_module]
-        with self._log("gunicorn") as out:
-            self.gunicorn = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+    @property
+    def gunicorn(self) -> subprocess.Popen[bytes] | None:
+        """The app server's process (named for the stack's first server; it may run granian)."""
+        return self.server_process
+
+    def start_server(self, timeout: float = 60) -> None:
+        """Start the app server and wait until it answers."""
+        args = server_command(self.server, app_module=self.app_module, port=self.port or 0, workers=self.workers,
+                              threads=self.threads, worker_class=self.worker_class)
+        with self._log(self.server) as out:
+            process = self.server_process = subprocess.Popen(args, env=self.env, cwd=self.root, stdout=out,
+                                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.gunicorn.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.gunicorn.returncode}: {self.log_tail('gunicorn')}")
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.server} exited with {process.returncode}: {self.log_tail(self.server)}")
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=2) as response:
                     response.read()
@@ -185,7 +193,7 @@ class LocalStack:
                 return  # it answers; a 404 or 500 is the app's business
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer on {self.url}: {self.log_tail('gunicorn')}")
+        raise RuntimeError(f"{self.server} did not answer on {self.url}: {self.log_tail(self.server)}")
 
     def start_cron(self) -> None:
         settings = self.settings
@@ -193,10 +201,11 @@ class LocalStack:
         self.cron_pinger.start()
 
     def worker_pids(self) -> list[int]:
-        """PIDs of gunicorn's worker processes (children of the arbiter)."""
-        if self.gunicorn is None:
+        """PIDs of the server's worker processes (children of gunicorn's arbiter, of granian's main process)."""
+        if self.server_process is None:
             return []
-        children = Path(f"/proc/{self.gunicorn.pid}/task/{self.gunicorn.pid}/children")
+        pid = self.server_process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
         try:
             return [int(pid) for pid in children.read_text().split()]
         except OSError:
@@ -210,10 +219,10 @@ class LocalStack:
     def supervise(self) -> bool:
         """Restart a dispatcher that died (its tasks are safe in SQLite); ``False`` when the stack must stop.
 
-        The stack stops when gunicorn died, or when the dispatcher keeps dying right after its start.
+        The stack stops when the app server died, or when the dispatcher keeps dying right after its start.
         """
-        if self.gunicorn is not None and self.gunicorn.poll() is not None:
-            log.error("gunicorn exited with %s:\n%s", self.gunicorn.returncode, self.log_tail("gunicorn"))
+        if self.server_process is not None and self.server_process.poll() is not None:
+            log.error("%s exited with %s:\n%s", self.server, self.server_process.returncode, self.log_tail(self.server))
             return False
         if self.dispatcher is None or self.dispatcher.poll() is None:
             return True
@@ -239,8 +248,8 @@ class LocalStack:
         if self.cron_pinger is not None:
             self.cron_pinger.stop()
             self.cron_pinger = None
-        stop_process_group(self.gunicorn)
-        self.gunicorn = None
+        stop_process_group(self.server_process)
+        self.server_process = None
         self.stop_dispatcher()
         if self._own_datastore and self.datastore is not None:
             self.datastore.stop()
@@ -254,17 +263,18 @@ class LocalStack:
 
 
 def run_local(app_module: str = "main:app", *, root: Path | None = None, port: int | None = None,
-              data_dir: Path | None = None) -> None:
+              data_dir: Path | None = None, server: str | None = None) -> None:
     """Run ``app_module`` on the local stack in the foreground until Ctrl-C or SIGTERM.
 
-    Defaults come from the environment (``PORT``, ``LOCAL_DATA_DIR``) and the project root (the
+    Defaults come from the environment (``PORT``, ``LOCAL_DATA_DIR``, ``TASKS_SERVER``) and the project root (the
     working directory unless ``root`` is given): its ``.local-data/``, ``queue.yaml`` and ``cron.yaml``.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = Path(root or project_root()).absolute()
     port = port or int(os.environ.get("PORT", "8080"))
     data_dir = Path(data_dir or os.environ.get("LOCAL_DATA_DIR") or root / ".local-data").absolute()
-    stack = LocalStack(data_dir=data_dir, port=port, log_dir=data_dir / "logs", app_module=app_module, root=root)
+    stack = LocalStack(data_dir=data_dir, port=port, log_dir=data_dir / "logs", app_module=app_module, root=root,
+                       server=checked_server(server) if server else server_from_env())
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -274,8 +284,9 @@ def run_local(app_module: str = "main:app", *, root: Path | None = None, port: i
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stack.start()
-    log.info("serving %s at %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
-             stack.url, stack.datastore.host if stack.datastore else "?", stack.queue_db, data_dir / "logs")
+    log.info("serving %s at %s on %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
+             stack.url, stack.server, stack.datastore.host if stack.datastore else "?", stack.queue_db,
+             data_dir / "logs")
     try:
         while not stopping and stack.supervise():
             time.sleep(0.5)

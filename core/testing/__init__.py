@@ -19,7 +19,9 @@ Fixtures (each can be overridden by a fixture of the same name in a ``conftest.p
   moves countdowns, backoff, leases, TTLs and periodic due-ness; ``TaskQueue(app,
   clock=TestClock(start=...))`` starts it at a fixed moment).
 - ``make_stack(app_module=..., **options)`` / ``live_stack``: the local stack (emulator + local
-  queue + gunicorn) serving an app module on free ports, stopped after the test.
+  queue + gunicorn or granian) serving an app module on free ports, stopped after the test.
+- ``stack_server``: the server those stacks run (``TASKS_SERVER``, else gunicorn); a test marked
+  ``@on_every_server`` runs once per server.
 
 If the emulator cannot start, every test that needs it errors: nothing is skipped.
 """
@@ -37,13 +39,17 @@ from core import db
 from core.app import create_app
 from core.config import Settings
 from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+from core.devserver.servers import SERVERS, server_from_env
 from core.devserver.stack import LocalStack
 from core.tasks.runtime import runtime_of
 from core.tasks.transports.inline import TaskFailed
 from core.testing.apps import as_test_app
 from core.testing.queue import TaskQueue, TestClock, install_test_clock
 
-__all__ = ["TaskFailed", "TaskQueue", "TestClock", "as_test_app"]
+__all__ = ["TaskFailed", "TaskQueue", "TestClock", "as_test_app", "on_every_server"]
+
+#: Runs a test on live stacks of each server the local stack supports (gunicorn, granian).
+on_every_server = pytest.mark.parametrize("stack_server", SERVERS)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,7 +130,14 @@ def task_queue(app: Flask) -> TaskQueue:
 
 
 @pytest.fixture
-def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Iterator[Callable[..., LocalStack]]:
+def stack_server() -> str:
+    """The server of the test's live stacks: ``TASKS_SERVER``, else gunicorn (``@on_every_server``: each)."""
+    return server_from_env()
+
+
+@pytest.fixture
+def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any,
+               stack_server: str) -> Iterator[Callable[..., LocalStack]]:
     """Start a live stack on free ports and throw-away data; every one started is stopped after the test.
 
     The test's own Datastore calls (outside an app context) then reach the stack's data.
@@ -137,6 +150,7 @@ def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Iterator
     def start(app_module: str | None = None, **kwargs: Any) -> LocalStack:
         if app_module is not None:
             kwargs["app_module"] = app_module
+        kwargs.setdefault("server", stack_server)
         kwargs.setdefault("data_dir", tmp_path / f"stack{len(stacks)}")
         kwargs.setdefault("log_dir", tmp_path / f"stack{len(stacks)}" / "logs")
         stack = LocalStack(datastore=datastore_emulator, persist=False, cron=kwargs.pop("cron", False), **kwargs)

@@ -17,7 +17,8 @@ from bench.peers import (
     summary_line,
 )
 
-LAST_LINE = re.compile(r"peers: ours/celery=(\S+) ours/dramatiq=(\S+) ours/rq=(\S+) p50_ours/p50_celery=(\S+)")
+LAST_LINE = re.compile(r"peers: ours/celery=(\S+) ours/dramatiq=(\S+) ours_lean/dramatiq=(\S+) ours/floor=(\S+) "
+                       r"ours_lean/floor_lean=(\S+) p50_ours/p50_celery=(\S+)")
 
 
 def figures(**e2e_and_p50: tuple[list[float | None], list[float | None]]) -> dict[str, Figures]:
@@ -63,16 +64,21 @@ def test_ratio_of_a_missing_figure_is_missing() -> None:
 
 def test_summary_line_has_the_exact_format_with_end_to_end_medians() -> None:
     line = summary_line(figures(ours=([2000.0, 3000.0, 2500.0], [2.0, 4.0, 3.0]),
+                                ours_lean=([5000.0, 6000.0, None], [1.0, 1.0, 1.0]),
                                 celery=([1000.0, 1250.0, 900.0], [1.0, 2.0, 1.5]),
                                 dramatiq=([5000.0, 4000.0, 4500.0], [8.0, 8.0, 8.0]),
-                                rq=([500.0, None, 1000.0], [20.0, 30.0, 40.0])))
-    assert line == "peers: ours/celery=2.50 ours/dramatiq=0.56 ours/rq=3.33 p50_ours/p50_celery=2.00"
+                                rq=([500.0, None, 1000.0], [20.0, 30.0, 40.0]),
+                                floor=([4000.0, 3000.0, 5000.0], [1.0, 1.0, 1.0]),
+                                floor_lean=([11000.0, 10000.0, 12000.0], [1.0, 1.0, 1.0])))
+    assert line == ("peers: ours/celery=2.50 ours/dramatiq=0.56 ours_lean/dramatiq=1.22 ours/floor=0.62 "
+                    "ours_lean/floor_lean=0.50 p50_ours/p50_celery=2.00")
     assert LAST_LINE.fullmatch(line)
 
 
-def test_summary_line_names_every_peer_even_when_one_was_not_measured() -> None:
+def test_summary_line_names_every_ratio_even_when_a_system_was_not_measured() -> None:
     line = summary_line(figures(ours=([2000.0], [2.0]), celery=([None], [None])))
-    assert line == "peers: ours/celery=n/a ours/dramatiq=n/a ours/rq=n/a p50_ours/p50_celery=n/a"
+    assert line == ("peers: ours/celery=n/a ours/dramatiq=n/a ours_lean/dramatiq=n/a ours/floor=n/a "
+                    "ours_lean/floor_lean=n/a p50_ours/p50_celery=n/a")
     assert LAST_LINE.fullmatch(line)
 
 
@@ -117,5 +123,14 @@ def test_floor_line_gives_medians_and_the_floor_over_each_peer_measured() -> Non
                "dramatiq": Figures(e2e=[2500.0, 2000.0, 1000.0], drain=[2000.0, 2250.0, 2500.0],
                                    cpu=[700.0, 700.0, 700.0])}
     line = floor_line(figures)
+    assert line.startswith("floor (") and "gunicorn" in line
     assert "end to end 2,500/s, drain 4,500/s, CPU 350 us/task" in line
     assert line.endswith("; floor/dramatiq: end to end 1.25, drain 2.00, CPU 0.50") and "celery" not in line
+
+
+def test_the_lean_floor_line_names_its_server_and_its_ratios() -> None:
+    figures = {"floor_lean": Figures(e2e=[9000.0], drain=[10000.0], cpu=[170.0]),
+               "dramatiq": Figures(e2e=[4500.0], drain=[5000.0], cpu=[340.0])}
+    line = floor_line(figures, "floor_lean")
+    assert line.startswith("floor_lean (") and "granian" in line and "gunicorn" not in line
+    assert line.endswith("; floor_lean/dramatiq: end to end 2.00, drain 2.00, CPU 0.50")

@@ -10,10 +10,12 @@ import requests
 from core import db
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.testing import on_every_server
 from example.users import create_user
 from tests.e2e.conftest import probe_runs, sign_in, wait_for
 
 
+@on_every_server
 def test_deferred_call_over_http_runs_with_user_and_language(live_stack):
     create_user("ada", "s3cret-pass", admin=False)
     session = requests.Session()
@@ -31,6 +33,7 @@ def test_anonymous_call_runs_without_a_user(live_stack):
     assert total["computed_by"] is None and total["language"] == "en"
 
 
+@on_every_server
 def test_flaky_task_is_retried_until_it_succeeds(probe_stack):
     token = uuid.uuid4().hex
     requests.post(probe_stack.url + "/probes/flaky", data={"token": token, "failures": "2"}).raise_for_status()
@@ -39,6 +42,7 @@ def test_flaky_task_is_retried_until_it_succeeds(probe_stack):
     assert len(probe_runs(token)) == 3
 
 
+@on_every_server
 def test_permanent_failure_runs_once_and_leaves_a_dead_letter(probe_stack):
     token = uuid.uuid4().hex
     requests.post(probe_stack.url + "/probes/permanent", data={"token": token}).raise_for_status()
@@ -60,6 +64,7 @@ def test_dispatcher_killed_mid_run_loses_no_task(probe_stack):
     wait_for(lambda: len(probe_runs(token)) >= 40, timeout=90, message="all 40 tasks")
 
 
+@on_every_server
 def test_forged_and_garbage_requests_get_4xx_and_run_nothing(probe_stack):
     token = uuid.uuid4().hex
     url = probe_stack.url + "/_tasks/deferred"

@@ -14,6 +14,7 @@ from core import db
 from core.devserver.ports import free_port
 from core.tasks import TaskCancelled, TaskFailed, TaskHandle
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.testing import on_every_server
 from tests.e2e.conftest import probe_runs, wait_for
 from tests.services.tasks_emulator import start_tasks_emulator
 
@@ -64,6 +65,7 @@ def test_result_returns_the_value_and_times_out_while_running(stack):
     assert status.state == "succeeded" and status.attempts == 1 and status.ended_at >= status.started_at
 
 
+@on_every_server
 def test_a_failing_task_on_a_queue_with_retry_limit_2_runs_3_times_then_one_dead_letter(stack):
     token = uuid.uuid4().hex
     handle = TaskHandle.fetch(_post(stack, "/probes/failing", token=token)["id"])

@@ -16,6 +16,7 @@ from core import db
 from core.config import Settings
 from core.devserver.ports import free_port
 from core.devserver.processes import stop_process_group
+from core.testing import on_every_server
 from tests.e2e.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,7 @@ def _raw_post(port: int, headers: dict[str, str], chunks: int = 0, chunk: bytes 
         return answer
 
 
+@on_every_server
 def test_large_bodies_are_refused_with_413_before_they_are_read(make_stack):
     stack = make_stack(extra_env={"REQUEST_SIZE_LIMIT": "100000"})
     # Content-Length says 200 MB and none of it is sent: the answer comes at once.

@@ -21,6 +21,7 @@ from core.module import Module, exposed
 from core.tasks import callDeferred
 from core.tasks.hooks import TaskHook
 from core.tasks.lease import lease_key
+from core.testing import on_every_server
 from tests.e2e.conftest import wait_for
 
 PROBE_APP = f"{__name__}:probe_app()"
@@ -122,6 +123,7 @@ def _held_answers(token: str) -> list[db.Entity]:
 
 # --- the tests -------------------------------------------------------------------------------------
 
+@on_every_server
 def test_ten_concurrent_runs_over_one_lock_never_overlap_and_all_run(make_stack, tmp_path):
     stack = _stack(make_stack, tmp_path)
     token = uuid.uuid4().hex
@@ -141,6 +143,7 @@ def test_ten_concurrent_runs_over_one_lock_never_overlap_and_all_run(make_stack,
     wait_for(lambda: db.get(lease_key("invoice-inv-1")) is None, timeout=30, message="the lock released")
 
 
+@on_every_server
 def test_a_holder_killed_mid_run_releases_the_lock_after_its_lease(make_stack, tmp_path):
     stack = _stack(make_stack, tmp_path)
     token = uuid.uuid4().hex
