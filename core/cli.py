@@ -18,6 +18,7 @@ from flask.cli import AppGroup, ScriptInfo
 from core import devserver
 from core.cli_dead_letters import dead_letters_cli
 from core.cli_errors import one_line_errors
+from core.cli_periodic import periodic_cli
 from core.cli_queue import queue_cli
 from core.config import SERVERS
 from core.tasks import transports
@@ -28,6 +29,7 @@ from core.tasks.queues import QueueTable
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")
 tasks_cli.add_command(queue_cli)
 tasks_cli.add_command(dead_letters_cli)
+tasks_cli.add_command(periodic_cli)
 
 
 @tasks_cli.command("cron-yaml")

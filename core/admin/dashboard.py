@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Response, flash, jsonify, redirect, request
 
-from core import db
+from core import current, db
 from core.admin import forms, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
@@ -176,13 +176,21 @@ class TaskAdmin(Dashboard):
         return self._done("queryiters", message, changed=changed)
 
     def _periodic_action(self, runtime: TaskRuntime, action: str | None) -> Response:
-        refused = self._refused(action, ("run",))
+        refused = self._refused(action, ("run", "pause", "resume"))
         if refused is not None:
             return refused
         name = request.form.get("task", "")
+        if action in ("pause", "resume"):
+            user = current.user.get()
+            changed = periodic_now.set_paused(runtime, name, action == "pause",
+                                              by=str(getattr(getattr(user, "key", None), "id_or_name", "") or ""))
+            state = "paused" if action == "pause" else "resumed"
+            return self._done("periodic", f"{name} {state}." if changed else f"{name} was {state} already.",
+                              changed=changed)
         outcome = periodic_now.run_now(runtime, name)
-        message = (f"{name} queued to run now." if outcome == periodic_now.ENQUEUED
-                   else f"{name} is queued or running already.")
+        message = {periodic_now.ENQUEUED: f"{name} queued to run now.",
+                   periodic_now.PAUSED: f"{name} is paused: resume it first."}.get(
+                       outcome, f"{name} is queued or running already.")
         return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
 
     def _task_action(self, runtime: TaskRuntime, task_id: str | None, action: str | None) -> Response:

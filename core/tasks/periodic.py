@@ -172,7 +172,9 @@ def _baseline(schedule: Schedule, state: db.Entity) -> datetime.datetime | None:
 
 def _assess(binding: PeriodicBinding, state: db.Entity, now: datetime.datetime,
             tz: datetime.tzinfo) -> tuple[str, datetime.datetime | None]:
-    """``("pending", None)``, ``("due", slot)`` or ``("not due", None)`` for a task's state."""
+    """``("paused", None)``, ``("pending", None)``, ``("due", slot)`` or ``("not due", None)`` for a task's state."""
+    if state.get("paused"):
+        return "paused", None  # paused at run time (:func:`core.tasks.periodic_now.pause`): no ping runs it
     if state.get("pending_generation") is not None:
         signs = [t for t in (state.get("pending_since"), state.get("last_attempt"), state.get("alive_at"))
                  if t is not None]
@@ -205,7 +207,7 @@ def _clear_pending(state: db.Entity) -> None:
 
 @dataclasses.dataclass
 class CronReport:
-    """What one ping did, per task and instance: enqueued, pending, not due, contended or error."""
+    """What one ping did, per task and instance: enqueued, pending, not due, paused, contended or error."""
 
     group: str
     outcomes: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -431,7 +433,7 @@ def install_builtins(registry: TaskRegistry) -> None:
 # --- for the admin pages -----------------------------------------------------------------------------
 
 _OVERVIEW_FIELDS = ("last_success", "last_run_started", "last_run_finished", "last_error", "last_error_at",
-                    "pending_since", "pending_task", "runs", "failures", "last_outcome")
+                    "pending_since", "pending_task", "runs", "failures", "last_outcome", "paused", "paused_at")
 
 
 def periodic_overview(runtime: TaskRuntime, *, now: datetime.datetime | None = None) -> list[dict[str, Any]]:

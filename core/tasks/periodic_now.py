@@ -1,8 +1,11 @@
-"""Run a periodic task now, whether it is due or not: the admin's "run now" button.
+"""An operator's controls of periodic tasks: run one now, pause one, resume it.
 
-The run is claimed like a cron ping claims one (a new generation, pending until it ends, queued
+A run now is claimed like a cron ping claims one (a new generation, pending until it ends, queued
 through the outbox in the same transaction), so a ping meanwhile does not queue it twice and the
-run is recorded on the task's state as any other.
+run is recorded on the task's state as any other. A pause is a flag on the task's state in
+Datastore: every cron ping of every instance, and "run now", leave a paused task alone until it is
+resumed; a run already queued or running finishes. Resumed, the task is due as its schedule says
+(a task whose slot passed while it was paused runs at the next ping).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from core.tasks.runtime import TaskRuntime
 
 log = logging.getLogger(__name__)
 
-ENQUEUED, PENDING = "enqueued", "pending"
+ENQUEUED, PENDING, PAUSED = "enqueued", "pending", "paused"
 
 
 def _claim_now(runtime: TaskRuntime, binding: periodic.PeriodicBinding, now: datetime.datetime,
@@ -24,6 +27,8 @@ def _claim_now(runtime: TaskRuntime, binding: periodic.PeriodicBinding, now: dat
     key = periodic.state_key(binding)
     state = db.get(key) or periodic._new_state(key, binding, now)
     verdict, _slot = periodic._assess(binding, state, now, tz)
+    if verdict == PAUSED:
+        return PAUSED  # paused by an operator: resume it first
     if verdict == "pending":
         return PENDING  # a run is queued or running already: one at a time
     generation = int(state.get("generation") or 0) + 1
@@ -40,12 +45,48 @@ def _bindings(runtime: TaskRuntime) -> list[periodic.PeriodicBinding]:
     return [binding for spec in runtime.registry.periodic.values() for binding in periodic.bindings_of(runtime, spec)]
 
 
-def run_now(runtime: TaskRuntime, name: str, *, now: datetime.datetime | None = None) -> str:
-    """Queue the periodic task ``name`` (as the periodic page names it: ``task`` or ``task@module``)
-    now: ``"enqueued"``, or ``"pending"`` when a run of it is queued or running already."""
+def _binding(runtime: TaskRuntime, name: str) -> periodic.PeriodicBinding:
     found = [binding for binding in _bindings(runtime) if binding.state_id == name]
     if not found:
         raise NotFound(f"there is no periodic task {name!r}")
+    return found[0]
+
+
+def set_paused(runtime: TaskRuntime, name: str, paused: bool, *, by: str | None = None) -> bool:
+    """Pause (or resume) the periodic task ``name``; whether that changed anything."""
+    binding = _binding(runtime, name)
+    now = runtime.clock.now()
+
+    def change() -> bool:
+        key = periodic.state_key(binding)
+        stored = db.get(key)
+        if bool(stored is not None and stored.get("paused")) == paused:
+            return False
+        state = stored if stored is not None else periodic._new_state(key, binding, now)
+        state.update({"paused": paused, "paused_at": now if paused else None, "paused_by": by if paused else None})
+        periodic._describe_into(state, binding, periodic.app_timezone(runtime), now)
+        db.put(state)
+        return True
+
+    changed = bool(db.run_in_transaction(change))
+    log.info("periodic task %s %s%s", name, "paused" if paused else "resumed", "" if changed else " (already so)")
+    return changed
+
+
+def pause(runtime: TaskRuntime, name: str, *, by: str | None = None) -> bool:
+    """Stop every cron ping (and "run now") from running ``name`` until :func:`resume`."""
+    return set_paused(runtime, name, True, by=by)
+
+
+def resume(runtime: TaskRuntime, name: str) -> bool:
+    return set_paused(runtime, name, False)
+
+
+def run_now(runtime: TaskRuntime, name: str, *, now: datetime.datetime | None = None) -> str:
+    """Queue the periodic task ``name`` (as the periodic page names it: ``task`` or ``task@module``)
+    now: ``"enqueued"``; ``"pending"`` when a run of it is queued or running already; ``"paused"``
+    when it is paused."""
+    found = [_binding(runtime, name)]
     # It runs as a cron ping's run does, on behalf of nobody: not as the admin who pressed the button.
     token = current.user.set(None)
     try:

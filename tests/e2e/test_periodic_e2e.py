@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -141,3 +146,35 @@ def test_the_local_server_pings_the_cron_groups_of_cron_yaml_by_itself(make_stac
     wait_for(lambda: runs("tick") >= 1, timeout=60, message="the one-minute group's task without a request")
     wait_for(lambda: runs("refresh_statistics@maintenance") == 1, message="the default group's task")
     assert ("/_tasks/cron/minutely", 200) in stack.cron_pinger.sent
+
+
+@PeriodicTask(0, cronName="e2e-pausable")
+def e2e_pausable() -> None:
+    count_run("e2e_pausable")
+
+
+def test_a_paused_periodic_task_is_not_run_by_five_pings_and_runs_on_the_first_after_resume(make_stack):
+    stack = make_stack(app_module=APP)
+    name = f"{__name__}.e2e_pausable"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATASTORE_EMULATOR_HOST", "PORT", "TASKS_BACKEND")}
+    env["LOCAL_DATA_DIR"] = str(stack.data_dir)
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flask", "--app", APP, "tasks", "periodic", *args],
+                              cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    paused = flask("pause", name)
+    assert paused.returncode == 0 and paused.stdout.strip() == f"paused {name}", paused.stderr
+    for _ in range(5):
+        assert ping(stack, "e2e-pausable").json()["tasks"][name] == "paused"
+    time.sleep(1.0)
+    assert runs("e2e_pausable") == 0
+    listed = json.loads(flask("list", "--json").stdout)
+    assert [row["paused"] for row in listed if row["name"] == name] == [True]
+    refused = flask("run", name)
+    assert refused.returncode == 1 and "is paused: resume it first" in refused.stderr
+
+    assert flask("resume", name).returncode == 0
+    assert ping(stack, "e2e-pausable").json()["tasks"][name] == "enqueued"
+    wait_for(lambda: runs("e2e_pausable") == 1, message="the first run after resume")
