@@ -23,12 +23,11 @@ factory: it is mounted like any other module, so an app decides whether and wher
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from flask import Response, flash, jsonify, redirect, request
 
-from core import db, db_query
+from core import db, db_query, key_ids
 from core import json as tagged_json
 from core.admin import forms, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
@@ -169,6 +168,7 @@ class TaskAdmin(Dashboard):
         refused = self._refused(action, ("stop", "resume"), run_id)
         if refused is not None:
             return refused
+        run_id = key_ids.key_id(run_id, what="query iterator run id")
         if action == "stop":
             changed = queryiter.stop_run(run_id)
             message = f"Run {run_id} stopped." if changed else f"Run {run_id} was not running."
@@ -247,9 +247,7 @@ def _run_dict(run: RunInfo) -> dict[str, Any]:
 
 def dead_letter_key(letter_id: str) -> db.Key:
     """The key of a dead letter from its id in a URL (ids are allocated numbers)."""
-    if not re.fullmatch(r"[0-9]{1,19}", letter_id or ""):
-        raise BadTaskRequest(f"malformed failed-task id {letter_id!r}")
-    return db.key(DEAD_LETTER_KIND, int(letter_id))
+    return db.key(DEAD_LETTER_KIND, key_ids.key_id(letter_id, what="failed-task id", numeric=True))
 
 
 def count_dead_letters() -> int:
