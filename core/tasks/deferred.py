@@ -38,7 +38,9 @@ from core.tasks.errors import (
     PayloadError,
     PermanentTaskFailure,
     TaskNotFound,
+    UnsupportedTargetError,
 )
+from core.tasks.give_up import GiveUpMail
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
@@ -71,6 +73,8 @@ class DeferredTarget:
     owner: type | None = None
     #: ``retry_n_times`` / ``noRetry``: executions allowed before the task is given up.
     max_executions: int | None = None
+    #: ``retry_n_times(email_recipients=..., tpl=...)``: who is mailed when the task gives up.
+    give_up_mail: GiveUpMail | None = None
     #: The task's own hooks, run after the app's before it and before them after it.
     hooks: tuple[Any, ...] = ()
     lock: LockSpec | None = None
@@ -105,6 +109,7 @@ class DeferredFunction:
         policy = RetryPolicy.build(f"@callDeferred on {name}", max_attempts=max_attempts, retry_on=retry_on,
                                    backoff=backoff)
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
+                                     give_up_mail=getattr(func, "_give_up_mail", None),
                                      track=bool(track), policy=policy, timeout=_check_timeout(name, timeout))
         _configure(self.target, **options)
         # The library's own targets are built-ins: every app's registry has them.
@@ -115,6 +120,8 @@ class DeferredFunction:
         self.target.owner = owner
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if self.target.kind == "method" and isinstance(instance, type):
+            raise self._classmethod_outside()  # Python up to 3.12: classmethod binds what it wraps to the class
         if self.target.kind == "classmethod":
             return functools.partial(self._call, owner, None)
         if self.target.kind == "staticmethod" or instance is None:
@@ -122,6 +129,8 @@ class DeferredFunction:
         return functools.partial(self._call, instance, instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.target.kind == "method" and args and isinstance(args[0], type):
+            raise self._classmethod_outside()  # Python 3.13+: classmethod calls what it wraps with the class
         if self.target.kind == "method":
             raise TypeError(f"{self.target.name} is a deferred method: call it on a module instance")
         return self._call(None, None, *args, **kwargs)
@@ -136,6 +145,13 @@ class DeferredFunction:
             lock_name(self.target.lock, self.target.func, self.target.name,
                       args if bound is None else (bound, *args), kwargs)
         return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
+
+    def _classmethod_outside(self) -> UnsupportedTargetError:
+        """``@classmethod`` above ``@callDeferred`` hides the class from the decorator (and so from the
+        task, which would look for a mounted instance): refused at the first use, with the fix."""
+        return UnsupportedTargetError(
+            f"{self.target.name}: @classmethod is written above @callDeferred, so the task cannot know it is a "
+            f"class method; write @callDeferred above @classmethod")
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """The signature of this call, to run later in a group or chain (arguments checked now)."""
@@ -193,21 +209,27 @@ CallDeferred = callDeferred
 call_deferred = callDeferred
 
 
-def _max_executions(func: Any, count: int) -> Any:
+def _max_executions(func: Any, count: int, mail: GiveUpMail | None = None) -> Any:
     target = getattr(func, "target", None)
     if isinstance(target, DeferredTarget):
-        target.max_executions = count
+        target.max_executions, target.give_up_mail = count, mail
     else:
         raw = getattr(func, "__func__", func)
-        raw._max_executions = count
+        raw._max_executions, raw._give_up_mail = count, mail
     return func
 
 
-def retry_n_times(retries: int) -> Callable[[Any], Any]:
-    """Run a deferred function at most ``retries + 1`` times; after that the task is given up."""
+def retry_n_times(retries: int, email_recipients: str | list[str] | None = None,
+                  tpl: str | None = None) -> Callable[[Any], Any]:
+    """Run a deferred function at most ``retries + 1`` times; after that the task is given up.
+
+    ViUR's arguments: ``email_recipients`` are mailed once when it gives up, through the app's
+    ``admin_mail`` hook, with the text of the template ``tpl`` if given (:mod:`core.tasks.give_up`).
+    """
     if retries < 0:
         raise ValueError("retry_n_times needs a count >= 0")
-    return lambda func: _max_executions(func, retries + 1)
+    mail = GiveUpMail.build(email_recipients, tpl)
+    return lambda func: _max_executions(func, retries + 1, mail)
 
 
 def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
@@ -393,6 +415,8 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         raise
     except Exception as exc:
         if target.max_executions is not None and info.execution_count + 1 >= target.max_executions:
+            if target.give_up_mail is not None:
+                target.give_up_mail.send(runtime.admin_mail, target.func, target.max_executions - 1, args, kwargs, exc)
             raise PermanentTaskFailure(
                 f"{target.name} failed on its last allowed execution ({target.max_executions}): {exc!r}") from exc
         raise
