@@ -301,6 +301,9 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                                 target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
+    # After encoding, so a value that cannot travel at all is named as such first.
+    bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
+    arguments.check_deferred_call(target.func, bound, args, kwargs)
     return enqueue(runtime, envelope, request, target=target.name, own_hooks=target.hooks, dedupe_name=_name,
                    tracked=tracked)
 
