@@ -8,7 +8,8 @@ module tree; a method runs on the live instance mounted at the same path, never 
 
 ``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
-``_track`` (give this call a task record, or not, whatever the function and queue say).
+``_track`` (give this call a task record, or not, whatever the function and queue say),
+``_require_user`` (this call runs only while its user exists, or not, whatever the function says).
 An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
@@ -31,7 +32,7 @@ from core import db
 from core import json as tagged_json
 from core.reprs import safe_repr
 from core.tasks import aio, arguments, dispatch, message, records
-from core.tasks.context import capture_environment
+from core.tasks.context import capture_environment, require_caller
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
@@ -59,7 +60,7 @@ __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "Defer
            "defer", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
-_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track")
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user")
 
 
 @dataclasses.dataclass
@@ -87,6 +88,8 @@ class DeferredTarget:
     policy: RetryPolicy | None = None
     #: Seconds the queue waits for one attempt's answer (its dispatch deadline).
     timeout: float | None = None
+    #: The task runs only while the user who deferred it exists (``@callDeferred(require_user=True)``).
+    require_user: bool = False
 
 
 class DeferredFunction:
@@ -94,7 +97,7 @@ class DeferredFunction:
 
     def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
                  retry_on: Any = None, backoff: Any = None, timeout: float | None = None, builtin: bool = False,
-                 **options: Any) -> None:
+                 require_user: bool = False, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -110,7 +113,8 @@ class DeferredFunction:
                                    backoff=backoff)
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
                                      give_up_mail=getattr(func, "_give_up_mail", None),
-                                     track=bool(track), policy=policy, timeout=_check_timeout(name, timeout))
+                                     track=bool(track), policy=policy, timeout=_check_timeout(name, timeout),
+                                     require_user=bool(require_user))
         _configure(self.target, **options)
         # The library's own targets are built-ins: every app's registry has them.
         (declare_builtin if builtin else declare)("deferred", self.target.name, self.target)
@@ -165,17 +169,18 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
                  lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None, require_user: bool = False) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
     call a task record (status, result, cancel through its handle); ``max_attempts``, ``retry_on``
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
-    dispatch deadline of each attempt.
+    dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
+    deferred it exists (:mod:`core.tasks.context`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
-               "backoff": backoff, "timeout": timeout}
+               "backoff": backoff, "timeout": timeout, "require_user": require_user}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -262,7 +267,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
-          _track: bool | None = None, _extra: Mapping[str, Any] | None = None) -> TaskHandle:
+          _track: bool | None = None, _require_user: bool | None = None,
+          _extra: Mapping[str, Any] | None = None) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
     ``_extra`` adds fields to the task's payload (a workflow marks its tasks with it).
@@ -293,6 +299,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
                                 env=capture_environment(runtime, target.name, queue))
+    if _require_user if _require_user is not None else target.require_user:
+        require_caller(envelope.env, target.name)
     # A tracked task is named after its id, so a cancel can find it in the queue.
     name = _name or (envelope.id if tracked else None)
     deadline = datetime.timedelta(seconds=target.timeout) if target.timeout is not None else None
