@@ -148,7 +148,7 @@ class DeferredFunction:
         if self.target.lock is not None:  # a template the arguments cannot fill fails here, not in the task
             lock_name(self.target.lock, self.target.func, self.target.name,
                       args if bound is None else (bound, *args), kwargs)
-        return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
+        return defer(get_runtime(), self.target, args, kwargs, instance=instance, check_call=True, **options)
 
     def _classmethod_outside(self) -> UnsupportedTargetError:
         """``@classmethod`` above ``@callDeferred`` hides the class from the decorator (and so from the
@@ -268,10 +268,12 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
           _track: bool | None = None, _require_user: bool | None = None,
-          _extra: Mapping[str, Any] | None = None) -> TaskHandle:
+          _extra: Mapping[str, Any] | None = None, check_call: bool = False) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
     ``_extra`` adds fields to the task's payload (a workflow marks its tasks with it).
+    ``check_call`` checks the arguments against the function (a caller's own call; a workflow's
+    next step, fed the previous result, is checked when it runs, where a misfit fails the workflow).
     """
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
@@ -309,9 +311,9 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                                 target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
-    # After encoding, so a value that cannot travel at all is named as such first.
-    bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
-    arguments.check_deferred_call(target.func, bound, args, kwargs)
+    if check_call:  # after encoding, so a value that cannot travel at all is named as such first
+        bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
+        arguments.check_deferred_call(target.func, bound, args, kwargs)
     return enqueue(runtime, envelope, request, target=target.name, own_hooks=target.hooks, dedupe_name=_name,
                    tracked=tracked)
 
