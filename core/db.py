@@ -29,7 +29,7 @@ from google.cloud import datastore
 
 from core import json as tagged_json
 from core.db_store import Datastore, NoDatastore, bind, configure, get_datastore, unbind, using
-from core.db_tags import EntityTag, KeyTag
+from core.db_tags import EntityTag, GeoPointTag, KeyTag
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,15 @@ INT64_MAX = 2 ** 63 - 1
 DEFAULT_PAGE_SIZE = 500
 
 __all__ = [
-    "Key", "Entity", "Query", "QueryPage", "Datastore", "get", "put", "delete", "allocate_ids",
+    "Key", "Entity", "GeoPoint", "Query", "QueryPage", "Datastore", "get", "put", "delete", "allocate_ids",
     "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore", "bind", "unbind", "using",
     "NoDatastore",
     "KeyError_", "TransactionFailedError", "MAX_MUTATIONS_PER_COMMIT",
 ]
+
+
+#: A geographical point property (latitude, longitude), as the library stores it.
+GeoPoint = datastore.helpers.GeoPoint
 
 
 class KeyError_(ValueError):
@@ -125,6 +129,7 @@ class Entity(datastore.Entity):
 # Keys and entities (ours and the library's) travel in task payloads as the ``~k`` and ``~e`` tags.
 _key_tag = tagged_json.register(KeyTag(Key, datastore.Key))
 tagged_json.register(EntityTag(Entity, datastore.Entity, _key_tag))
+tagged_json.register(GeoPointTag(GeoPoint))
 
 
 def _wrap_value(value: Any) -> Any:

@@ -1,8 +1,8 @@
-"""The tagged-JSON form of Datastore keys (``~k``) and entities (``~e``), registered by ``core.db``.
+"""The tagged-JSON form of Datastore keys (``~k``), entities (``~e``) and geo points (``~g``).
 
-The tags are given the classes they build (``core.db``'s ``Key`` and ``Entity``) and the library's
-classes they accept, so this room imports neither ``core.db`` nor Google Cloud: ``core.db`` makes
-them and registers them into :mod:`core.json` when it is imported.
+The tags are given the classes they build (``core.db``'s ``Key`` and ``Entity``, the library's
+``GeoPoint``) and the library's classes they accept, so this room imports neither ``core.db`` nor
+Google Cloud: ``core.db`` makes them and registers them into :mod:`core.json` when it is imported.
 """
 from __future__ import annotations
 
@@ -74,3 +74,25 @@ class EntityTag(JSONTag):
         entity = self.entity_class(None if key is None else self.keys.to_python(key), exclude_from_indexes=excluded)
         entity.update(_expect(properties, dict))
         return entity
+
+
+class GeoPointTag(JSONTag):
+    """``~g``: ``[latitude, longitude]`` of a ``google.cloud.datastore.helpers.GeoPoint``."""
+
+    key = "~g"
+
+    def __init__(self, geo_point_class: type) -> None:
+        self.geo_point_class = geo_point_class
+        self.types = (geo_point_class,)
+
+    def check(self, value: Any) -> bool:
+        return isinstance(value, self.geo_point_class)
+
+    def to_json(self, value: Any, nested: Nested) -> Any:
+        return [nested.value(value.latitude), nested.value(value.longitude)]
+
+    def to_python(self, payload: Any) -> Any:
+        latitude, longitude = _expect(payload, list)
+        if not all(type(part) in (float, int) for part in (latitude, longitude)):
+            raise ValueError("latitude and longitude are numbers")
+        return self.geo_point_class(float(latitude), float(longitude))

@@ -9,6 +9,7 @@ tag       type                         payload
 ``~k``    ``core.db.Key``              URL-safe string; ``[project, namespace, database, flat_path]``
                                        for keys it cannot express (partial, named database, ...)
 ``~e``    ``core.db.Entity``           ``[key or null, {properties}]`` + sorted excluded names
+``~g``    ``GeoPoint``                 ``[latitude, longitude]`` (``google.cloud.datastore.helpers``)
 ``~dt``   ``datetime.datetime``        ISO 8601 string; ``[iso, zone or null, fold]`` for a ``ZoneInfo``
                                        zone or ``fold=1``
 ``~d``    ``datetime.date``            ISO 8601 string
@@ -28,8 +29,8 @@ tag       type                         payload
 A plain dict with one key starting with ``~`` is written in the ``~m`` form, so it can never be
 mistaken for a tag; a decoder that meets an unknown tag raises ``ValueError`` instead of guessing.
 
-Tags live in a registry, as in Flask's ``TaggedJSONSerializer``: ``core.db`` registers ``~k`` and
-``~e`` when it is imported (this module knows nothing of Datastore), and an app registers a type of
+Tags live in a registry, as in Flask's ``TaggedJSONSerializer``: ``core.db`` registers ``~k``,
+``~e`` and ``~g`` when it is imported (this module knows nothing of Datastore), and an app registers a type of
 its own the same way, once, at import: subclass :class:`JSONTag` (``key``, ``types``, ``to_json``,
 ``to_python``) and pass an instance to :func:`register` (the README shows one).
 Every module here that decodes task payloads imports ``core.db``, so a payload holding keys decodes
@@ -456,7 +457,7 @@ _REGISTRY = TagRegistry(_ENCODERS, _DECODERS)
 register = _REGISTRY.register
 
 #: Tags registered by a module of this package on import: named in the error for a missing one.
-_REGISTERED_BY = {"~k": "core.db", "~e": "core.db"}
+_REGISTERED_BY = {"~k": "core.db", "~e": "core.db", "~g": "core.db"}
 
 
 # --- public API ---------------------------------------------------------------------------------

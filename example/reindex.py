@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import abort
 
-from core import current, db
+from core import current, db, key_ids
 from core.module import Module, exposed
 from core.tasks import QueryIter
 from core.tasks.queryiter.runs import get_run
@@ -70,7 +70,7 @@ class Reindex(Module):
         """Progress of one run: status, entities processed and the rate so far."""
         if not get_runtime().users.is_admin(current.user.get()):
             abort(403)
-        run = get_run(run_id)
+        run = get_run(key_ids.key_id(run_id, what="reindex run id"))
         if run is None:
             abort(404)
         return {"run": run.id, "status": run.status, "processed": run.processed, "errors": run.errors,

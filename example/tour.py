@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Response, abort, flash, redirect
 
-from core import current, db
+from core import current, db, key_ids
 from core.module import Module, exposed
 from core.tasks import PayloadError, PermanentTaskFailure, TaskHandle, UntrackedTask, callDeferred
 from core.tasks.periodic_now import run_group_now
@@ -184,6 +184,7 @@ class Tour(Module):
     @exposed(methods=("GET",))
     def watch(self, token: str = "") -> Response:
         """One step: queued, then ran (or failed into a dead letter); reloads itself until settled."""
+        token = key_ids.key_id(token, what="tour step token")
         step = db.get(_step_key(token)) if _is_token(token) else None
         if step is None or (step.get("by") != _user_name() and not _is_admin()):
             abort(404)

@@ -18,7 +18,7 @@ from flask import abort, redirect, request, session
 from flask.cli import AppGroup
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from core import db
+from core import db, key_ids
 from core.module import Module, exposed
 from example.pages import csrf_ok, page
 
@@ -125,8 +125,12 @@ def safe_next(target: str) -> str:
 
 
 def _possible_name(name: str) -> bool:
-    """Whether ``name`` can be a user's key name (Datastore: at most 1,500 bytes, no ``__x__``)."""
-    return 0 < len(name.encode("utf-8", "surrogatepass")) <= 500 and not (name.startswith("__") and name.endswith("__"))
+    """Whether ``name`` can be a user's key name (a wrong one is a failed sign-in, not a 400)."""
+    try:
+        key_ids.key_id(name, what="user name")
+    except key_ids.MalformedId:
+        return False
+    return True
 
 
 def _login_page(next_path: str, error: str = "", http_status: int = 200) -> Any:

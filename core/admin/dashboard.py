@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Response, flash, jsonify, redirect, request
 
-from core import current, db
+from core import current, db, key_ids
 from core.admin import forms, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
@@ -167,6 +167,7 @@ class TaskAdmin(Dashboard):
         refused = self._refused(action, ("stop", "resume"), run_id)
         if refused is not None:
             return refused
+        run_id = key_ids.key_id(run_id, what="query iterator run id")
         if action == "stop":
             changed = queryiter.stop_run(run_id)
             message = f"Run {run_id} stopped." if changed else f"Run {run_id} was not running."

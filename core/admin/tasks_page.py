@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core import db
+from core import db, key_ids
 from core import tasks as public_tasks
 from core.admin import chart, paging
 from core.admin.depth import local_queue_depth
@@ -54,9 +54,7 @@ def page_data(runtime: TaskRuntime, args: Mapping[str, str], path: str) -> dict[
 
 
 def checked_task_id(task_id: str | None) -> str:
-    if task_id is None or not TASK_ID_RE.fullmatch(task_id):
-        raise BadTaskRequest("malformed task id")
-    return task_id
+    return key_ids.key_id(task_id, what="task id", pattern=TASK_ID_RE)
 
 
 def cancel_task(task_id: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Response, redirect, request
 
+from core import key_ids
 from core.admin import forms
 from core.admin.render import (
     dashboard_path,
@@ -126,7 +127,7 @@ def _form_page(task: callable_tasks.CallableTaskBase, form: Any, status: int = 2
 
 def _show_run(task: callable_tasks.CallableTaskBase, run_id: str) -> Response:
     """One run, for the user who started it and for admins; others get 404 (no hint it exists)."""
-    run = callable_tasks.get_run(run_id)
+    run = callable_tasks.get_run(key_ids.key_id(run_id, what="run id"))
     if run is None or run.get("task") != task.key or (run.get("user") != user_id() and not is_admin()):
         raise NotFound("there is no such run")
     described = describe_run(run)

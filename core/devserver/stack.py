@@ -4,7 +4,9 @@
 foreground, with data kept under the project's ``.local-data/``; end-to-end tests and benchmarks
 start it on free ports with throw-away data. Every process is started in its own process group
 and stopped by PID, so nothing outlives the stack. A started stack writes ``stack.json`` into its
-data folder, so commands run beside it (``flask users create``) find its emulator.
+data folder, so commands run beside it (``flask users create``) find its emulator. One stack per
+data folder: a second is refused before it starts anything, naming the first's PID and URL
+(:mod:`core.devserver.folder_lock`), and a stack removes only the files it wrote.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from core.config import Settings, default_queue_yaml, project_root
 from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
+from core.devserver.folder_lock import FolderInUse, FolderLock
 from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
 from core.devserver.servers import checked_server, server_command, server_from_env
@@ -74,6 +77,8 @@ class LocalStack:
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.cron_pinger: Any = None
         self._restarts: list[float] = []
+        self._folder_lock = FolderLock(self.data_dir)
+        self._wrote_state = False
 
     @property
     def url(self) -> str:
@@ -122,13 +127,14 @@ class LocalStack:
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        if port_is_open(self.port):
-            raise RuntimeError(f"port {self.port} is already in use")
-        if self.datastore is None:
-            self.datastore = start_datastore_emulator(data_dir=self.data_dir / "datastore", persist=self.persist)
-            self._own_datastore = True
-        self.settings  # noqa: B018 - creates the shared local secrets before the workers race for them
+        self._folder_lock.acquire(self.url)  # before anything starts: FolderInUse if another stack serves it
         try:
+            if port_is_open(self.port):
+                raise RuntimeError(f"port {self.port} is already in use")
+            if self.datastore is None:
+                self.datastore = start_datastore_emulator(data_dir=self.data_dir / "datastore", persist=self.persist)
+                self._own_datastore = True
+            self.settings  # noqa: B018 - creates the shared local secrets before the workers race for them
             self.start_dispatcher()
             self.start_server()
             if self.cron:
@@ -146,6 +152,7 @@ class LocalStack:
         tmp = self.state_file.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)
+        self._wrote_state = True
 
     @property
     def app_slots(self) -> int:
@@ -243,8 +250,9 @@ class LocalStack:
         self.dispatcher = None
 
     def stop(self) -> None:
-        if self.data_dir is not None:
+        if self._wrote_state:  # only its own: a refused stack never touches the running one's
             self.state_file.unlink(missing_ok=True)
+            self._wrote_state = False
         if self.cron_pinger is not None:
             self.cron_pinger.stop()
             self.cron_pinger = None
@@ -254,6 +262,7 @@ class LocalStack:
         if self._own_datastore and self.datastore is not None:
             self.datastore.stop()
             self.datastore = None
+        self._folder_lock.release()
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -283,7 +292,11 @@ def run_local(app_module: str = "main:app", *, root: Path | None = None, port: i
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stack.start()
+    try:
+        stack.start()
+    except FolderInUse as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(1) from None
     log.info("serving %s at %s on %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
              stack.url, stack.server, stack.datastore.host if stack.datastore else "?", stack.queue_db,
              data_dir / "logs")

@@ -1,21 +1,43 @@
-"""Checks a decoded call against its target before it runs: what does not fit is a bad payload.
+"""Checks a call against its target: at the deferred call, and again before the task runs.
 
-A signed task whose arguments the target cannot take (wrong count, unknown keyword, a value of
-another type than annotated) can never succeed; calling it would raise ``TypeError`` somewhere
-inside the target, which looks like an ordinary failure and is retried forever. Checked here,
-before the call, it ends as a :class:`PayloadError`: a dead letter.
+At the call (:func:`check_deferred_call`): missing or extra arguments, and values that do not
+match a simple type hint (``int``, ``str``, ``float``, ``bool``, ``bytes``, ``db.Key``, the
+``datetime`` types, ``Decimal``, ``UUID``, ``Optional``/``Union`` of these, ``list[...]`` /
+``dict[...]`` and other containers shallowly) raise :class:`DeferredArgumentError` naming the
+function and the argument; nothing is queued. Other hints are left to the run, so the call never
+refuses what the task would take.
+
+Before the run (:func:`check_call`): a signed task whose arguments the target cannot take can
+never succeed; calling it would raise ``TypeError`` somewhere inside the target, which looks like
+an ordinary failure and is retried forever. Checked here, before the call, it ends as a
+:class:`PayloadError`: a dead letter.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import decimal
 import functools
 import inspect
+import re
 import types
 import typing
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from core.tasks.errors import PayloadError
+from core import db
+from core.tasks.errors import DeferredArgumentError, PayloadError
+
+#: Hints the call site checks, with the classes a value may have there. A key or an entity may be
+#: the library's class at the call: the wire turns it into ``core.db``'s.
+_CALL_SITE_TYPES: dict[Any, tuple[type, ...]] = {
+    **{t: (t,) for t in (int, str, bool, bytes, datetime.datetime, datetime.date, datetime.time,
+                         datetime.timedelta, decimal.Decimal, uuid.UUID, list, dict, tuple, set, frozenset)},
+    float: (float, int), db.Key: (db.Key.__mro__[1],), db.Entity: (db.Entity.__mro__[1],),
+    type(None): (type(None),), None: (type(None),),
+}
+_QUOTED_NAME = re.compile(r"'([^']+)'")
 
 
 def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args: list[Any],
@@ -51,6 +73,34 @@ def check_call(func: Callable[..., Any], name: str, bound: tuple[Any, ...], args
                                    f"not {_describe(expected)}")
 
 
+def check_deferred_call(func: Callable[..., Any], bound: tuple[Any, ...], args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> None:
+    """Raise :class:`DeferredArgumentError` unless the call can run: arguments that fit the signature,
+    values that match its simple hints. The deferred call's own check, before anything is sent."""
+    shape = _shape(func) if inspect.isfunction(func) else _read_shape(func)
+    if shape.signature is None:
+        return
+    arguments = shape.bind(bound, args, kwargs)  # type: ignore[arg-type] - any sequence does
+    if arguments is None:
+        try:
+            arguments = shape.signature.bind(*bound, *args, **kwargs).arguments
+        except TypeError as exc:
+            quoted = _QUOTED_NAME.search(str(exc))
+            raise _call_error(func, str(exc), quoted[1] if quoted else None) from None
+    for parameter, allowed, spread in shape.call_site_types:
+        if parameter in arguments:
+            value = arguments[parameter]
+            for item in (value.values() if spread == "**" else value) if spread else (value,):
+                if not isinstance(item, allowed):
+                    raise _call_error(func, f"argument {parameter!r} is a {type(item).__name__}, "
+                                            f"not {_describe(shape.hints[parameter])}", parameter)
+
+
+def _call_error(func: Callable[..., Any], reason: str, argument: str | None) -> DeferredArgumentError:
+    name = getattr(func, "__qualname__", repr(func))
+    return DeferredArgumentError(f"cannot defer {name}: {reason}", function=name, argument=argument)
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """What a call is checked against: the signature, the resolved hints, and for a signature
@@ -67,6 +117,9 @@ class Shape:
     var_keyword: str | None = None
     #: Every parameter's name in the signature's order (where ``*args`` and ``**kwargs`` go).
     order: tuple[str, ...] = ()
+    #: The parameters whose hints the call site checks: name, the classes their values may have,
+    #: and ``"*"`` / ``"**"`` for ``*args`` / ``**kwargs`` (each item checked), else ``""``.
+    call_site_types: tuple[tuple[str, tuple[type, ...], str], ...] = ()
 
     def bind(self, bound: tuple[Any, ...], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The arguments by name, in the signature's order, as ``Signature.bind`` gives them.
@@ -119,15 +172,34 @@ def _read_shape(func: Callable[..., Any]) -> Shape:
     except (TypeError, ValueError):
         return Shape(None, {})
     parameters = signature.parameters.values()
+    hints = _hints(func)
+    spreads = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    checked = tuple((name, allowed, spreads.get(signature.parameters[name].kind, ""))
+                    for name, hint in hints.items()
+                    if name in signature.parameters and (allowed := _call_site_types(hint)) is not None)
     if any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in parameters):
-        return Shape(signature, _hints(func))
+        return Shape(signature, hints, call_site_types=checked)
     named = [p for p in parameters if p.kind in _NAMED]
     by_kind = {p.kind: p.name for p in parameters if p.kind not in _NAMED}
-    return Shape(signature, _hints(func), names=tuple(p.name for p in named),
+    return Shape(signature, hints, call_site_types=checked, names=tuple(p.name for p in named),
                  positional=sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in named),
                  required=frozenset(p.name for p in named if p.default is inspect.Parameter.empty),
                  var_positional=by_kind.get(inspect.Parameter.VAR_POSITIONAL),
                  var_keyword=by_kind.get(inspect.Parameter.VAR_KEYWORD), order=tuple(signature.parameters))
+
+
+def _call_site_types(hint: Any) -> tuple[type, ...] | None:
+    """The classes a value of a simple ``hint`` may have at the call; ``None`` for a hint left to the run."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        members = [_call_site_types(option) for option in typing.get_args(hint)]
+        if any(m is None for m in members):
+            return None  # one member the call site cannot judge: it might take the value
+        return tuple(t for m in members for t in m)  # type: ignore[union-attr]
+    try:
+        return _CALL_SITE_TYPES.get(origin if origin is not None else hint)
+    except TypeError:  # an unhashable annotation
+        return None
 
 
 def _hints(func: Callable[..., Any]) -> dict[str, Any]:

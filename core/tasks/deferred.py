@@ -8,7 +8,8 @@ module tree; a method runs on the live instance mounted at the same path, never 
 
 ``_queue``, ``_countdown`` (seconds) or ``_eta`` (datetime; not both), ``_name`` (dedupe name),
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
-``_track`` (give this call a task record, or not, whatever the function and queue say).
+``_track`` (give this call a task record, or not, whatever the function and queue say),
+``_require_user`` (this call runs only while its user exists, or not, whatever the function says).
 An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
@@ -31,14 +32,16 @@ from core import db
 from core import json as tagged_json
 from core.reprs import safe_repr
 from core.tasks import aio, arguments, dispatch, message, records
-from core.tasks.context import capture_environment
+from core.tasks.context import capture_environment, require_caller
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
     PayloadError,
     PermanentTaskFailure,
     TaskNotFound,
+    UnsupportedTargetError,
 )
+from core.tasks.give_up import GiveUpMail
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue, check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
@@ -57,7 +60,7 @@ __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "Defer
            "defer", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
-_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track")
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user")
 
 
 @dataclasses.dataclass
@@ -71,6 +74,8 @@ class DeferredTarget:
     owner: type | None = None
     #: ``retry_n_times`` / ``noRetry``: executions allowed before the task is given up.
     max_executions: int | None = None
+    #: ``retry_n_times(email_recipients=..., tpl=...)``: who is mailed when the task gives up.
+    give_up_mail: GiveUpMail | None = None
     #: The task's own hooks, run after the app's before it and before them after it.
     hooks: tuple[Any, ...] = ()
     lock: LockSpec | None = None
@@ -83,6 +88,8 @@ class DeferredTarget:
     policy: RetryPolicy | None = None
     #: Seconds the queue waits for one attempt's answer (its dispatch deadline).
     timeout: float | None = None
+    #: The task runs only while the user who deferred it exists (``@callDeferred(require_user=True)``).
+    require_user: bool = False
 
 
 class DeferredFunction:
@@ -90,7 +97,7 @@ class DeferredFunction:
 
     def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
                  retry_on: Any = None, backoff: Any = None, timeout: float | None = None, builtin: bool = False,
-                 **options: Any) -> None:
+                 require_user: bool = False, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -105,7 +112,9 @@ class DeferredFunction:
         policy = RetryPolicy.build(f"@callDeferred on {name}", max_attempts=max_attempts, retry_on=retry_on,
                                    backoff=backoff)
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
-                                     track=bool(track), policy=policy, timeout=_check_timeout(name, timeout))
+                                     give_up_mail=getattr(func, "_give_up_mail", None),
+                                     track=bool(track), policy=policy, timeout=_check_timeout(name, timeout),
+                                     require_user=bool(require_user))
         _configure(self.target, **options)
         # The library's own targets are built-ins: every app's registry has them.
         (declare_builtin if builtin else declare)("deferred", self.target.name, self.target)
@@ -115,6 +124,8 @@ class DeferredFunction:
         self.target.owner = owner
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if self.target.kind == "method" and isinstance(instance, type):
+            raise self._classmethod_outside()  # Python up to 3.12: classmethod binds what it wraps to the class
         if self.target.kind == "classmethod":
             return functools.partial(self._call, owner, None)
         if self.target.kind == "staticmethod" or instance is None:
@@ -122,6 +133,8 @@ class DeferredFunction:
         return functools.partial(self._call, instance, instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.target.kind == "method" and args and isinstance(args[0], type):
+            raise self._classmethod_outside()  # Python 3.13+: classmethod calls what it wraps with the class
         if self.target.kind == "method":
             raise TypeError(f"{self.target.name} is a deferred method: call it on a module instance")
         return self._call(None, None, *args, **kwargs)
@@ -135,7 +148,14 @@ class DeferredFunction:
         if self.target.lock is not None:  # a template the arguments cannot fill fails here, not in the task
             lock_name(self.target.lock, self.target.func, self.target.name,
                       args if bound is None else (bound, *args), kwargs)
-        return defer(get_runtime(), self.target, args, kwargs, instance=instance, **options)
+        return defer(get_runtime(), self.target, args, kwargs, instance=instance, check_call=True, **options)
+
+    def _classmethod_outside(self) -> UnsupportedTargetError:
+        """``@classmethod`` above ``@callDeferred`` hides the class from the decorator (and so from the
+        task, which would look for a mounted instance): refused at the first use, with the fix."""
+        return UnsupportedTargetError(
+            f"{self.target.name}: @classmethod is written above @callDeferred, so the task cannot know it is a "
+            f"class method; write @callDeferred above @classmethod")
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """The signature of this call, to run later in a group or chain (arguments checked now)."""
@@ -149,17 +169,18 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
                  lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None, require_user: bool = False) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
     call a task record (status, result, cancel through its handle); ``max_attempts``, ``retry_on``
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
-    dispatch deadline of each attempt.
+    dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
+    deferred it exists (:mod:`core.tasks.context`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
-               "backoff": backoff, "timeout": timeout}
+               "backoff": backoff, "timeout": timeout, "require_user": require_user}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -193,21 +214,27 @@ CallDeferred = callDeferred
 call_deferred = callDeferred
 
 
-def _max_executions(func: Any, count: int) -> Any:
+def _max_executions(func: Any, count: int, mail: GiveUpMail | None = None) -> Any:
     target = getattr(func, "target", None)
     if isinstance(target, DeferredTarget):
-        target.max_executions = count
+        target.max_executions, target.give_up_mail = count, mail
     else:
         raw = getattr(func, "__func__", func)
-        raw._max_executions = count
+        raw._max_executions, raw._give_up_mail = count, mail
     return func
 
 
-def retry_n_times(retries: int) -> Callable[[Any], Any]:
-    """Run a deferred function at most ``retries + 1`` times; after that the task is given up."""
+def retry_n_times(retries: int, email_recipients: str | list[str] | None = None,
+                  tpl: str | None = None) -> Callable[[Any], Any]:
+    """Run a deferred function at most ``retries + 1`` times; after that the task is given up.
+
+    ViUR's arguments: ``email_recipients`` are mailed once when it gives up, through the app's
+    ``admin_mail`` hook, with the text of the template ``tpl`` if given (:mod:`core.tasks.give_up`).
+    """
     if retries < 0:
         raise ValueError("retry_n_times needs a count >= 0")
-    return lambda func: _max_executions(func, retries + 1)
+    mail = GiveUpMail.build(email_recipients, tpl)
+    return lambda func: _max_executions(func, retries + 1, mail)
 
 
 def noRetry(func: Any) -> Any:  # noqa: N802 - ViUR's name
@@ -239,10 +266,13 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
-          _track: bool | None = None, _extra: Mapping[str, Any] | None = None) -> TaskHandle:
+          _track: bool | None = None, _require_user: bool | None = None,
+          _extra: Mapping[str, Any] | None = None, check_call: bool = False) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
     ``_extra`` adds fields to the task's payload (a workflow marks its tasks with it).
+    ``check_call`` checks the arguments against the function (a caller's own call; a workflow's
+    next step, fed the previous result, is checked when it runs, where a misfit fails the workflow).
     """
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
@@ -270,6 +300,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
                                 env=capture_environment(runtime, target.name, queue))
+    if _require_user if _require_user is not None else target.require_user:
+        require_caller(envelope.env, target.name)
     # A tracked task is named after its id, so a cancel can find it in the queue.
     name = _name or (envelope.id if tracked else None)
     deadline = datetime.timedelta(seconds=target.timeout) if target.timeout is not None else None
@@ -278,6 +310,9 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                                 target_version=_target_version or None, dispatch_deadline=deadline)
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
+    if check_call:  # after encoding, so a value that cannot travel at all is named as such first
+        bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
+        arguments.check_deferred_call(target.func, bound, args, kwargs)
     return enqueue(runtime, envelope, request, target=target.name, own_hooks=target.hooks, dedupe_name=_name,
                    tracked=tracked)
 
@@ -392,6 +427,8 @@ def run_deferred(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInf
         raise
     except Exception as exc:
         if target.max_executions is not None and info.execution_count + 1 >= target.max_executions:
+            if target.give_up_mail is not None:
+                target.give_up_mail.send(runtime.admin_mail, target.func, target.max_executions - 1, args, kwargs, exc)
             raise PermanentTaskFailure(
                 f"{target.name} failed on its last allowed execution ({target.max_executions}): {exc!r}") from exc
         raise

@@ -64,6 +64,8 @@ def run_task_request(*kinds: str) -> Response:
 class TaskHandler(Module):
     """Task Handler: runs queued tasks (deferred calls, query-iterator chunks) and cron pings."""
 
+    #: ViUR's: the task handler has no entry in an admin's module list (``None``, as ViUR 3 sets it).
+    adminInfo = None  # noqa: N815 - ViUR's name
     #: ViUR's name: from this retry on, each failure is logged as an error and mailed once. The
     #: pipeline reads it from the mounted handler, so a subclass's value is the app's.
     retryCountWarningThreshold = RETRY_WARNING_THRESHOLD  # noqa: N815 - ViUR's name

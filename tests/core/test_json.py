@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from google.cloud import datastore
+from google.cloud.datastore.helpers import GeoPoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -476,3 +477,25 @@ def test_the_error_carries_reason_and_location_apart_so_a_caller_can_name_the_ro
         check_serializable(nested, path="x")
     assert (deep.value.reason, deep.value.location, str(deep.value)) == (
         "nested too deeply to serialize", "", "cannot serialize x: nested too deeply")
+
+
+# --- geo points ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("point", [GeoPoint(52.52, 13.405), GeoPoint(-90.0, 180.0), GeoPoint(0.0, -0.0),
+                                   GeoPoint(1e-300, 0.1)], ids=repr)
+def test_a_geo_point_round_trips_alone_and_inside_entities(point: Any) -> None:
+    text = json.dumps(point, cls=JsonKeyEncoder)
+    back = json.loads(text, object_hook=jsonDecodeObjectHook)
+    assert type(back) is GeoPoint and back == point
+    assert math.copysign(1, back.longitude) == math.copysign(1, point.longitude)  # -0.0 stays -0.0
+    entity = db.Entity(db.Key("Shop", 1, project="p"))
+    entity.update({"where": point, "history": [point, GeoPoint(1.0, 2.0)]})
+    again = loads(dumps({"shop": entity}))["shop"]
+    assert again == entity and type(again["where"]) is GeoPoint
+
+
+@pytest.mark.parametrize("payload", ['{"~g":[1]}', '{"~g":"1,2"}', '{"~g":[true,1.0]}', '{"~g":[1,"2"]}',
+                                     '{"~g":[1,2,3]}'])
+def test_a_malformed_geo_point_is_a_value_error(payload: str) -> None:
+    with pytest.raises(ValueError, match="~g"):
+        loads(payload)

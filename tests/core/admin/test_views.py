@@ -454,3 +454,26 @@ def test_a_sharded_run_shows_each_shards_progress_and_stops_and_resumes_as_one(a
     assert run["status"] == "finished" and run["processed"] == 20
     assert {shard["status"] for shard in run["shards"]} == {"done"}
     assert sorted(c[1] for c in CALLS if c[0] == "count") == list(range(1, 21))
+
+
+# --- ids that cannot be keys ----------------------------------------------------------------------
+
+#: Ids no Datastore key can have: over the 1,500-byte limit (in bytes, not characters), reserved, empty.
+IMPOSSIBLE_IDS = ["x" * 1600, "é" * 800, "__key__"]
+
+
+@pytest.mark.parametrize("bad", IMPOSSIBLE_IDS)
+@pytest.mark.parametrize("action", ["queryiters/{}/stop", "queryiters/{}/resume", "failed/{}/retry",
+                                    "failed/{}/discard", "tasks/{}/cancel", "tasks/{}/retry"])
+def test_every_admin_action_refuses_an_id_that_cannot_be_a_key_with_a_400(ann, action, bad):
+    token = csrf_of(ann.get("/_tasks/execute/purge"))
+    response = ann.post("/_tasks/admin/" + action.format(bad), data={"csrf_token": token})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert "malformed" in response.get_data(as_text=True).lower()
+
+
+@pytest.mark.parametrize("bad", ["x" * 1600, "é" * 800, "__key__", ""])
+def test_a_run_page_refuses_a_run_id_that_cannot_be_a_key(bob, bad):
+    response = bob.get(f"/_tasks/execute/make_invoices?run={bad}")
+    # An empty run parameter is the form page itself.
+    assert response.status_code == (200 if bad == "" else 400)
