@@ -102,6 +102,7 @@ class Tasks:
         app.extensions["core.modules"] = tree
         app.extensions["core.tasks"] = self
         app.extensions[CALLABLE_PAGES] = admin_views.PAGES
+        admin_views.install_not_found_page(app)
         app.extensions["core.language_selector"] = opts.get("language_selector") or _accept_language(languages)
         app.extensions["core.startup_pending"] = opts.get("startup_tasks", True)
         app.extensions["core.task_routes"] = task_routes.init_app(app, tree)

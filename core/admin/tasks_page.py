@@ -79,12 +79,16 @@ def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskR
     key = db.key(RECORD_KIND, task_id)
     letters = db.Query(DEAD_LETTER_KIND).filter("task_id", "=", task_id).keys_only().run(limit=1)
 
+    target: list[str] = []
+
     def retry() -> bool:
         record = db.get(key)
         if record is None:
             raise NotFound(f"there is no tracked task {task_id}")
+        periodic = record.get("description") if record.get("kind") == "periodic" else None
+        target[:] = [str(periodic or record.get("target") or "The task")]
         return record.get("state") == "failed" and bool(letters) and retry_letter(runtime, letters[0].key)
 
     if not db.run_in_transaction(retry):
         return f"Task {task_id} has no failed request stored to send again."
-    return f"Task {task_id} queued again."
+    return f"{target[0]}: Task {task_id} queued again."

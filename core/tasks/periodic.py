@@ -337,8 +337,9 @@ def send_run(runtime: TaskRuntime, binding: PeriodicBinding, slot: datetime.date
 
     ``tracked=None``: a record if the run's queue is a tracked one.
     """
+    # ``description`` names the task in its record, whose target is the ``periodic`` kind.
     payload = {"periodic": binding.spec.name, "instance": binding.instance_path, "slot": slot,
-               "generation": generation}
+               "generation": generation, "description": binding.spec.name}
     send_task(runtime, RUN_TARGET.name, payload, target=RUN_TARGET.name, queue=binding.spec.queue, name=name,
               tracked=tracked)
 
