@@ -35,7 +35,8 @@ apt_install() {  # Debian packages, as root or through sudo
 }
 
 emulator_found() {
-  .venv/bin/python -c "from core.devserver.datastore_emulator import find_jar; find_jar()" >/dev/null 2>&1
+  .venv/bin/python -c "from core.devserver.datastore_emulator import find_jar; assert find_jar().is_file()" \
+    >/dev/null 2>&1
 }
 
 make_venv .venv requirements-dev.txt
