@@ -68,6 +68,15 @@ def check_widths(page: Page, name: str) -> None:
             ".filter(c => { const r = c.getBoundingClientRect(); return r.width > 0 &&"
             " (r.left < -1 || r.right > innerWidth + 1); }).map(c => (c.innerText || '').slice(0, 40))")
         assert off_screen == [], f"{name}: cells off screen at {width} px: {off_screen}"
+        if width < 720:  # rows are cards there: each cell must carry its own column's name
+            mislabelled = page.evaluate(
+                "[...document.querySelectorAll('main table')].flatMap(table => {"
+                " const heads = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());"
+                " return [...table.querySelectorAll('tbody tr')].filter(tr => !tr.querySelector('[colspan]'))"
+                "  .flatMap(tr => [...tr.children].map((td, i) => [heads[i],"
+                "   getComputedStyle(td, '::before').content.replace(/^\"|\"$/g, ''), td.textContent.trim()]))"
+                "  .filter(([head, label, text]) => head && text && label !== head); })")
+            assert mislabelled == [], f"{name}: cells under the wrong name at {width} px: {mislabelled}"
         tiny = page.evaluate(
             "[...document.querySelectorAll('#activity svg text, #activity .chart span')]"
             ".map(e => [e.textContent, e.getBoundingClientRect().height,"
