@@ -20,7 +20,8 @@ from core.cli_dead_letters import dead_letters_cli
 from core.cli_errors import one_line_errors
 from core.cli_periodic import periodic_cli
 from core.cli_queue import queue_cli
-from core.config import SERVERS
+from core.config import SERVERS, project_root
+from core.scaffold import plan_scaffold, write_scaffold
 from core.tasks import transports
 from core.tasks.cloudscheduler import sync_scheduler
 from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
@@ -57,6 +58,34 @@ def cron_yaml_command(output: Path | None, check_path: Path | None) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
+
+
+@tasks_cli.command("init")
+@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
+@one_line_errors
+def init_command(dry_run: bool) -> None:
+    """Write a starter queue.yaml, the cron.yaml of the app's periodic tasks and the .gitignore lines."""
+    runtime = current_app.extensions["core"]
+    root = project_root()
+    cron_text = render_cron_yaml(plan_cron(runtime.registry, runtime.settings.tasks_timezone))
+    planned, refused = plan_scaffold(root, cron_text)
+    if refused:
+        names = ", ".join(path.name for path in refused)
+        raise click.ClickException(f"refusing to overwrite {names} in {root}: nothing was written. Move "
+                                   f"{'it' if len(refused) == 1 else 'them'} aside to start again (cron.yaml "
+                                   "alone: `tasks cron-yaml -o cron.yaml` rewrites it from the code).")
+    for item in planned:
+        if dry_run:
+            click.echo(f"--- would {item.describe()} ({item.path})")
+            click.echo(item.text, nl=False)
+        else:
+            click.echo(f"{item.describe()}: {item.path}")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+    elif not planned:
+        click.echo("nothing to do")
+    else:
+        write_scaffold(planned)
 
 
 @tasks_cli.command("sync-queues")

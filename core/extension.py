@@ -142,6 +142,7 @@ class Tasks:
             language_selector=opts.get("language_selector") or _accept_language(languages),
             startup_pending=opts.get("startup_tasks", True), task_routes=task_routes.init_app(app, tree))
         app.extensions["core"] = runtime
+        admin_views.install_not_found_page(app)
         safety.init_app(app, settings)
         tree.register_routes(app)
         init_cli(app)

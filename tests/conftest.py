@@ -13,3 +13,9 @@ pytest_plugins = ("core.testing",)
 from core.testing import TaskQueue  # noqa: E402 - after the rewrite hook, for tests that build their own
 
 __all__ = ["TaskQueue"]
+
+
+@pytest.fixture
+def app(make_app):
+    """The library's own tests run on an app with no modules of its own (the tasks their files declare)."""
+    return make_app()

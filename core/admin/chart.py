@@ -27,7 +27,7 @@ MINUTES = 60
 #: Entities read per kind at most; past that the chart says its counts are partial.
 MAX_SCANNED = 20_000
 SERIES = (("succeeded", "#18794e"), ("failed", "#d92d20"), ("retried", "#f79009"))
-_SLOT, _BAR, _HEIGHT, _LEFT, _BOTTOM = 10, 3, 110, 28, 18
+_SLOT, _BAR, _HEIGHT, _BOTTOM = 10, 3, 110, 18
 
 
 @dataclasses.dataclass
@@ -94,17 +94,23 @@ def _scan(query: db.Query) -> tuple[list[db.Entity], bool]:
 
 
 def render_svg(activity: Activity) -> Markup:
-    """Grouped bars per minute, a scale on the left, minute labels every 10 minutes."""
+    """Grouped bars per minute in an SVG, its scale and minute labels (every 10 minutes) as HTML text.
+
+    The SVG stretches to the page's width; labels outside it keep their size (at least 12 px) at
+    any width, where text inside a scaled SVG would shrink with it.
+    """
     peak = max([1] + [max(m.succeeded, m.failed, m.retried) for m in activity.minutes])
-    width = _LEFT + MINUTES * _SLOT + 4
+    width = MINUTES * _SLOT
     plot = _HEIGHT - _BOTTOM
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="activity-chart" viewBox="0 0 {width} {_HEIGHT}" '
-             f'width="100%" role="img" aria-label="Tasks per minute over the last hour">',
-             f'<line x1="{_LEFT}" y1="{plot}" x2="{width}" y2="{plot}" stroke="#d0d5dd"/>',
-             f'<text x="{_LEFT - 4}" y="10" text-anchor="end" font-size="9" fill="#667085">{peak}</text>',
-             f'<text x="{_LEFT - 4}" y="{plot}" text-anchor="end" font-size="9" fill="#667085">0</text>']
+    parts = ['<div class="chart"><div class="chart-scale" aria-hidden="true">'
+             f'<span class="peak">{peak}</span><span>0</span></div><div class="chart-plot">',
+             f'<svg xmlns="http://www.w3.org/2000/svg" id="activity-chart" viewBox="0 0 {width} {plot}" '
+             f'preserveAspectRatio="none" width="100%" height="{plot}" role="img" '
+             f'aria-label="Tasks per minute over the last hour">',
+             f'<line x1="0" y1="{plot}" x2="{width}" y2="{plot}" stroke="#d0d5dd"/>']
+    labels = []
     for i, minute in enumerate(activity.minutes):
-        x = _LEFT + i * _SLOT
+        x = i * _SLOT
         label = minute.start.strftime("%H:%M")
         counts = {name: getattr(minute, name) for name, _ in SERIES}
         parts.append(f'<g class="minute" data-minute="{label}" '
@@ -118,6 +124,6 @@ def render_svg(activity: Activity) -> Markup:
                              f'height="{height}" fill="{color}"/>')
         parts.append("</g>")
         if i % 10 == 0:
-            parts.append(f'<text x="{x}" y="{_HEIGHT - 4}" font-size="9" fill="#667085">{escape(label)}</text>')
-    parts.append("</svg>")
+            labels.append(f"<span>{escape(label)}</span>")
+    parts.append('</svg><div class="chart-times" aria-hidden="true">' + "".join(labels) + "</div></div></div>")
     return Markup("".join(parts))

@@ -131,7 +131,7 @@ class TaskAdmin(Dashboard):
         if task_id is not None:
             raise NotFound("no such page")
         data = tasks_page.page_data(runtime, request.args, f"{self._base()}/tasks")
-        return respond("tasks.html", data, action_form=forms.ActionForm(), base=self._base(), title="Tasks")
+        return respond("tasks.html", data, action_form=forms.ActionForm(), base=self._base(), title="Tracked tasks")
 
     @exposed(methods=("GET",))
     @guarded
@@ -210,13 +210,21 @@ class TaskAdmin(Dashboard):
         if refused is not None:
             return refused
         key = deadletters.key_of(letter_id)
+        what = _letter_name(key)
         if action == "retry":
             found = deadletters.retry(runtime, key)
-            message = f"Task {letter_id} queued again." if found else f"Task {letter_id} was already handled."
+            message = f"{what} queued again." if found else f"{what} was already handled."
         else:
             found = deadletters.discard(key)
-            message = f"Task {letter_id} discarded." if found else f"Task {letter_id} was already handled."
+            message = f"{what} discarded." if found else f"{what} was already handled."
         return self._done("failed", message, changed=found)
+
+
+def _letter_name(key: db.Key) -> str:
+    """How a flash message names a failed task: by what it ran (``Task <id>`` once it is gone)."""
+    letter = db.get(key)
+    target = letter.get("target") or letter.get("kind") if letter is not None else None
+    return f"{target} (failed task {key.id_or_name})" if target else f"Task {key.id_or_name}"
 
 
 # --- data of the pages (Flask-free) --------------------------------------------------------------

@@ -76,15 +76,19 @@ def retry_task(runtime: TaskRuntime, task_id: str, retry_letter: Callable[[TaskR
     """
     letters = db.Query(DEAD_LETTER_KIND).filter("task_id", "=", task_id).keys_only().run(limit=1)
 
+    target: list[str] = []
+
     def retry() -> bool:
         record = _record(task_id)
         if record is None:
             raise NotFound(f"there is no tracked task {task_id}")
+        periodic = record.description if record.kind == "periodic" else None
+        target[:] = [str(periodic or record.target or "The task")]
         return record.state is FAILED and bool(letters) and retry_letter(runtime, letters[0].key)
 
     if not db.run_in_transaction(retry):
         return f"Task {task_id} has no failed request stored to send again."
-    return f"Task {task_id} queued again."
+    return f"{target[0]}: Task {task_id} queued again."
 
 
 def _record(task_id: str) -> TaskRecord | None:

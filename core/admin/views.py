@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Response, redirect, request
+from flask import Flask, Response, redirect, request
+from werkzeug.exceptions import NotFound as NoSuchRoute
 
 from core import key_ids
 from core.admin import forms
@@ -32,6 +33,9 @@ from core.tasks.handler import CallablePages
 from core.tasks.queryiter import runs as queryiter
 from core.tasks.runtime import get_runtime
 from core.tasks.started import StartedWork
+
+#: Paths whose unknown pages get the task pages' styled 404 (the rest keep the app's own).
+TASK_PAGES_PREFIX = "/_tasks/"
 
 LIST_PATH = "/_tasks/list"
 EXECUTE_PATH = "/_tasks/execute"
@@ -86,7 +90,7 @@ def list_callable_tasks(*path_args: str) -> Response:
         return error_response(404, "no such page", path_args=path_args)
     runtime = get_runtime()
     tasks = [describe_task(t) for t in callable_tasks.registered_tasks(runtime) if callable_tasks.may_call(t)]
-    return respond("list.html", {"tasks": tasks}, path_args=path_args, title="Tasks")
+    return respond("list.html", {"tasks": tasks}, path_args=path_args, title="Tasks you can run")
 
 
 @guarded
@@ -140,3 +144,18 @@ def _show_run(task: callable_tasks.CallableTaskBase, run_id: str) -> Response:
 
 #: What ``TaskHandler.list`` and ``TaskHandler.execute`` serve in every app (``Tasks(app)`` installs it).
 PAGES = CallablePages(list=list_callable_tasks, execute=execute_callable_task)
+
+
+def install_not_found_page(app: Flask) -> None:
+    """A styled 404 (the task pages' look, header and links) for unknown paths under ``/_tasks/``.
+
+    Other paths keep the 404 the app had when ``Tasks(app)`` ran (its own handler, else Flask's).
+    """
+    previous = app.error_handler_spec.get(None, {}).get(404, {}).get(NoSuchRoute)
+
+    def not_found(error: NoSuchRoute) -> Any:
+        if request.path.startswith(TASK_PAGES_PREFIX):
+            return error_response(404, f"There is no page at {request.path}. The links above lead to every task page.")
+        return previous(error) if previous is not None else error
+
+    app.register_error_handler(NoSuchRoute, not_found)

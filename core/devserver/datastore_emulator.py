@@ -17,6 +17,13 @@ from pathlib import Path
 from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
 
+#: What to do when ``java`` is not on PATH (the local stack and the test plugin need the emulator).
+JAVA_MISSING = ("java not found on PATH: the Cloud Datastore emulator needs Java 17. Install it "
+                "(Debian/Ubuntu: `sudo apt-get install openjdk-17-jre-headless`; macOS: `brew install openjdk@17`) "
+                "or run `deploy/setup.sh --app-only`, which installs it; the emulator itself comes with "
+                "google-cloud-cli (`gcloud components install cloud-datastore-emulator`, or Debian's "
+                "`google-cloud-cli-datastore-emulator` package). See Prerequisites in the README.")
+
 JAR_RELATIVE = Path("platform/cloud-datastore-emulator/CloudDatastore.jar")
 MAIN_CLASS = "com.google.cloud.datastore.emulator.CloudDatastore"
 
@@ -41,8 +48,10 @@ def find_jar() -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise RuntimeError("Cloud Datastore emulator not found: install google-cloud-cli with the "
-                       "cloud-datastore-emulator component or set DATASTORE_EMULATOR_JAR")
+    raise RuntimeError("Cloud Datastore emulator not found: install google-cloud-cli with its emulator "
+                       "(`gcloud components install cloud-datastore-emulator`, or Debian's "
+                       "`google-cloud-cli-datastore-emulator` package) or set DATASTORE_EMULATOR_JAR to its "
+                       "CloudDatastore.jar. See Prerequisites in the README.")
 
 
 @dataclasses.dataclass
@@ -82,7 +91,7 @@ def start_datastore_emulator(*, port: int | None = None, data_dir: Path | None =
     """
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError("java not found: the Datastore emulator needs Java 17")
+        raise RuntimeError(JAVA_MISSING)
     port = port or free_port()
     if port_is_open(port):
         raise RuntimeError(f"port {port} is already in use")

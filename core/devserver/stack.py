@@ -28,6 +28,7 @@ from core.devserver.folder_lock import FolderInUse, FolderLock
 from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
 from core.devserver.servers import checked_server, server_command, server_from_env
+from core.scaffold import missing_file_notes
 from core.tasks.cronyaml import CronPinger
 
 log = logging.getLogger("devserver")
@@ -292,11 +293,16 @@ def run_local(app_module: str = "main:app", *, root: Path | None = None, port: i
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # On the console, not only in a log: what this project lacks and what that means locally.
+    for note in missing_file_notes(stack.queue_yaml, Path(os.environ.get("CRON_YAML") or root / "cron.yaml")):
+        print(f"run-local: {note}", file=sys.stderr, flush=True)
     try:
         stack.start()
     except FolderInUse as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(1) from None
+    except RuntimeError as exc:  # a missing prerequisite (Java, the emulator), a port in use: say it plainly
+        raise SystemExit(f"run-local: the local stack cannot start: {exc}") from exc
     log.info("serving %s at %s on %s (Datastore emulator %s, local queue %s, logs in %s)", app_module,
              stack.url, stack.server, stack.datastore.host if stack.datastore else "?", stack.queue_db,
              data_dir / "logs")

@@ -340,8 +340,9 @@ def send_run(runtime: TaskRuntime, binding: PeriodicBinding, slot: datetime.date
 
     ``tracked=None``: a record if the run's queue is a tracked one.
     """
+    # ``description`` names the task in its record, whose target is the ``periodic`` kind.
     payload = {"periodic": binding.spec.name, "instance": binding.instance_path, "slot": slot,
-               "generation": generation}
+               "generation": generation, "description": binding.spec.name}
     if binding.spec.queue is not None:
         runtime.queues.require(binding.spec.queue, f"periodic task {binding.spec.name} (declared with queue=...)")
     send_task(runtime, RUN_TARGET.name, payload, target=RUN_TARGET.name, queue=binding.spec.queue, name=name,

@@ -12,12 +12,13 @@ Fixtures (each can be overridden by a fixture of the same name in a ``conftest.p
   your own Flask app (its ``Tasks`` runtime is swapped for a test one while the test runs), a
   ViUR-style module mapping or nothing.
 - ``app``: ``make_app(<the tasks_app ini option>)``, e.g. ``tasks_app = myapp:app``; without the
-  option an app with no modules of its own.
+  option it refuses with a usage error naming the option (override ``app`` to test something else).
 - ``client``: ``app.test_client()``.
-- ``task_queue``: the app's :class:`TaskQueue`: ``run_pending()``, ``advance(seconds)``,
-  ``run_pending(until=...)``, ``ping_cron("default")``, ``clock`` (the app's clock: advancing it
-  moves countdowns, backoff, leases, TTLs and periodic due-ness; ``TaskQueue(app,
-  clock=TestClock(start=...))`` starts it at a fixed moment).
+- ``task_queue``: the app's :class:`TaskQueue`: ``run_pending()`` (a failing task raises
+  :class:`core.tasks.TaskFailed`), ``advance(seconds)``, ``run_pending(until=...)``,
+  ``ping_cron("default")``, ``clock`` (the app's clock: advancing it moves countdowns, backoff,
+  leases, TTLs and periodic due-ness; ``TaskQueue(app, clock=TestClock(start=...))`` starts it at
+  a fixed moment).
 - ``make_stack(app_module=..., **options)`` / ``live_stack``: the local stack (emulator + local
   queue + gunicorn or granian) serving an app module on free ports, stopped after the test.
 - ``stack_server``: the server those stacks run (``TASKS_SERVER``, else gunicorn); a test marked
@@ -41,8 +42,8 @@ from core.config import Settings
 from core.devserver.datastore_emulator import DatastoreEmulator, start_datastore_emulator
 from core.devserver.servers import SERVERS, server_from_env
 from core.devserver.stack import LocalStack
+from core.tasks.errors import TaskFailed
 from core.tasks.runtime import runtime_of
-from core.tasks.transports.inline import TaskFailed
 from core.testing.apps import as_test_app
 from core.testing.queue import TaskQueue, TestClock, install_test_clock
 
@@ -59,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def datastore_emulator() -> Iterator[DatastoreEmulator]:
+    """The real Cloud Datastore emulator (Java 17, google-cloud-cli's component), one per session on a free port."""
     emulator = start_datastore_emulator()
     try:
         yield emulator
@@ -68,7 +70,7 @@ def datastore_emulator() -> Iterator[DatastoreEmulator]:
 
 @pytest.fixture
 def settings(datastore_emulator: DatastoreEmulator, tmp_path: Any) -> Settings:
-    """Settings for one test: the emulator, an inline queue and fixed secrets."""
+    """Settings for one test: the emulator, the in-process queue, fixed secrets, data under ``tmp_path``."""
     return Settings(
         project="test-project",
         datastore_emulator_host=datastore_emulator.host,
@@ -94,7 +96,7 @@ def datastore(datastore_emulator: DatastoreEmulator, settings: Settings) -> Iter
 
 @pytest.fixture
 def make_app(settings: Settings, datastore: db.Datastore) -> Iterator[Callable[..., Flask]]:
-    """Build (or adapt) a test app; its runtime stays current until the test ends."""
+    """``make_app(your_app | module mapping | None, **Tasks options)``: a test app, current until the test ends."""
     with contextlib.ExitStack() as stack:
 
         def build(app_or_modules: Flask | Mapping[str, Any] | None = None, **options: Any) -> Flask:
@@ -113,19 +115,37 @@ def make_app(settings: Settings, datastore: db.Datastore) -> Iterator[Callable[.
         yield build
 
 
+#: What the ``app`` fixture says when it does not know which app to test.
+NO_APP = ("the `app` fixture (and `client`, `task_queue`) does not know which app to test: set "
+          "`tasks_app = yourmodule:app` under [pytest] in pytest.ini (or [tool.pytest.ini_options] in "
+          "pyproject.toml), or define your own `app` fixture in conftest.py returning `make_app(your_app)`")
+
+
 @pytest.fixture
-def app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
+def app(request: pytest.FixtureRequest) -> Flask:
+    """Your app (the ``tasks_app`` ini option, ``module:attribute``) on test settings for this test.
+
+    Without that option this refuses with a usage error: override the fixture to test another app.
+    """
     target = request.config.getini("tasks_app")
-    return make_app(import_string(target.replace(":", "."))) if target else make_app()
+    if not target:
+        raise pytest.UsageError(NO_APP)
+    make_app: Callable[..., Flask] = request.getfixturevalue("make_app")
+    return make_app(import_string(target.replace(":", ".")))
 
 
 @pytest.fixture
 def client(app: Flask) -> Any:
+    """The test client of ``app``: requests run in process, tasks they defer go to ``task_queue``."""
     return app.test_client()
 
 
 @pytest.fixture
 def task_queue(app: Flask) -> TaskQueue:
+    """``app``'s in-process queue and test clock: ``run_pending()``, ``advance(seconds)``, ``ping_cron(group)``.
+
+    A task that fails is raised by ``run_pending`` as :class:`core.tasks.TaskFailed`, its own error as the cause.
+    """
     return TaskQueue(app)
 
 
@@ -171,6 +191,7 @@ def make_stack(datastore_emulator: DatastoreEmulator, tmp_path: Any,
 
 @pytest.fixture
 def live_stack(request: pytest.FixtureRequest, make_stack: Callable[..., LocalStack]) -> LocalStack:
+    """The local stack serving ``tasks_stack_app`` (else ``tasks_app``, else ``main:app``), stopped after the test."""
     target = request.config.getini("tasks_stack_app") or request.config.getini("tasks_app") or "main:app"
     return make_stack(target)
 

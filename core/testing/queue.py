@@ -175,7 +175,7 @@ class TaskQueue:
                 delay = backoff_delay(retry, task.execution_count)
                 self._requeue(task, self.clock.now() + datetime.timedelta(seconds=delay))
         if raise_errors:
-            raise TaskFailed(failure.message) from failure.error
+            raise failure.exception() from failure.error
 
     def _requeue(self, task: QueuedTask, due: datetime.datetime | None) -> None:
         task.due = due
@@ -195,8 +195,8 @@ class TaskQueue:
         headers = {**sign_cron_ping(self.runtime.settings.tasks_secret, path), "X-Appengine-Cron": "true"}
         response = self.app.test_client().get(path, headers=headers)
         if not 200 <= response.status_code < 300:
-            raise TaskFailed(f"cron ping {path} answered {response.status_code}: "
-                             f"{response.get_data(as_text=True).strip()}")
+            raise TaskFailed(path, None, f"cron ping answered {response.status_code}: "
+                             f"{response.get_data(as_text=True).strip()}", None)
         if run:
             self.run_pending(**kwargs)
         return response

@@ -142,6 +142,15 @@ def test_the_users_own_suite_runs_on_the_plugin(user_project):
 
 def test_the_users_app_runs_on_the_local_stack(user_project):
     python, project = user_project
+    # The scaffold first: queue.yaml, the cron.yaml of the app's periodic task, .gitignore.
+    init = subprocess.run([python, "-m", "flask", "--app", "myapp", "tasks", "init"], cwd=project,
+                          env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert "/_tasks/cron/default" in (project / "cron.yaml").read_text()
+    assert ".local-data/" in (project / ".gitignore").read_text().splitlines()
+    again = subprocess.run([python, "-m", "flask", "--app", "myapp", "tasks", "init"], cwd=project,
+                           env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "refusing to overwrite queue.yaml, cron.yaml" in again.stderr
     port = free_port()
     log = (project / "run-local.log").open("wb")
     server = subprocess.Popen([python, "-m", "flask", "--app", "myapp", "tasks", "run-local", "--port", str(port)],
@@ -164,8 +173,12 @@ def test_the_users_app_runs_on_the_local_stack(user_project):
         entity = wait_for(lambda: store.client.get(key), timeout=60, message="the deferred call to run")
         assert entity["stamped"] == "2026-12-01T12:30:00+00:00"
         assert (project / ".local-data" / "queue.sqlite3").exists()  # the project's data, not the package's
+        # The local cron pings the group of init's cron.yaml: the periodic task runs.
+        wait_for(lambda: store.client.get(store.key("Run", "nightly")) is not None, timeout=60,
+                 message="the periodic task to run")
         store.close()
     finally:
         stop_process_group(server)
         log.close()
     assert server.returncode is not None and not state_file.exists()  # the command stopped its stack
+    assert "run-local: no" not in (project / "run-local.log").read_text()  # nothing missing after init

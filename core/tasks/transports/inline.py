@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.tasks.errors import PermanentTaskFailure
+from core.tasks.errors import PermanentTaskFailure, TaskFailed
 from core.tasks.queues import QueueTable, UnknownQueue
 from core.tasks.transports.base import (
     EnqueueResult,
@@ -43,10 +44,6 @@ class QueuedTask:
 
 
 _EPOCH = datetime.datetime.fromtimestamp(0, datetime.UTC)
-
-
-class TaskFailed(AssertionError):
-    """A drained task answered non-2xx (raised with the task's own error as its cause)."""
 
 
 class InlineTransport:
@@ -180,7 +177,7 @@ class InlineTransport:
                         self.pending.append(task)
                     continue
                 if raise_errors:
-                    raise TaskFailed(failure.message) from failure.error
+                    raise failure.exception() from failure.error
         finally:
             runtime.outcome_listeners.remove(outcomes.append)
         return outcomes
@@ -202,8 +199,19 @@ class InlineTransport:
 class PushFailure:
     """A queued task that answered non-2xx: what to say of it, and the error behind it."""
 
+    task_id: str
     message: str
     error: BaseException | None
+
+    def exception(self) -> TaskFailed:
+        """The :class:`core.tasks.TaskFailed` a test sees: the task's error type, message and traceback."""
+        return task_failed(self.task_id, self.message, self.error)
+
+
+def task_failed(task_id: str, message: str, error: BaseException | None) -> TaskFailed:
+    """``core.tasks.TaskFailed`` for a drained task that failed with ``error`` (``None``: unknown)."""
+    trace = "".join(traceback.format_exception(error)) if error is not None else None
+    return TaskFailed(task_id, type(error).__name__ if error is not None else None, message, trace)
 
 
 def push(client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors: bool) -> PushFailure | None:
@@ -220,9 +228,9 @@ def push(client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors
     outcome = outcomes[before] if len(outcomes) > before else None
     if 200 <= response.status_code < 300:
         if raise_errors and outcome is not None and isinstance(outcome.error, PermanentTaskFailure):
-            raise TaskFailed(f"task {task.id} failed permanently: {outcome.message}") from outcome.error
+            raise task_failed(task.id, f"permanently: {outcome.message}", outcome.error) from outcome.error
         return None
     task.retry_count += 1
     task.execution_count += 1
-    return PushFailure(f"task {task.id} to {task.request.path} answered {response.status_code}: "
+    return PushFailure(task.id, f"{task.request.path} answered {response.status_code}: "
                        f"{response.get_data(as_text=True).strip()}", outcome.error if outcome is not None else None)
