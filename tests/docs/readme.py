@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from core.config import SOURCES
+
 CHECKOUT = Path(__file__).resolve().parents[2]
 README = CHECKOUT / "README.md"
 
@@ -35,6 +37,7 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 def setting_names() -> set[str]:
-    """Every environment variable ``core/config.py`` reads."""
+    """Every environment variable ``core/config.py`` reads: its table of settings, and the platform's."""
     source = (CHECKOUT / "core" / "config.py").read_text(encoding="utf-8")
-    return set(re.findall(r"""env(?:iron)?(?:\.get\(|\[)["']([A-Z][A-Z0-9_]+)["']""", source))
+    platform = set(re.findall(r"""env(?:iron)?(?:\.get\(|\[)["']([A-Z][A-Z0-9_]+)["']""", source))
+    return platform | {name for setting in SOURCES for name in setting.env}
