@@ -12,6 +12,7 @@ from typing import Any
 
 from core import db
 from core.clock import utc_now
+from core.tasks import progress
 from core.tasks.records import FAILED, RECORD_KIND, STATES, InvalidRecord, TaskRecord
 
 #: States whose task may still run, so cancelling means something.
@@ -70,6 +71,11 @@ def duration(start: datetime.datetime | None, end: datetime.datetime | None,
     return max(0.0, ((end or now) - start).total_seconds())
 
 
+def _progress(entity: db.Entity) -> dict[str, Any] | None:
+    reported = progress.read(entity)
+    return None if reported is None else reported.to_json()
+
+
 def describe_record(entity: db.Entity, now: datetime.datetime | None = None) -> dict[str, Any]:
     """A record for the page and its JSON."""
     now = now or utc_now()
@@ -81,7 +87,7 @@ def describe_record(entity: db.Entity, now: datetime.datetime | None = None) -> 
         "id": text(record.id, 500), "state": record.state.value, "target": text(record.target),
         "queue": text(record.queue, 100), "kind": text(record.kind, 40), "attempts": number(record.attempts),
         "enqueued_at": record.enqueued_at, "started_at": record.started_at, "ended_at": record.ended_at,
-        "updated_at": record.updated_at,
+        "updated_at": record.updated_at, "progress": _progress(entity),
         "duration": duration(record.started_at, record.ended_at if record.state not in CANCELLABLE else None, now),
         "error": text(record.error), "error_type": text(record.error_type, 200),
         "traceback": text(record.traceback, 20_000), "result": text(record.result),

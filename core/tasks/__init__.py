@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {
     "call_deferred": "core.tasks.deferred", "noRetry": "core.tasks.deferred", "no_retry": "core.tasks.deferred",
     "retry_n_times": "core.tasks.deferred", "TaskHandle": "core.tasks.handle", "TaskStatus": "core.tasks.handle",
     "Constant": "core.tasks.retry", "Linear": "core.tasks.retry", "Exponential": "core.tasks.retry",
-    "sweep_outbox": "core.tasks.dispatch",
+    "sweep_outbox": "core.tasks.dispatch", "report_progress": "core.tasks.progress",
     # the codec, under its ViUR names
     "JsonKeyEncoder": "core.json", "jsonDecodeObjectHook": "core.json",
     # periodic and startup tasks
@@ -101,6 +101,7 @@ if TYPE_CHECKING:
         remove_periodic_task,
         removePeriodicTask,
     )
+    from core.tasks.progress import report_progress
     from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter
     from core.tasks.registry import TaskRegistry, isolated_registry
     from core.tasks.retry import Constant, Exponential, Linear

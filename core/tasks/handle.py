@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core.tasks import records
+from core.tasks import progress, records
 from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
+from core.tasks.progress import Progress
 from core.tasks.runtime import get_runtime
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
@@ -101,6 +102,11 @@ class TaskHandle:
     def status(self) -> records.TaskRecord:
         """The task's record now: its ``state`` (a :data:`TaskStatus`), ``attempts``, times and ``error``."""
         return self._record()
+
+    def progress(self) -> Progress | None:
+        """How far the task got, as it reported with ``report_progress`` (``None``: nothing reported yet)."""
+        self._record()  # an untracked or expired task says so, as status() does
+        return progress.read(records.get(self.id))
 
     def result(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
         """Wait until the task ends and return its value.

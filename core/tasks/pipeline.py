@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.tasks import dispatch, hooks, lifecycle, message, telemetry
+from core.tasks import dispatch, hooks, lifecycle, message, progress, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
     BadTaskRequest,
@@ -245,8 +245,12 @@ def environment(delivery: Delivery, proceed: Proceed) -> Outcome:
     """The rest runs as the caller: user (reloaded by id), language, custom environment, task info."""
     envelope = delivery.envelope
     assert envelope is not None
-    with restored_environment(delivery.runtime, envelope.env, delivery.info):
-        return proceed(delivery)
+    token = progress.running.set(envelope.id)  # what report_progress() writes to
+    try:
+        with restored_environment(delivery.runtime, envelope.env, delivery.info):
+            return proceed(delivery)
+    finally:
+        progress.running.reset(token)
 
 
 def traced(delivery: Delivery, proceed: Proceed) -> Outcome:

@@ -11,7 +11,7 @@ from typing import Any
 
 from core import create_app, db
 from core.module import Module, exposed
-from core.tasks import PermanentTaskFailure, TaskHandle, callDeferred
+from core.tasks import PermanentTaskFailure, TaskHandle, callDeferred, report_progress
 from core.tasks.workflows import group
 from example import MODULES, SessionUsers
 
@@ -48,6 +48,16 @@ def redeemable(token: str, index: int) -> None:
     if db.get(db.key("probe_flag", f"{token}-blocked")) is not None:
         raise PermanentTaskFailure("the partner is down")
     _record("redeemable", token, index=index)
+
+
+@callDeferred(track=True)
+def progressing(token: str, count: int, seconds: float) -> int:
+    """Reports its progress after every item (the dashboard draws it as a moving bar)."""
+    for done in range(count + 1):
+        report_progress(done, count, note=f"item {done}")
+        time.sleep(seconds)
+    _record("progressing", token)
+    return count
 
 
 @callDeferred(track=True)
@@ -141,6 +151,10 @@ class Probes(Module):
         for index in range(int(count)):
             redeemable(token, index)
         return "queued"
+
+    @exposed(methods=("POST",))
+    def progressing(self, token: str, count: str = "100", seconds: str = "0.05") -> dict[str, Any]:
+        return {"id": progressing(token, int(count), float(seconds)).id}
 
     @exposed(methods=("POST",))
     def permanent(self, token: str) -> str:

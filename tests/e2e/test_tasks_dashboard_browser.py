@@ -134,3 +134,24 @@ def test_the_local_queue_depth_shows_waiting_tasks_per_queue(probe_stack, new_pa
     wait_for(lambda: len(db.Query("probe_run").filter("token =", token).run()) == 4, message="the four tasks")
     page.reload()
     expect(default.locator(".due")).to_have_text("0")
+
+
+def test_a_task_reporting_progress_shows_a_moving_bar(make_stack, new_page):
+    stack = make_stack(app_module="tests.e2e.app:app")
+    token = uuid.uuid4().hex
+    task_id = requests.post(f"{stack.url}/probes/progressing", data={"token": token, "count": "100",
+                                                                    "seconds": "0.1"}).json()["id"]
+    page = admin_page(new_page, stack.url)
+
+    def bar_value() -> int:
+        page.goto(f"{stack.url}/_tasks/admin/tasks?target=tests.e2e.app.progressing")
+        bar = page.locator(f'#tasks-list tr[data-task="{task_id}"] progress')
+        return int(bar.get_attribute("value") or 0) if bar.count() else -1
+
+    first = wait_for(lambda: (value := bar_value()) > 0 and value, timeout=60, message="a progress bar")
+    row = page.locator(f'#tasks-list tr[data-task="{task_id}"]')
+    expect(row.locator(".progress-text")).to_contain_text("of 100")
+    shot(page, "25-task-progress")
+    later = wait_for(lambda: (value := bar_value()) > first and value, timeout=30, message="the bar to move")
+    assert first < later <= 100
+    wait_for(lambda: db.Query("probe_run").filter("token =", token).run(), timeout=60, message="the task's end")
