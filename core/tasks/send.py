@@ -36,7 +36,8 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     (a duplicate is refused by the queue). ``record`` starts a tracked task: its record is written
     (inside a transaction, with it) and the task is named after its id, so a cancel can find it;
     a continuation of a task (a retry, a resend) keeps the record it has. ``body`` sends an
-    already encoded envelope as it is (a dead letter's); ``envelope`` then only describes it.
+    already encoded envelope as it is (a dead letter's): ``envelope`` then only describes it, and
+    the body keeps the trace it was first sent with.
     Raises ``TypeError`` naming the value when the envelope can't be encoded, before any hook.
     """
     if not runtime.settings.tasks_secret:
