@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from core import current
-from core.tasks import telemetry
 from core.tasks.errors import DeferredArgumentError, PermanentTaskFailure
 
 if TYPE_CHECKING:
@@ -23,14 +22,14 @@ if TYPE_CHECKING:
     from core.tasks.runtime import TaskRuntime
 
 
-def capture_environment(runtime: TaskRuntime, target: str = "task", queue: str | None = None) -> dict[str, Any]:
-    """The caller's user id, language, trace and custom environment, to be restored in the task."""
+def capture_environment(runtime: TaskRuntime) -> dict[str, Any]:
+    """The caller's user id, language and custom environment, to be restored in the task.
+
+    The trace is added by the send path (:mod:`core.tasks.send`), which opens the enqueue span.
+    """
     user = current.user.get()
     env: dict[str, Any] = {"user": runtime.users.id_of(user) if user is not None else None,
                            "language": current.language.get()}
-    trace = telemetry.enqueue_trace(target, queue)
-    if trace is not None:
-        env["trace"] = trace
     if runtime.environment is not None:
         env["custom"] = runtime.environment.serialize()
     return env

@@ -21,7 +21,7 @@ from core import db, db_query
 from core import json as tagged_json
 from core.clock import utc_now
 from core.reprs import safe_repr
-from core.tasks import dispatch, message, records, wire
+from core.tasks import message, records, send
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import BadTaskRequest, PayloadError, PermanentTaskFailure
 from core.tasks.pipeline import target_of
@@ -148,7 +148,7 @@ def _resend(runtime: TaskRuntime, letter: db.Entity) -> None:
     queue = str(letter.get("queue") or "").rstrip("/").rsplit("/", 1)[-1]
     if not QUEUE_NAME_RE.match(queue):
         queue = runtime.settings.tasks_default_queue
-    dispatch.send(runtime, wire.signed_request(runtime, queue, path, _with_fresh_budget(runtime, body)))
+    send.resend(runtime, _with_fresh_budget(runtime, body), queue=queue, path=path, target=letter.get("target"))
     db.delete(key)
     if letter.get("task_id"):
         records.reopen(str(letter["task_id"]))  # a tracked task's record would refuse the push

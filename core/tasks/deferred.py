@@ -28,10 +28,9 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core import db
 from core import json as tagged_json
 from core.reprs import safe_repr
-from core.tasks import aio, arguments, dispatch, message, records
+from core.tasks import aio, arguments, message
 from core.tasks.context import capture_environment, require_caller
 from core.tasks.errors import (
     ConfigurationError,
@@ -43,14 +42,14 @@ from core.tasks.errors import (
 )
 from core.tasks.give_up import GiveUpMail
 from core.tasks.handle import TaskHandle
-from core.tasks.hooks import before_enqueue, check_hooks
+from core.tasks.hooks import check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_of
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.transports.base import MAX_SCHEDULE_AHEAD, EnqueueResult, EnqueueStatus, TaskRequest
-from core.tasks.wire import build_request
+from core.tasks.send import send
+from core.tasks.transports.base import MAX_SCHEDULE_AHEAD
 from core.tasks.workflows.signatures import Signature, signature
 
 if TYPE_CHECKING:
@@ -274,8 +273,6 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
     ``check_call`` checks the arguments against the function (a caller's own call; a workflow's
     next step, fed the previous result, is checked when it runs, where a misfit fails the workflow).
     """
-    if not runtime.settings.tasks_secret:
-        raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     instance_path = None
     if target.kind == "method":
         locator = runtime.modules
@@ -298,23 +295,21 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["timeout"] = target.timeout
     if _extra:
         call.update(_extra)
-    envelope = message.Envelope(kind="deferred", payload=call, queue=queue,
-                                env=capture_environment(runtime, target.name, queue))
+    envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
     if _require_user if _require_user is not None else target.require_user:
         require_caller(envelope.env, target.name)
-    # A tracked task is named after its id, so a cancel can find it in the queue.
-    name = _name or (envelope.id if tracked else None)
     deadline = datetime.timedelta(seconds=target.timeout) if target.timeout is not None else None
+    check = None
+    if check_call:  # after encoding (in send), so a value that cannot travel at all is named as such first
+        bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
+        check = functools.partial(arguments.check_deferred_call, target.func, bound, args, kwargs)
     try:
-        request = build_request(runtime, envelope, DEFERRED_PATH, name=name, eta=eta,
-                                target_version=_target_version or None, dispatch_deadline=deadline)
+        return send(runtime, envelope, path=DEFERRED_PATH, target=target.name, name=_name, eta=eta,
+                    target_version=_target_version or None, deadline=deadline, record=tracked, check=check)
+    except DeferredArgumentError:
+        raise
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
-    if check_call:  # after encoding, so a value that cannot travel at all is named as such first
-        bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
-        arguments.check_deferred_call(target.func, bound, args, kwargs)
-    return enqueue(runtime, envelope, request, target=target.name, own_hooks=target.hooks, dedupe_name=_name,
-                   tracked=tracked)
 
 
 def send_task(runtime: TaskRuntime, kind: str, payload: dict[str, Any], *, target: str, queue: str | None = None,
@@ -324,49 +319,14 @@ def send_task(runtime: TaskRuntime, kind: str, payload: dict[str, Any], *, targe
     ``payload`` must hold only values ``core.json`` carries; ``target`` is what its record names;
     ``tracked=None`` gives it a record if its queue is a tracked one.
     """
-    if not runtime.settings.tasks_secret:
-        raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     queue = queue_of(runtime, target, declared=queue)
     if tracked is None:
         tracked = queue in runtime.settings.tasks_tracked_queues
     if tracked:
         payload = {**payload, "track": True}
-    env = capture_environment(runtime, target, queue)
-    envelope = message.Envelope(kind=kind, payload=payload, queue=queue, env=env)
-    request = build_request(runtime, envelope, DEFERRED_PATH, name=name or (envelope.id if tracked else None),
-                            target_version=target_version)
-    return enqueue(runtime, envelope, request, target=target, dedupe_name=name, tracked=tracked)
-
-
-def enqueue(runtime: TaskRuntime, envelope: message.Envelope, request: TaskRequest, *, target: str,
-            own_hooks: tuple[Any, ...] = (), dedupe_name: str | None, tracked: bool) -> TaskHandle:
-    """Send a signed task of any kind: its hooks, its record (tracked) and its handle.
-
-    Inside a transaction the record is written and the task queued if and only if it commits.
-    """
-    eta = request.eta
-    before_enqueue(runtime, own_hooks, envelope, target, name=dedupe_name, eta=eta)
-    handle = TaskHandle(envelope.id, envelope.queue, dedupe_name, eta, tracked=tracked, queue_task=request.name)
-    on_result: Any = handle._created
-    if tracked:
-        record = records.new_record(envelope.id, target=target, queue=envelope.queue, kind=envelope.kind,
-                                    queue_task=request.name, eta=eta,
-                                    ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
-                                    payload=envelope.payload)
-        db.put(record)  # inside a transaction: written if and only if the task is queued
-        on_result = _forget_duplicate(handle)
-    # A named call is created at once (outside a transaction), so the handle knows if it was a duplicate.
-    dispatch.send(runtime, request, on_result=on_result, now=dedupe_name is not None)
-    return handle
-
-
-def _forget_duplicate(handle: TaskHandle) -> Any:
-    """The result callback of a tracked call: a name that was taken queued nothing, so no record."""
-    def report(result: EnqueueResult) -> None:
-        handle._created(result)
-        if result.status is EnqueueStatus.DUPLICATE:
-            db.delete(records.record_key(handle.id))
-    return report
+    envelope = message.Envelope(kind=kind, payload=payload, queue=queue, env=capture_environment(runtime))
+    return send(runtime, envelope, path=DEFERRED_PATH, target=target, name=name, target_version=target_version,
+                record=tracked)
 
 
 def argument_error(target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[str, Any],

@@ -2,7 +2,7 @@
 
 A hook is any object with some of these methods (:class:`TaskHook` has them all, doing nothing)::
 
-    before_enqueue(task)         a deferred call is made, before its task is sent
+    before_enqueue(task)         a task is about to be sent (any kind, a retry, a step, a resend)
     before_run(task)             a task is about to run (verified and decoded)
     on_failure(task, error)      the task raised (it will be retried or given up)
     on_dead_letter(task, outcome)  the task was given up and recorded as a dead letter
@@ -47,7 +47,7 @@ class TaskHook:
     """Base class of a hook: override the methods you need."""
 
     def before_enqueue(self, task: TaskCall) -> None:
-        """A deferred call was made; its task is about to be sent (inside a transaction: if it commits)."""
+        """A task is about to be sent (inside a transaction: it is sent if that commits)."""
 
     def before_run(self, task: TaskCall) -> None:
         """The task is about to run."""
@@ -136,9 +136,10 @@ def call_of(envelope: Envelope, target: str | None, info: TaskInfo | None = None
                     name=name, eta=eta, info=info, payload=payload)
 
 
-def before_enqueue(runtime: TaskRuntime, own: Sequence[Any], envelope: Envelope, target: str, *,
+def before_enqueue(runtime: TaskRuntime, envelope: Envelope, target: str | None, *,
                    name: str | None, eta: datetime.datetime | None) -> None:
-    """Run ``before_enqueue`` of the app's hooks, then the task's own."""
+    """Run ``before_enqueue`` of the app's hooks, then the task's own (every task the app sends)."""
+    own = _own_hooks(runtime, target)
     if not runtime.hooks and not own:
         return
     task = call_of(envelope, target, name=name, eta=eta)

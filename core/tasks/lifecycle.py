@@ -24,14 +24,14 @@ from typing import Any
 
 from core import db
 from core.clock import utc_now
-from core.tasks import dispatch, message, records
+from core.tasks import message, records
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PermanentTaskFailure
 from core.tasks.queues import QueueConfig, last_allowed_attempt
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime
+from core.tasks.send import send
 from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
-from core.tasks.wire import build_request
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,8 @@ def _schedule_next(runtime: TaskRuntime, attempt: Attempt, name: str, eta: datet
     payload = {**envelope.payload, "attempt": attempt.number}
     following = message.Envelope(kind=envelope.kind, payload=payload, queue=envelope.queue, env=envelope.env,
                                  id=envelope.id, created=envelope.created)
-    request = build_request(runtime, following, attempt.path, name=name, eta=eta,
-                            dispatch_deadline=_timeout_of(payload))
-    dispatch.flush(runtime, [request])
+    send(runtime, following, path=attempt.path, target=attempt.target, name=name, eta=eta,
+         deadline=_timeout_of(payload))
 
 
 def _timeout_of(payload: Mapping[str, Any]) -> datetime.timedelta | None:

@@ -1,8 +1,8 @@
-"""The one recipe for an outgoing task request: an encoded envelope, signed for the path it is pushed to.
+"""The recipe for an outgoing task request: an encoded envelope, signed for the path it is pushed to.
 
-Whatever sends a task (a deferred call, a QueryIter step, a retry scheduled by the app, an admin
-re-sending a dead letter) builds its request here, so the headers a queue delivers and the
-signature the verifier checks always agree.
+The send path (:mod:`core.tasks.send`) is what the app sends through: it signs here, so the headers
+a queue delivers and the signature the verifier checks always agree. Nothing else in the app hands
+a request to a queue; tests use :func:`build_request` to forge what a queue delivers.
 """
 from __future__ import annotations
 

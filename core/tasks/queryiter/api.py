@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from core import db, db_query
 from core import json as tagged_json
 from core.clock import utc_now as now
-from core.tasks import aio, dispatch, started
+from core.tasks import aio, started
 from core.tasks.context import capture_environment
 from core.tasks.errors import ConfigurationError, DeferredArgumentError, TaskNotFound
 from core.tasks.queryiter import split
@@ -21,8 +21,8 @@ from core.tasks.queryiter.runs import (
     SHARD_UNINDEXED,
     UNINDEXED,
     run_key,
+    send_step,
     shard_key,
-    step_request,
 )
 from core.tasks.registry import TaskRegistry, declare, qualified_name
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -169,8 +169,6 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
     per key range and each range's first step are written in that one transaction.
     """
     runtime = runtime or get_runtime()
-    if not runtime.settings.tasks_secret:
-        raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     if runtime.registry.query_iters.find(cls.iter_id) is not cls:
         raise ConfigurationError(f"{cls.iter_id} is not registered in this app's task registry")
     runtime.queues.require(cls.queueName, f"{cls.iter_id}.queueName")
@@ -200,24 +198,23 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
         "started": started_at, "updated": started_at, "finished": None, "finishing_since": None, "finish_token": None,
         "last_error": None,
     })
+    chains: list[int | None] = [None]  # one chain, or one per shard
     if shards == 1:
         entities = [record]
-        requests = [step_request(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env,
-                                 generation=0, step=0)]
     else:
         ranges = split.key_ranges(split.split_points(query, shards))
         record["shards"] = len(ranges)
         entities = [record, *(_shard_record(run_id, index, lo, hi) for index, (lo, hi) in enumerate(ranges))]
-        requests = [step_request(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env,
-                                 generation=0, step=0, shard=index) for index in range(len(ranges))]
+        chains = list(range(len(ranges)))
 
     def create() -> None:
         db.put(entities)
-        for request in requests:
-            dispatch.send(runtime, request)
+        for shard in chains:
+            send_step(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env, generation=0,
+                      step=0, shard=shard)
 
     db.run_in_transaction(create)
-    log.info("started query run %s of %s over %r in %d chain(s)", run_id, cls.iter_id, query, len(requests))
+    log.info("started query run %s of %s over %r in %d chain(s)", run_id, cls.iter_id, query, len(chains))
     started.note("queryiter", run_id, cls.__name__)
     return run_id
 

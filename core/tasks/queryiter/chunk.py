@@ -17,7 +17,7 @@ from typing import Any
 from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
-from core.tasks import aio, dispatch, message
+from core.tasks import aio, message
 from core.tasks.auth.queue_headers import TaskInfo
 from core.tasks.errors import PayloadError, PermanentTaskFailure, TaskNotFound, error_text
 from core.tasks.queryiter import split
@@ -32,12 +32,11 @@ from core.tasks.queryiter.runs import (
     fail_run,
     parse_step,
     run_key,
+    send_step,
     shard_key,
-    step_request,
 )
 from core.tasks.registry import declare_kind
 from core.tasks.runtime import TaskRuntime
-from core.tasks.transports.base import TaskRequest
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +298,11 @@ class _Chunk:
         self._update(change)
         # Sent after the commit: if this fails the step is retried, finds the record one step on
         # and sends the same name again.
-        dispatch.send(self.runtime, self.successor())
+        self.send_successor()
 
-    def successor(self) -> TaskRequest:
-        return step_request(self.runtime, run_id=self.run_id, iter_id=self.cls.iter_id, queue=self.queue,
-                            env=self.env, generation=self.generation, step=self.step + 1, shard=self.shard)
+    def send_successor(self) -> None:
+        send_step(self.runtime, run_id=self.run_id, iter_id=self.cls.iter_id, queue=self.queue, env=self.env,
+                  generation=self.generation, step=self.step + 1, shard=self.shard)
 
     # the end
 
@@ -364,7 +363,7 @@ def run_step(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo) -
     chunk = _Chunk(runtime, cls, record, holder, dict(envelope.env), generation, step, shard)
     if int(holder["step"]) == step + 1:
         # This step committed before and is being retried: make sure its successor exists.
-        dispatch.send(runtime, chunk.successor())
+        chunk.send_successor()
         return
     if int(holder["step"]) != step:
         log.warning("query run %s is at step %s; stale step %d does nothing", run_id, holder["step"], step)

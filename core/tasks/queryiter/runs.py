@@ -16,12 +16,12 @@ from typing import Any
 from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
-from core.tasks import dispatch, message
+from core.tasks import message
 from core.tasks.errors import NotFound, PayloadError, error_text
 from core.tasks.records import TaskState
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.transports.base import TaskRequest, hashed_task_name
-from core.tasks.wire import build_request
+from core.tasks.send import send
+from core.tasks.transports.base import hashed_task_name
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,15 @@ def step_task_name(run_id: str, generation: int, step: int, shard: int | None = 
     return hashed_task_name(f"{run_id}/shard-{shard}/{generation}/{step}", f"-qi{shard}-{generation}-{step}")
 
 
-def step_request(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str, env: dict[str, Any],
-                 generation: int, step: int, shard: int | None = None) -> TaskRequest:
-    """The signed task of one step of a run (of one of its shards)."""
+def send_step(runtime: TaskRuntime, *, run_id: str, iter_id: str, queue: str, env: dict[str, Any],
+              generation: int, step: int, shard: int | None = None) -> None:
+    """Send the task of one step of a run (of one of its shards), named so it is sent once."""
     payload: dict[str, Any] = {"run": run_id, "class": iter_id, "gen": generation, "step": step}
     if shard is not None:
         payload["shard"] = shard
     envelope = message.Envelope(kind=TASK_KIND, queue=queue, env=env, payload=payload)
-    return build_request(runtime, envelope, QUERY_ITER_PATH, name=step_task_name(run_id, generation, step, shard))
+    send(runtime, envelope, path=QUERY_ITER_PATH, target=iter_id,
+         name=step_task_name(run_id, generation, step, shard))
 
 
 def parse_step(payload: Any) -> tuple[str, str, int, int, int | None]:
@@ -256,8 +257,8 @@ def resume_run(run_id: str, *, runtime: TaskRuntime | None = None) -> bool:
         db.put(record)
         env = tagged_json.loads(record["env"])
         for shard, step in _steps_to_resume(record):
-            dispatch.send(runtime, step_request(runtime, run_id=run_id, iter_id=record["class"], queue=record["queue"],
-                                                env=env, generation=generation, step=step, shard=shard))
+            send_step(runtime, run_id=run_id, iter_id=record["class"], queue=record["queue"], env=env,
+                      generation=generation, step=step, shard=shard)
         return True
 
     return db.run_in_transaction(resume)
