@@ -120,7 +120,7 @@ def test_hints_the_call_cannot_judge_are_left_to_the_run(app, task_queue):
 
 
 def test_methods_are_checked_without_self_or_cls(app, task_queue):
-    billing = app.extensions["core.modules"]["billing"]
+    billing = app.extensions["core"].modules["billing"]
     error = refused(billing.close, 202610)
     assert (error.function, error.argument) == ("Billing.close", "month")
     assert refused(Billing.reopen, 202610).argument == "month"
