@@ -28,7 +28,7 @@ from typing import Any
 from flask import Response, flash, jsonify, redirect, request
 
 from core import current, db, key_ids
-from core.admin import forms, paging, tasks_page, workflows_page
+from core.admin import forms, ops_pages, paging, tasks_page, workflows_page
 from core.admin.render import Dashboard, error_response, guarded, require_admin, respond, wants_json
 from core.admin.views import describe_run, run_is_active
 from core.module import exposed
@@ -41,6 +41,7 @@ from core.tasks.queryiter import runs as queryiter
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter.runs import RunInfo, run_info
 from core.tasks.runtime import TaskRuntime
+from core.tasks.transports.base import QUEUE_NAME_RE
 
 #: Seconds between reloads of a page that shows something running.
 REFRESH_SECONDS = 2
@@ -103,6 +104,13 @@ class TaskAdmin(Dashboard):
     def failed(self, letter_id: str | None = None, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
         """Failed tasks (GET); retry or discard one (POST ``<id>/retry`` | ``<id>/discard``)."""
         runtime = require_admin()
+        if request.method == "POST" and letter_id == "bulk":
+            refused = self._refused(action, ("retry", "discard"))
+            if refused is not None:
+                return refused
+            assert action is not None
+            message, done = ops_pages.bulk_action(runtime, action, request.form)
+            return self._done("failed", message, changed=done)
         if request.method == "POST":
             return self._dead_letter_action(runtime, letter_id, action)
         if letter_id is not None:
@@ -132,6 +140,36 @@ class TaskAdmin(Dashboard):
             raise NotFound("no such page")
         data = tasks_page.page_data(runtime, request.args, f"{self._base()}/tasks")
         return respond("tasks.html", data, action_form=forms.ActionForm(), base=self._base(), title="Tracked tasks")
+
+    @exposed(methods=("GET", "POST"))
+    @guarded
+    def queues(self, queue: str | None = None, action: str | None = None, *args: Any, **kwargs: Any) -> Response:
+        """The app's queues (GET), one queue's tasks (GET ``<queue>``); pause, resume, purge or run
+        one task now (POST ``<queue>/pause`` | ``resume`` | ``purge`` | ``run``, form field ``task``)."""
+        runtime = require_admin()
+        if queue is not None:
+            queue = key_ids.key_id(queue, what="queue name", pattern=QUEUE_NAME_RE)
+            if queue not in runtime.queues:
+                raise NotFound(f"the app has no queue {queue!r}")
+        if request.method == "POST":
+            refused = self._refused(action, ("pause", "resume", "purge", "run"), queue)
+            if refused is not None:
+                return refused
+            assert queue is not None and action is not None
+            message, changed = ops_pages.queue_action(runtime, queue, action, request.form)
+            return self._done(f"queues/{queue}", message, changed=changed)
+        if action is not None:
+            raise NotFound("no such page")
+        data = ops_pages.queues_data(runtime, queue, request.args.get("cursor"))
+        title = f"Queue {queue}" if queue else "Queues"
+        return respond("queues.html", data, action_form=forms.ActionForm(), base=self._base(), title=title)
+
+    @exposed(methods=("GET",))
+    @guarded
+    def metrics(self, *args: Any, **kwargs: Any) -> Response:
+        """Throughput, p50 / p95 duration and failure rate per queue and target, last hour and day."""
+        require_admin()
+        return respond("metrics.html", ops_pages.metrics_data(), base=self._base(), title="Metrics")
 
     @exposed(methods=("GET",))
     @guarded

@@ -29,6 +29,9 @@ PAGES = (
     ("/_tasks/admin/runs", "Callable task runs"),
     ("/_tasks/admin/tasks", "Tracked tasks"),
     ("/_tasks/admin/workflows", "Groups and chains"),
+    ("/_tasks/admin/queues", "Queues"),
+    ("/_tasks/admin/queues/default", "Queue default"),
+    ("/_tasks/admin/metrics", "Metrics"),
     ("/_tasks/admin/no-such-page", "Not found"),
 )
 
