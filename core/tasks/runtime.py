@@ -161,7 +161,8 @@ class TaskRuntime:
         return hook
 
     def _count(self, outcome: Outcome) -> None:
-        if outcome.target is not None and outcome.info is not None:
+        # Metrics are kept per queue: a request that named none has no row to count in.
+        if outcome.target is not None and outcome.info is not None and outcome.info.queue is not None:
             self.metrics.ran(outcome.info.queue, outcome.target, outcome_name(outcome), outcome.duration)
 
     def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
