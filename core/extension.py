@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from flask.signals import appcontext_pushed
@@ -40,6 +40,9 @@ from core.tasks.workflows.hook import install as install_workflows
 from core.users import UserProvider
 
 log = logging.getLogger(__name__)
+
+#: A middleware as given: ``add_middleware`` returns it unchanged (decorator use).
+M = TypeVar("M")
 
 #: Chooses the language of a request (default: best match of Accept-Language among LANGUAGES).
 LanguageSelector = Callable[[Any], str]
@@ -80,8 +83,8 @@ class Tasks:
         if app is not None:
             self.init_app(app)
 
-    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
-                       name: str | None = None) -> Any:
+    def add_middleware(self, middleware: M, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> M:
         """Add ``middleware`` to the task pipeline of every app of this extension, now and later.
 
         ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a
