@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
 from core import current, db, devserver, request_bodies, safety, task_routes, trace
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M")
 
 #: Chooses the language of a request (default: best match of Accept-Language among LANGUAGES).
-LanguageSelector = Callable[[Any], str]
+LanguageSelector = Callable[[Request], str]
 
 _TOKENS = "_core_task_runtime_tokens"
 
@@ -234,7 +234,7 @@ def _leave_request(error: BaseException | None) -> None:
 
 
 def _accept_language(languages: tuple[str, ...]) -> LanguageSelector:
-    def select(req: Any) -> str:
+    def select(req: Request) -> str:
         explicit = req.args.get("lang")
         if explicit in languages:
             return str(explicit)
