@@ -118,7 +118,7 @@ def sync_queues_command(queue_yaml: Path | None, dry_run: bool) -> None:
 def run_local_command(ctx: click.Context, port: int | None, server: str | None) -> None:
     """Serve this app on the local stack: Datastore emulator, local queue, gunicorn or granian, cron pings."""
     info = ctx.find_object(ScriptInfo)
-    app = info.load_app() if info is not None else current_app._get_current_object()
+    app = info.load_app() if info is not None else current_app._get_current_object()  # type: ignore[attr-defined]  # Flask types its proxy as the app
     devserver.run_local(gunicorn_target(app, info.app_import_path if info is not None else None), port=port,
                         server=server)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,7 @@ def _act(action: str, selection: deadletters.LetterFilter, dry_run: bool, yes: b
     if not yes:
         click.confirm(f"{action.capitalize()} {count} dead letter(s) ({selection.describe()})?", abort=True)
     label = "Retrying" if action == "retry" else "Discarding"
-    with click.progressbar(length=count, label=label, file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=count, label=label, file=sys.stderr) as bar:
         result = deadletters.bulk(runtime, action, selection, batch_size=batch_size, progress=bar.update)
     verb = "retried" if action == "retry" else "discarded"
     click.echo(f"{verb} {result.done} dead letter(s)")

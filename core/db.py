@@ -127,7 +127,8 @@ class Entity(datastore.Entity):
 
 
 # Keys and entities (ours and the library's) travel in task payloads as the ``~k`` and ``~e`` tags.
-_key_tag = tagged_json.register(KeyTag(Key, datastore.Key))
+_key_tag = KeyTag(Key, datastore.Key)
+tagged_json.register(_key_tag)
 tagged_json.register(EntityTag(Entity, datastore.Entity, _key_tag))
 tagged_json.register(GeoPointTag(GeoPoint))
 

@@ -14,9 +14,9 @@ import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from flask.signals import appcontext_pushed
 
 from core import current, db, devserver, request_bodies, safety, task_routes, trace
@@ -41,8 +41,11 @@ from core.users import UserProvider
 
 log = logging.getLogger(__name__)
 
+#: A middleware as given: ``add_middleware`` returns it unchanged (decorator use).
+M = TypeVar("M")
+
 #: Chooses the language of a request (default: best match of Accept-Language among LANGUAGES).
-LanguageSelector = Callable[[Any], str]
+LanguageSelector = Callable[[Request], str]
 
 _TOKENS = "_core_task_runtime_tokens"
 
@@ -80,8 +83,8 @@ class Tasks:
         if app is not None:
             self.init_app(app)
 
-    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
-                       name: str | None = None) -> Any:
+    def add_middleware(self, middleware: M, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> M:
         """Add ``middleware`` to the task pipeline of every app of this extension, now and later.
 
         ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a
@@ -231,7 +234,7 @@ def _leave_request(error: BaseException | None) -> None:
 
 
 def _accept_language(languages: tuple[str, ...]) -> LanguageSelector:
-    def select(req: Any) -> str:
+    def select(req: Request) -> str:
         explicit = req.args.get("lang")
         if explicit in languages:
             return str(explicit)

@@ -75,7 +75,10 @@ def plan_scaffold(root: Path, cron_yaml_text: str) -> tuple[list[PlannedFile], l
     refused: list[Path] = []
     for name, text in (("queue.yaml", STARTER_QUEUE_YAML), ("cron.yaml", cron_yaml_text)):
         path = root / name
-        (refused if path.exists() else planned).append(path if path.exists() else PlannedFile(path, text))
+        if path.exists():
+            refused.append(path)
+        else:
+            planned.append(PlannedFile(path, text))
     addition = gitignore_addition(root / ".gitignore")
     if addition:
         planned.append(PlannedFile(root / ".gitignore", addition, append=(root / ".gitignore").exists()))

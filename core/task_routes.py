@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from flask.sessions import SecureCookieSession, SessionInterface
@@ -90,7 +90,8 @@ def init_app(app: Flask, tree: ModuleTree) -> TaskRoutes:
     """
     routes = TaskRoutes.of_tree(tree)
     if not isinstance(app.session_interface, TaskRouteSessions):
-        app.session_interface = TaskRouteSessions(app.session_interface, routes)
+        # Flask only calls the interface's methods, which the wrapper has (it is not a subclass, see above).
+        app.session_interface = cast(SessionInterface, TaskRouteSessions(app.session_interface, routes))
     return routes
 
 

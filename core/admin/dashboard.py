@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Response, flash, jsonify, redirect, request
+from flask import flash, jsonify, redirect, request
+from werkzeug.wrappers import Response  # what redirect() gives; Flask's Response is one
 
 from core import current, db, key_ids
 from core.admin import forms, ops_pages, paging, tasks_page, workflows_page

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, redirect, request
 from werkzeug.exceptions import NotFound as NoSuchRoute
+from werkzeug.wrappers import Response  # what redirect() gives; Flask's Response is one
 
 from core import key_ids
 from core.admin import forms

@@ -294,6 +294,7 @@ def run_local(app_module: str = "main:app", *, root: Path | None = None, port: i
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # On the console, not only in a log: what this project lacks and what that means locally.
+    assert stack.queue_yaml is not None  # resolved by LocalStack.__post_init__
     for note in missing_file_notes(stack.queue_yaml, Path(os.environ.get("CRON_YAML") or root / "cron.yaml")):
         print(f"run-local: {note}", file=sys.stderr, flush=True)
     try:

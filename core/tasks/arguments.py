@@ -23,7 +23,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core import db
@@ -80,7 +80,7 @@ def check_deferred_call(func: Callable[..., Any], bound: tuple[Any, ...], args: 
     shape = _shape(func) if inspect.isfunction(func) else _read_shape(func)
     if shape.signature is None:
         return
-    arguments = shape.bind(bound, args, kwargs)  # type: ignore[arg-type] - any sequence does
+    arguments = shape.bind(bound, args, kwargs)
     if arguments is None:
         try:
             arguments = shape.signature.bind(*bound, *args, **kwargs).arguments
@@ -121,7 +121,7 @@ class Shape:
     #: and ``"*"`` / ``"**"`` for ``*args`` / ``**kwargs`` (each item checked), else ``""``.
     call_site_types: tuple[tuple[str, tuple[type, ...], str], ...] = ()
 
-    def bind(self, bound: tuple[Any, ...], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    def bind(self, bound: tuple[Any, ...], args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The arguments by name, in the signature's order, as ``Signature.bind`` gives them.
 
         ``None`` when the signature has positional-only parameters or the call does not fit:
@@ -173,7 +173,8 @@ def _read_shape(func: Callable[..., Any]) -> Shape:
         return Shape(None, {})
     parameters = signature.parameters.values()
     hints = _hints(func)
-    spreads = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    spreads: dict[inspect._ParameterKind, str] = {inspect.Parameter.VAR_POSITIONAL: "*",
+                                                  inspect.Parameter.VAR_KEYWORD: "**"}
     checked = tuple((name, allowed, spreads.get(signature.parameters[name].kind, ""))
                     for name, hint in hints.items()
                     if name in signature.parameters and (allowed := _call_site_types(hint)) is not None)

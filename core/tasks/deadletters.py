@@ -73,9 +73,10 @@ def _behind(error: BaseException) -> BaseException:
 
 def key_of(letter_id: str | None) -> db.Key:
     """The key of a dead letter from its id in a URL (ids are allocated numbers)."""
-    if not re.fullmatch(r"[1-9][0-9]{0,18}", letter_id or "") or int(letter_id or 0) >= 1 << 63:
-        raise BadTaskRequest(f"malformed failed-task id {(letter_id or '')[:40]!r}")
-    return db.key(DEAD_LETTER_KIND, int(letter_id))
+    text = letter_id or ""
+    if not re.fullmatch(r"[1-9][0-9]{0,18}", text) or int(text) >= 1 << 63:
+        raise BadTaskRequest(f"malformed failed-task id {text[:40]!r}")
+    return db.key(DEAD_LETTER_KIND, int(text))
 
 
 def count() -> int:

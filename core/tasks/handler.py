@@ -20,6 +20,7 @@ from flask import Response, jsonify, request
 from core.module import Module, exposed
 from core.safety import read_body
 from core.tasks import executor
+from core.tasks.auth.queue_headers import lowered_headers
 from core.tasks.outcome import Outcome
 from core.tasks.periodic import find_bound_task
 from core.tasks.pipeline import RETRY_WARNING_THRESHOLD
@@ -86,7 +87,8 @@ class TaskHandler(Module):
     def cron(self, cronName: str = "default", *args: Any, **kwargs: Any) -> Response:  # noqa: N803
         """Enqueue every periodic task of the cron group that is due (cron / Cloud Scheduler ping)."""
         outcome = executor.execute(get_runtime(), method=request.method, path=request.path,
-                                   headers=request.headers, body=read_body(), cron=cronName)
+                                   headers=lowered_headers(request.headers), body=read_body(),
+                                   cron=cronName)
         response = jsonify(outcome.data if outcome.data is not None else {"error": outcome.message})
         response.status_code = outcome.status
         response.headers.extend(outcome_headers(outcome))

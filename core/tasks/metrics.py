@@ -16,12 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from core import clock
 from core.tasks import metrics_store
 from core.tasks.metrics_store import StatsTable, TargetStats
 
+otel_metrics: ModuleType | None  # None when the optional extra is not installed
 try:
     from opentelemetry import metrics as otel_metrics
 except ImportError:  # the optional extra is not installed: the dashboard's metrics still work

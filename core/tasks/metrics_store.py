@@ -78,8 +78,9 @@ class TargetStats:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TargetStats:
-        stats = cls(**{name: int(data.get(name, 0)) for name in COUNTS},
-                    duration_sum=float(data.get("duration_sum", 0.0)))
+        stats = cls(duration_sum=float(data.get("duration_sum", 0.0)))
+        for name in COUNTS:
+            setattr(stats, name, int(data.get(name, 0)))
         histogram = list(data.get("histogram") or [])
         if len(histogram) == len(stats.histogram):  # a histogram of other bounds is not merged
             stats.histogram = [int(count) for count in histogram]

@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 D = TypeVar("D")
 Proceed = Callable[[D], Outcome]
-Step = Callable[[D, Proceed[D]], Outcome]
+
+
+class Step(Protocol[D]):
+    """A middleware function: ``step(delivery, proceed=...)``; the pipeline links steps by ``proceed``."""
+
+    def __call__(self, delivery: D, /, proceed: Proceed[D]) -> Outcome: ...
 
 #: Where a middleware added without ``before=`` or ``after=`` goes: innermost, just before this one.
 INNERMOST = "run"

@@ -11,7 +11,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from core.tasks import aio
 from core.tasks.errors import ConfigurationError
@@ -102,9 +102,22 @@ def declare_periodic(func: Callable[..., Any], interval: float | datetime.timede
     return wrapper
 
 
-def PeriodicTask(interval: Any = None, cronName: str = DEFAULT_CRON, *,  # noqa: N802,N803 - ViUR's names
-                 at: datetime.time | None = None, crontab: Crontab | None = None,
-                 queue: str | None = None, lock: bool = False) -> Any:
+#: What ``@PeriodicTask(...)`` with arguments returns: the decorator.
+PeriodicDecorator = Callable[[Callable[..., Any]], PeriodicFunction]
+
+
+@overload
+def PeriodicTask(interval: Callable[..., Any], cronName: str = ..., *,  # noqa: N802,N803 - ViUR's names
+                 at: datetime.time | None = ..., crontab: Crontab | None = ...,
+                 queue: str | None = ..., lock: bool = ...) -> PeriodicFunction: ...
+@overload
+def PeriodicTask(interval: float | datetime.timedelta | None = ..., cronName: str = ..., *,  # noqa: N802,N803
+                 at: datetime.time | None = ..., crontab: Crontab | None = ...,
+                 queue: str | None = ..., lock: bool = ...) -> PeriodicDecorator: ...
+def PeriodicTask(interval: Callable[..., Any] | float | datetime.timedelta | None = None,  # noqa: N802
+                 cronName: str = DEFAULT_CRON, *, at: datetime.time | None = None,  # noqa: N803 - ViUR's name
+                 crontab: Crontab | None = None, queue: str | None = None,
+                 lock: bool = False) -> PeriodicFunction | PeriodicDecorator:
     """Decorator: run a function, or a method on every mounted instance of its module, periodically.
 
     ``interval`` is a lower bound between runs: a :class:`datetime.timedelta` or a number of
@@ -121,8 +134,16 @@ def PeriodicTask(interval: Any = None, cronName: str = DEFAULT_CRON, *,  # noqa:
     return lambda func: declare_periodic(func, interval, cronName, at, crontab, queue, lock)
 
 
-def periodic_task(interval: Any = None, cron_name: str = DEFAULT_CRON, *, at: datetime.time | None = None,
-                  crontab: Crontab | None = None, queue: str | None = None, lock: bool = False) -> Any:
+@overload
+def periodic_task(interval: Callable[..., Any], cron_name: str = ..., *, at: datetime.time | None = ...,
+                  crontab: Crontab | None = ..., queue: str | None = ..., lock: bool = ...) -> PeriodicFunction: ...
+@overload
+def periodic_task(interval: float | datetime.timedelta | None = ..., cron_name: str = ..., *,
+                  at: datetime.time | None = ..., crontab: Crontab | None = ..., queue: str | None = ...,
+                  lock: bool = ...) -> PeriodicDecorator: ...
+def periodic_task(interval: Callable[..., Any] | float | datetime.timedelta | None = None,
+                  cron_name: str = DEFAULT_CRON, *, at: datetime.time | None = None, crontab: Crontab | None = None,
+                  queue: str | None = None, lock: bool = False) -> PeriodicFunction | PeriodicDecorator:
     """snake_case spelling of :func:`PeriodicTask`."""
     return PeriodicTask(interval, cron_name, at=at, crontab=crontab, queue=queue, lock=lock)
 

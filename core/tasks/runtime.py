@@ -15,7 +15,7 @@ import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from core import clock as app_clock
 from core import db
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from core.tasks.transports.base import Transport
 
 log = logging.getLogger(__name__)
+
+#: A hook or middleware as given: ``add_hook`` / ``add_middleware`` return it unchanged (decorator use).
+H = TypeVar("H")
+M = TypeVar("M")
 
 
 class InstanceLocator(Protocol):
@@ -155,17 +159,18 @@ class TaskRuntime:
             self._verifier = RequestVerifier(self.settings)
         return self._verifier
 
-    def add_hook(self, hook: Any) -> Any:
+    def add_hook(self, hook: H) -> H:
         """Run ``hook`` around every task of this app (after the hooks added before it)."""
         self.hooks.extend(check_hooks([hook], "add_hook"))
         return hook
 
     def _count(self, outcome: Outcome) -> None:
-        if outcome.target is not None and outcome.info is not None:
+        # Metrics are kept per queue: a request that named none has no row to count in.
+        if outcome.target is not None and outcome.info is not None and outcome.info.queue is not None:
             self.metrics.ran(outcome.info.queue, outcome.target, outcome_name(outcome), outcome.duration)
 
-    def add_middleware(self, middleware: Any, *, before: str | None = None, after: str | None = None,
-                       name: str | None = None) -> Any:
+    def add_middleware(self, middleware: M, *, before: str | None = None, after: str | None = None,
+                       name: str | None = None) -> M:
         """Run ``middleware`` in this app's task pipeline, before or after the one named so.
 
         ``middleware`` is ``step(delivery, proceed)``, an object with such a ``step``, or a

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 from core import current
 from core.tasks import message
 from core.trace import TraceContext
 
+otel: ModuleType | None  # None when the optional extra is not installed
 try:
     from opentelemetry import trace as otel
 except ImportError:  # the optional extra is not installed: traces travel without spans
@@ -39,12 +41,14 @@ def _tracer() -> Any:
 
 def _span_context(trace: TraceContext) -> Any:
     """The carried trace as a remote OpenTelemetry span context (a made-up span id if none is known)."""
+    assert otel is not None  # only reached once _tracer() found OpenTelemetry
     span_id = int(trace.span_id, 16) if trace.span_id else random.getrandbits(64) or 1
     flags = otel.TraceFlags(otel.TraceFlags.SAMPLED if trace.sampled else otel.TraceFlags.DEFAULT)
     return otel.SpanContext(int(trace.trace_id, 16), span_id, is_remote=True, trace_flags=flags)
 
 
 def _from_span(span: Any, fallback: TraceContext | None) -> TraceContext | None:
+    assert otel is not None  # only reached once _tracer() found OpenTelemetry
     context = span.get_span_context()
     if not context.is_valid:
         return fallback
@@ -56,6 +60,7 @@ def _remote(trace: TraceContext | None) -> Any:
     """An OpenTelemetry context whose parent is ``trace`` (``None``: the active context)."""
     if trace is None:
         return None
+    assert otel is not None  # only reached once _tracer() found OpenTelemetry
     return otel.set_span_in_context(otel.NonRecordingSpan(_span_context(trace)))
 
 
@@ -64,6 +69,7 @@ def enqueue_trace(target: str, queue: str | None = None) -> dict[str, Any] | Non
     trace = current.trace.get()
     tracer = _tracer()
     if tracer is not None:
+        assert otel is not None  # only reached once _tracer() found OpenTelemetry
         attributes = {"tasks.target": target, **({"tasks.queue": queue} if queue else {})}
         # An active span (an instrumented app) is the parent; else the trace of the request's headers.
         active = otel.get_current_span().get_span_context().is_valid
@@ -87,6 +93,7 @@ def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
         finally:
             current.trace.reset(token)
         return
+    assert otel is not None  # only reached once _tracer() found OpenTelemetry
     links = [otel.Link(_span_context(carried))] if carried is not None and carried.span_id else []
     attributes = {"tasks.id": envelope.id, "tasks.kind": envelope.kind, "tasks.queue": envelope.queue,
                   "tasks.target": target or envelope.kind}

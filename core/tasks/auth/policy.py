@@ -63,7 +63,7 @@ class RequestVerifier:
         self.oidc_verifier = oidc_verifier
 
     def _check_signature(self, method: str, path: str, body: bytes, lowered: Mapping[str, str],
-                         max_age: float, now: float | None) -> None:
+                         max_age: float | None, now: float | None) -> None:
         self._keys.verify(method, path, body, lowered.get(_SIGNATURE_KEY), max_age=max_age, now=now)
 
     def verify_task(

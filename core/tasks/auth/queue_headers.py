@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from core.tasks.errors import BadTaskRequest
 
@@ -13,7 +14,13 @@ class LoweredHeaders(dict[str, str]):
     """Headers whose names are already lower-case: :func:`lowered_headers` takes them as they are."""
 
 
-def lowered_headers(headers: Mapping[str, str]) -> LoweredHeaders:
+class HeaderPairs(Protocol):
+    """Request headers as a mapping or werkzeug's ``Headers`` give them: ``(name, value)`` pairs."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def lowered_headers(headers: HeaderPairs) -> LoweredHeaders:
     """A case-insensitive view: works for plain dicts and werkzeug's header objects alike."""
     if isinstance(headers, LoweredHeaders):
         return headers

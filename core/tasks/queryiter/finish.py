@@ -43,8 +43,9 @@ def claim_over_shards(run_key: db.Key, generation: int, lease_time: datetime.tim
         run = db.get(run_key)
         if run is None or int(run["generation"]) != generation or run["status"] != RUNNING:
             raise Lost()
-        shards = db.get(shard_keys(run))
-        if any(shard is None or shard["state"] != SHARD_DONE for shard in shards):
+        found = db.get(shard_keys(run))
+        shards = [shard for shard in found if shard is not None and shard["state"] == SHARD_DONE]
+        if len(shards) != len(found):
             return None
         check_claim(run, lease_time, str(run_key.name))
         total = sum(int(shard["processed"]) for shard in shards)

@@ -273,6 +273,7 @@ def _steps_to_resume(record: db.Entity) -> list[tuple[int | None, int]]:
     if not keys:
         return [(None, int(record["step"]))]
     shards = [s for s in db.get(keys) if s is not None]
-    todo = [(int(s["index"]), int(s["step"])) for s in shards if s["state"] != SHARD_DONE]
+    todo: list[tuple[int | None, int]] = [(int(s["index"]), int(s["step"])) for s in shards
+                                           if s["state"] != SHARD_DONE]
     return todo or [(0, int(shards[0]["step"]))]
 

@@ -222,13 +222,14 @@ class Pusher:
              fresh: bool = False) -> None:
         """Send ``payload`` (a whole request) on an idle connection, or a new one; give up on it
         at ``deadline`` (``time.monotonic()``), see :meth:`expire`."""
+        conn: Connection | None
         if self._idle and not fresh:
             conn = self._idle.pop()
             conn.reused = True
         else:
             conn = self._connect(job, started)
-            if conn is None:
-                return
+        if conn is None:
+            return
         conn.job, conn.head_request, conn.payload, conn.sent = job, head_request, payload, 0
         conn.started, conn.deadline = started, deadline
         conn.state = _SENDING

@@ -358,7 +358,8 @@ class LocalQueueStore:
 
     def tasks(self, queue: str | None = None, *, state: str | None = None, limit: int = 100) -> list[StoredTask]:
         """Tasks by ETA, optionally of one queue and one state (``queued``, ``leased``, ``failed``)."""
-        clauses, args = [], []  # type: ignore[var-annotated]
+        clauses: list[str] = []
+        args: list[str | int] = []
         if queue is not None:
             clauses.append("queue = ?")
             args.append(queue)
