@@ -57,13 +57,13 @@ def metrics_data(now: datetime.datetime | None = None) -> dict[str, Any]:
         buckets = metrics_store.window(resolution, metrics_store.bucket_start(now - length, resolution))
         totals = metrics_store.totals(buckets)
         minutes = length.total_seconds() / 60
-        rows = [{"queue": queue, "target": target, "runs": stats.runs, "enqueued": stats.enqueued,
+        rows: list[dict[str, Any]] = [{"queue": queue, "target": target, "runs": stats.runs, "enqueued": stats.enqueued,
                  "per_minute": stats.runs / minutes, "p50": stats.percentile(0.5), "p95": stats.percentile(0.95),
                  "p50_text": _seconds(stats.percentile(0.5)), "p95_text": _seconds(stats.percentile(0.95)),
                  "failure_rate": stats.failure_rate, "retried": stats.retried, "dead_letters": stats.dead_letters,
                  "skipped": stats.skipped}
                 for (queue, target), stats in sorted(totals.items(), key=lambda item: -item[1].runs)]
-        busiest = max((row["runs"] for row in rows), default=0)
+        busiest = max((stats.runs for stats in totals.values()), default=0)
         windows.append({"title": title, "rows": rows, "busiest": busiest})
     return {"windows": windows}
 

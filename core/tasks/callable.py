@@ -99,7 +99,7 @@ def CallableTask(cls: type[CallableTaskBase]) -> type[CallableTaskBase]:  # noqa
     aio.check_runnable(cls.execute, "callable task execute")
     declare("callable", cls.key, cls)
     # Its runner is built in; a registry made by hand (tests) gets it with its first callable task.
-    declare("deferred", run_callable_task.target.name, run_callable_task.target)
+    declare("deferred", RUNNER.target.name, RUNNER.target)
     return cls
 
 
@@ -145,7 +145,7 @@ def queue_run(runtime: TaskRuntime, task: CallableTaskBase, data: dict[str, Any]
     summary = summarize(data) if summary is None else summary
 
     def record_and_queue() -> db.Entity:
-        handle: TaskHandle = run_callable_task(run_id, str(task.key), data)
+        handle: TaskHandle = RUNNER(run_id, str(task.key), data)
         entity = db.Entity(db.key(RUN_KIND, run_id), exclude_from_indexes=_UNINDEXED)
         entity.update({
             "task": task.key, "task_name": task.name or task.key,
@@ -220,7 +220,9 @@ def run_callable_task(run_id: str, task_key: str, data: dict[str, Any]) -> None:
 
 
 #: The runner of every callable run, a deferred target of the library: every app's registry has it.
-run_callable_task = DeferredFunction(run_callable_task, track=True, builtin=True)
+RUNNER = DeferredFunction(run_callable_task, track=True, builtin=True)
+# The module name keeps meaning the deferred function (its target is named after the plain one).
+run_callable_task = RUNNER  # type: ignore[assignment]
 
 
 def _sent_attempt() -> int:

@@ -127,7 +127,7 @@ class DeleteEntitiesIter(QueryIter):
         db.delete(entry.key)
 
     @classmethod
-    def handleEntries(cls, entries: list[db.Entity], customData: Any) -> None:  # noqa: N802, N803
+    def handleEntries(cls, entries: list[db.Entity], customData: Any) -> None:  # type: ignore[override]  # noqa: N802, N803 - QueryIter declares it an optional hook (None: entry by entry)
         db.delete([entry.key for entry in entries])
 
 
