@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from core.json import JSONTag, Nested
 
 if TYPE_CHECKING:
-    from core.db import Entity, Key
+    # The library's classes: ``core.db``'s subclass them and registers these tags with its own.
+    from google.cloud.datastore import Entity, Key
 
 
 def _expect(payload: Any, cls: type) -> Any:
@@ -25,7 +26,9 @@ class KeyTag(JSONTag):
 
     key = "~k"
 
-    def __init__(self, key_class: type[Key], library_class: type) -> None:
+    def __init__(self, key_class: Any, library_class: type) -> None:
+        # ``key_class`` is ``core.db.Key`` (with ``from_library`` / ``from_urlsafe``), passed in by
+        # ``core.db``: this room cannot import it back without a cycle.
         self.key_class, self.library_class = key_class, library_class
         self.types = (key_class, library_class)
 

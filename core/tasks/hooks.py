@@ -26,7 +26,7 @@ import dataclasses
 import datetime
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.tasks.errors import LockHeld
 
@@ -34,9 +34,16 @@ if TYPE_CHECKING:
     from core.tasks.auth.queue_headers import TaskInfo
     from core.tasks.message import Envelope
     from core.tasks.outcome import Outcome
-    from core.tasks.runtime import TaskRuntime
 
 log = logging.getLogger(__name__)
+
+
+class HookHost(Protocol):
+    """What hooks read of an app's runtime (:class:`core.tasks.runtime.TaskRuntime` is one): its
+    app-wide hooks and its registry. A protocol, so that this room does not import the runtime."""
+
+    hooks: list[Any]
+    registry: Any
 
 HOOK_METHODS = ("before_enqueue", "before_run", "after_run", "on_failure", "on_dead_letter")
 #: The methods of a hook that run around a task's run (the rest run when it is sent).
@@ -102,7 +109,7 @@ def check_hooks(hooks: Iterable[Any] | None, what: str) -> tuple[Any, ...]:
     return found
 
 
-def _own_hooks(runtime: TaskRuntime, target: str | None) -> Sequence[Any]:
+def _own_hooks(runtime: HookHost, target: str | None) -> Sequence[Any]:
     found = runtime.registry.deferred.find(target) if target else None
     return getattr(found, "hooks", ()) or ()
 
@@ -136,7 +143,7 @@ def call_of(envelope: Envelope, target: str | None, info: TaskInfo | None = None
                     name=name, eta=eta, info=info, payload=payload)
 
 
-def before_enqueue(runtime: TaskRuntime, envelope: Envelope, target: str | None, *,
+def before_enqueue(runtime: HookHost, envelope: Envelope, target: str | None, *,
                    name: str | None, eta: datetime.datetime | None) -> None:
     """Run ``before_enqueue`` of the app's hooks, then the task's own (every task the app sends)."""
     own = _own_hooks(runtime, target)
@@ -149,7 +156,7 @@ def before_enqueue(runtime: TaskRuntime, envelope: Envelope, target: str | None,
 _running: contextvars.ContextVar[TaskCall | None] = contextvars.ContextVar("core_task_hook_call", default=None)
 
 
-def before_run(runtime: TaskRuntime, envelope: Envelope, target: str | None, info: TaskInfo) -> None:
+def before_run(runtime: HookHost, envelope: Envelope, target: str | None, info: TaskInfo) -> None:
     """Run ``before_run`` hooks and remember the task for :func:`after_run` of this request."""
     own = _own_hooks(runtime, target)
     if not runtime.hooks and not own:
@@ -160,7 +167,7 @@ def before_run(runtime: TaskRuntime, envelope: Envelope, target: str | None, inf
     _call([*runtime.hooks, *own], "before_run", task)
 
 
-def after_run(runtime: TaskRuntime, outcome: Outcome) -> None:
+def after_run(runtime: HookHost, outcome: Outcome) -> None:
     """Run the outcome hooks of one request: ``on_failure``, ``on_dead_letter``, ``after_run``.
 
     A request refused before it became a task (unverifiable) runs none; a dead letter of a body
