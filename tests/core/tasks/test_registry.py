@@ -7,7 +7,8 @@ from core import db
 from core.tasks import callDeferred
 from core.tasks.registry import TaskRegistry, isolated_registry
 
-BUILTIN_KINDS = {"deferred", "periodic", "startup", "queryIter"}
+#: Cron pings run through the pipeline as a kind of their own.
+BUILTIN_KINDS = {"deferred", "periodic", "startup", "queryIter", "cron"}
 
 
 def late_target() -> None:
