@@ -212,15 +212,7 @@ class Settings:
         """
         config = {} if config is None else config
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for source in SOURCES:
-            raw, origin = _lookup(source, config, env)
-            if origin is None:
-                continue
-            try:
-                values[source.field] = source.parse(raw)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"setting {origin}: cannot use {raw!r}: {exc}") from None
+        values = _parsed(config, env)
         runtime = str(config.get("TASKS_RUNTIME") or _runtime(env))
         values.setdefault("tasks_backend", "local" if runtime == "local" else "cloudtasks")
         values.setdefault("tasks_target", "http" if runtime == "cloudrun" else "appengine")
@@ -281,6 +273,25 @@ class Settings:
         private_file(path)  # one written by an older version may be readable by all
         task_secret, key = path.read_text().split()[:2]
         return self.replace(tasks_secret=self.tasks_secret or task_secret, secret_key=self.secret_key or key)
+
+
+def _parsed(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``config`` or ``env`` give, parsed, by field; a value that cannot be used names its key."""
+    values: dict[str, Any] = {}
+    for source in SOURCES:
+        raw, origin = _lookup(source, config, env)
+        if origin is None:
+            continue
+        try:
+            values[source.field] = source.parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"setting {origin}: cannot use {raw!r}: {exc}") from None
+    return values
+
+
+def configured(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what ``config`` (``app.config``) itself sets, parsed, by field (the test plugin keeps it)."""
+    return _parsed(config, {})
 
 
 def _lookup(source: Source, config: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Any, str | None]:
