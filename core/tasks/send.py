@@ -65,6 +65,7 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
                                   target_version=target_version, dispatch_deadline=deadline)
     # A named task is created at once (outside a transaction), so the handle knows if it was a duplicate.
     dispatch.send(runtime, request, on_result=on_result, now=name is not None)
+    runtime.metrics.enqueued(envelope.queue, target or envelope.kind)
     return handle
 
 

@@ -80,6 +80,7 @@ def test_counting_costs_no_datastore_operation_per_task(app, task_queue) -> None
     assert metrics_store.window("minute", since) == []      # nothing written per task
     pending = runtime.metrics.take()
     assert pending[("default", f"{__name__}.quick")].succeeded == 20
+    assert pending[("default", f"{__name__}.quick")].enqueued == 20
 
 
 def test_opentelemetry_receives_counts_and_durations(app, task_queue) -> None:
@@ -99,6 +100,8 @@ def test_opentelemetry_receives_counts_and_durations(app, task_queue) -> None:
                 points.setdefault(metric.name, []).extend(metric.data.data_points)
     runs = {(p.attributes["tasks.target"].rsplit(".", 1)[-1], p.attributes["tasks.outcome"]): p.value
             for p in points["tasks.runs"]}
+    enqueued = {p.attributes["tasks.target"].rsplit(".", 1)[-1]: p.value for p in points["tasks.enqueued"]}
+    assert enqueued["quick"] == 3 and enqueued["doomed"] == 1
     assert runs[("quick", "succeeded")] == 3 and runs[("doomed", "dead_letters")] == 1
     [quick_duration] = [p for p in points["tasks.run.duration"] if p.attributes["tasks.target"].endswith("quick")]
     assert quick_duration.count == 3 and quick_duration.attributes["tasks.queue"] == "default"
