@@ -10,20 +10,12 @@ import pytest
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import (
-    DeferredArgumentError,
-    DuplicateTask,
-    PermanentTaskFailure,
-    TaskHandle,
-    callDeferred,
-    isolated_registry,
-    noRetry,
-    retry_n_times,
-    sweep_outbox,
-)
+from core.tasks import DeferredArgumentError, PermanentTaskFailure, TaskHandle, callDeferred, noRetry, retry_n_times
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
-from core.tasks.dispatch import OUTBOX_KIND, outbox_size
+from core.tasks.dispatch import OUTBOX_KIND, outbox_size, sweep_outbox
+from core.tasks.errors import DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.registry import isolated_registry
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 CALLS: list[tuple] = []

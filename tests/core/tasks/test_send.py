@@ -24,7 +24,6 @@ from core.tasks import (
     QueryIter,
     StartupTask,
     callDeferred,
-    isolated_registry,
     message,
     records,
     runStartupTasks,
@@ -34,6 +33,7 @@ from core.tasks.deferred import send_task
 from core.tasks.errors import ConfigurationError
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.hooks import TaskHook
+from core.tasks.registry import isolated_registry
 from core.tasks.runtime import runtime_of
 from core.tasks.send import resend
 from core.tasks.workflows import group
