@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
     "Linear": "core.tasks.retry",
     "Exponential": "core.tasks.retry",
     # A task's life in the caller's hands, and workflows
-    "TaskHandle": "core.tasks.handle",
-    "TaskStatus": "core.tasks.handle",
+    "TaskHandle": "core.tasks.task_handle",
+    "TaskStatus": "core.tasks.task_handle",
     "report_progress": "core.tasks.progress",
     "group": "core.tasks.workflows.groups",
     "chain": "core.tasks.workflows.chains",
@@ -91,7 +91,6 @@ if TYPE_CHECKING:
         TaskFailed,
         UntrackedTask,
     )
-    from core.tasks.handle import TaskHandle, TaskStatus
     from core.tasks.handler import TaskHandler
     from core.tasks.hooks import TaskCall, TaskHook
     from core.tasks.outcome import Outcome
@@ -101,5 +100,6 @@ if TYPE_CHECKING:
     from core.tasks.retry import Constant, Exponential, Linear
     from core.tasks.schedule import Crontab
     from core.tasks.startup import StartupTask, runStartupTasks
+    from core.tasks.task_handle import TaskHandle, TaskStatus
     from core.tasks.workflows.chains import chain
     from core.tasks.workflows.groups import group

@@ -22,9 +22,9 @@ from core.tasks.callable import (
     registered_tasks,
     run_callable_task,
 )
-from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.outbox import OUTBOX_KIND
 from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
 

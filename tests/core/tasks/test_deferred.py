@@ -12,9 +12,9 @@ from core import current, db
 from core.module import Module, exposed
 from core.tasks import DeferredArgumentError, PermanentTaskFailure, TaskHandle, callDeferred, noRetry, retry_n_times
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
-from core.tasks.dispatch import OUTBOX_KIND, outbox_size, sweep_outbox
 from core.tasks.errors import DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.outbox import OUTBOX_KIND, outbox_size, sweep_outbox
 from core.tasks.registry import isolated_registry
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
@@ -480,7 +480,7 @@ class RemoteLikeQueue:
 
 
 def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
-    from core.tasks.dispatch import wait_for_background
+    from core.tasks.outbox import wait_for_background
     from core.tasks.transports.inline import InlineTransport
     from tests.conftest import TaskQueue
 
@@ -505,7 +505,7 @@ def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
 
 
 def test_large_batch_is_created_in_the_background_after_the_response(make_app):
-    from core.tasks.dispatch import wait_for_background
+    from core.tasks.outbox import wait_for_background
     from core.tasks.transports.inline import InlineTransport
 
     inner = InlineTransport()

@@ -234,7 +234,7 @@ def test_only_the_send_path_signs_and_dispatches_tasks_and_checks_the_secret():
                 if any(alias.name == "wire" for alias in node.names):
                     outside.add(name)
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                  and isinstance(node.func.value, ast.Name) and node.func.value.id == "dispatch"
+                  and isinstance(node.func.value, ast.Name) and node.func.value.id == "outbox"
                   and node.func.attr in ("send", "flush")):
                 outside.add(name)
     assert outside - {"tasks/send.py"} - NOT_YET_ROUTED == set()
