@@ -29,7 +29,7 @@ from core.module import Module, ModuleTree
 
 # Every room whose kinds and tasks are built in declares them on import: load them all here.
 from core.tasks import callable as _callable  # noqa: F401
-from core.tasks import dispatch
+from core.tasks import outbox
 from core.tasks import periodic as _periodic  # noqa: F401
 from core.tasks.handler import CallablePages, TaskHandler
 from core.tasks.queryiter import chunk as _queryiter  # noqa: F401
@@ -210,7 +210,7 @@ def _enter_request() -> None:
     else:
         user, language = runtime.users.load_from_request(req), state.language_selector(req)
     current.enter(request=req, user=user, language=language, trace=trace.from_environ(environ))
-    scope = dispatch.RequestScope(runtime)
+    scope = outbox.RequestScope(runtime)
     scope.__enter__()
     environ["core.task_scope"] = scope
 

@@ -24,8 +24,8 @@ from core import current, request_bodies, safety, trace
 from core.module import ModuleTree
 from core.tasks import executor
 from core.tasks.auth.queue_headers import environ_headers
-from core.tasks.dispatch import RequestScope
 from core.tasks.handler import TaskHandler, outcome_headers
+from core.tasks.outbox import RequestScope
 from core.tasks.runtime import TaskRuntime
 from core.tasks.startup import runStartupTasks
 

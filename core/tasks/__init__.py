@@ -1,8 +1,11 @@
 """Deferred, periodic, startup and callable tasks and query iterators (ViUR's ``core.tasks``).
 
-The ViUR names are the public contract; snake_case aliases sit beside them. Names are imported on
-first use, so processes that need one room only (the local queue's dispatcher) stay light; the app
-factory imports every room whose tasks the handler must be able to run.
+This is the public face: what users write, grouped by what it is for, each name once (ViUR's
+documented ``CallDeferred`` alias of ``callDeferred`` aside). Everything else is reached by its
+module (``core.tasks.registry.isolated_registry``, ``core.tasks.runtime.get_runtime``,
+``core.tasks.errors.NotFound``, ...). Names are imported on first use, so processes that need one
+room only (the local queue's dispatcher) stay light; the app factory imports every room whose
+tasks the handler must be able to run.
 """
 from __future__ import annotations
 
@@ -11,41 +14,54 @@ from typing import TYPE_CHECKING
 from core import lazy
 
 _EXPORTS: dict[str, str] = {
-    # deferred calls
-    "callDeferred": "core.tasks.deferred", "CallDeferred": "core.tasks.deferred",
-    "call_deferred": "core.tasks.deferred", "noRetry": "core.tasks.deferred", "no_retry": "core.tasks.deferred",
-    "retry_n_times": "core.tasks.deferred", "TaskHandle": "core.tasks.handle", "TaskStatus": "core.tasks.handle",
-    "Constant": "core.tasks.retry", "Linear": "core.tasks.retry", "Exponential": "core.tasks.retry",
-    "sweep_outbox": "core.tasks.dispatch", "report_progress": "core.tasks.progress",
-    # the codec, under its ViUR names
-    "JsonKeyEncoder": "core.json", "jsonDecodeObjectHook": "core.json",
-    # periodic and startup tasks
-    "PeriodicTask": "core.tasks.periodic_declare", "periodic_task": "core.tasks.periodic_declare",
-    "removePeriodicTask": "core.tasks.periodic_declare", "remove_periodic_task": "core.tasks.periodic_declare",
-    "find_bound_task": "core.tasks.periodic", "periodic_overview": "core.tasks.periodic",
-    "Crontab": "core.tasks.schedule", "Weekday": "core.tasks.schedule", "Month": "core.tasks.schedule",
-    "StartupTask": "core.tasks.startup", "startup_task": "core.tasks.startup",
-    "runStartupTasks": "core.tasks.startup", "run_startup_tasks": "core.tasks.startup",
-    # query iterators
-    "QueryIter": "core.tasks.queryiter.api", "MetaQueryIter": "core.tasks.queryiter.api",
-    "DeleteEntitiesIter": "core.tasks.queryiter.api",
-    # callable tasks
-    "CallableTask": "core.tasks.callable", "CallableTaskBase": "core.tasks.callable",
-    "callable_task": "core.tasks.callable",
-    # the handler module, registry and runtime
-    "TaskHandler": "core.tasks.handler", "TaskRegistry": "core.tasks.registry",
-    "isolated_registry": "core.tasks.registry",
-    "TaskRuntime": "core.tasks.runtime", "get_runtime": "core.tasks.runtime",
-    # the Flask extension (``Tasks(app)``), re-exported so plain Flask apps need one import
+    # The Flask extension (``Tasks(app)``) and ViUR's handler module mounted at /_tasks
     "Tasks": "core.extension",
-    # hooks
-    "TaskHook": "core.tasks.hooks", "TaskCall": "core.tasks.hooks",
-    # errors
-    **{name: "core.tasks.errors" for name in (
-        "TaskError", "PermanentTaskFailure", "RetryTask", "TaskNotFound", "PayloadError", "BadTaskRequest",
-        "Forbidden", "NotFound", "DeferredArgumentError", "DuplicateTask", "EnqueueError",
-        "InvalidScheduleSpecification", "LockHeld", "TaskFailed", "TaskCancelled", "UntrackedTask",
-        "UnsupportedTargetError")},
+    "TaskHandler": "core.tasks.handler",
+    # Deferred calls and their retry policies
+    "callDeferred": "core.tasks.deferred",
+    "CallDeferred": "core.tasks.deferred",
+    "noRetry": "core.tasks.deferred",
+    "retry_n_times": "core.tasks.deferred",
+    "Constant": "core.tasks.retry",
+    "Linear": "core.tasks.retry",
+    "Exponential": "core.tasks.retry",
+    # A task's life in the caller's hands, and workflows
+    "TaskHandle": "core.tasks.task_handle",
+    "TaskStatus": "core.tasks.task_handle",
+    "report_progress": "core.tasks.progress",
+    "group": "core.tasks.workflows.groups",
+    "chain": "core.tasks.workflows.chains",
+    # Periodic and startup tasks
+    "PeriodicTask": "core.tasks.periodic_declare",
+    "removePeriodicTask": "core.tasks.periodic_declare",
+    "Crontab": "core.tasks.schedule",
+    "StartupTask": "core.tasks.startup",
+    "runStartupTasks": "core.tasks.startup",
+    # Query iterators
+    "QueryIter": "core.tasks.queryiter.api",
+    "MetaQueryIter": "core.tasks.queryiter.api",
+    "DeleteEntitiesIter": "core.tasks.queryiter.api",
+    # Callable tasks
+    "CallableTask": "core.tasks.callable",
+    "CallableTaskBase": "core.tasks.callable",
+    # Hooks and what they are handed
+    "TaskHook": "core.tasks.hooks",
+    "TaskCall": "core.tasks.hooks",
+    "TaskInfo": "core.tasks.auth.queue_headers",
+    "Outcome": "core.tasks.outcome",
+    # The codec, under its ViUR names
+    "JsonKeyEncoder": "core.json",
+    "jsonDecodeObjectHook": "core.json",
+    # Errors a task raises or a caller catches
+    "TaskError": "core.tasks.errors",
+    "PermanentTaskFailure": "core.tasks.errors",
+    "PayloadError": "core.tasks.errors",
+    "RetryTask": "core.tasks.errors",
+    "LockHeld": "core.tasks.errors",
+    "DeferredArgumentError": "core.tasks.errors",
+    "TaskFailed": "core.tasks.errors",
+    "TaskCancelled": "core.tasks.errors",
+    "UntrackedTask": "core.tasks.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -61,50 +77,29 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from core.extension import Tasks
     from core.json import JsonKeyEncoder, jsonDecodeObjectHook
-    from core.tasks.callable import CallableTask, CallableTaskBase, callable_task
-    from core.tasks.deferred import (
-        CallDeferred,
-        call_deferred,
-        callDeferred,
-        no_retry,
-        noRetry,
-        retry_n_times,
-    )
-    from core.tasks.dispatch import sweep_outbox
+    from core.tasks.auth.queue_headers import TaskInfo
+    from core.tasks.callable import CallableTask, CallableTaskBase
+    from core.tasks.deferred import CallDeferred, callDeferred, noRetry, retry_n_times
     from core.tasks.errors import (
-        BadTaskRequest,
         DeferredArgumentError,
-        DuplicateTask,
-        EnqueueError,
-        Forbidden,
-        InvalidScheduleSpecification,
         LockHeld,
-        NotFound,
         PayloadError,
         PermanentTaskFailure,
         RetryTask,
         TaskCancelled,
         TaskError,
         TaskFailed,
-        TaskNotFound,
-        UnsupportedTargetError,
         UntrackedTask,
     )
-    from core.tasks.handle import TaskHandle, TaskStatus
     from core.tasks.handler import TaskHandler
     from core.tasks.hooks import TaskCall, TaskHook
-    from core.tasks.periodic import (
-        PeriodicTask,
-        find_bound_task,
-        periodic_overview,
-        periodic_task,
-        remove_periodic_task,
-        removePeriodicTask,
-    )
+    from core.tasks.outcome import Outcome
+    from core.tasks.periodic_declare import PeriodicTask, removePeriodicTask
     from core.tasks.progress import report_progress
     from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter
-    from core.tasks.registry import TaskRegistry, isolated_registry
     from core.tasks.retry import Constant, Exponential, Linear
-    from core.tasks.runtime import TaskRuntime, get_runtime
-    from core.tasks.schedule import Crontab, Month, Weekday
-    from core.tasks.startup import StartupTask, run_startup_tasks, runStartupTasks, startup_task
+    from core.tasks.schedule import Crontab
+    from core.tasks.startup import StartupTask, runStartupTasks
+    from core.tasks.task_handle import TaskHandle, TaskStatus
+    from core.tasks.workflows.chains import chain
+    from core.tasks.workflows.groups import group

@@ -41,7 +41,6 @@ from core.tasks.errors import (
     UnsupportedTargetError,
 )
 from core.tasks.give_up import GiveUpMail
-from core.tasks.handle import TaskHandle
 from core.tasks.hooks import check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_of
@@ -49,6 +48,7 @@ from core.tasks.registry import declare, declare_builtin, declare_kind, qualifie
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
 from core.tasks.send import send
+from core.tasks.task_handle import TaskHandle
 from core.tasks.transports.base import MAX_SCHEDULE_AHEAD
 from core.tasks.workflows.signatures import Signature, signature
 

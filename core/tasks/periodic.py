@@ -28,7 +28,7 @@ from typing import Any
 
 from core import db
 from core.reprs import safe_repr
-from core.tasks import aio, dispatch, locks, message, records
+from core.tasks import aio, locks, message, outbox, records
 from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import (
     ConfigurationError,
@@ -405,7 +405,7 @@ declare_builtin("deferred", EARLIER_RUN_TARGET, DeferredTarget(EARLIER_RUN_TARGE
 
 def sweep_outbox_task() -> None:
     """Built in, on every ``default`` ping: queue outbox entries a crashed process left behind."""
-    swept = dispatch.sweep_outbox(get_runtime())
+    swept = outbox.sweep_outbox(get_runtime())
     if swept:
         log.warning("swept %d task(s) left in the outbox", swept)
 

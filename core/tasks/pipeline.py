@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.tasks import dispatch, hooks, lifecycle, message, progress, telemetry
+from core.tasks import hooks, lifecycle, message, outbox, progress, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
     BadTaskRequest,
@@ -264,7 +264,7 @@ def run(delivery: Delivery, proceed: Proceed) -> Outcome:
     """Run the task by its kind; the tasks it defers are sent together when it returns."""
     runtime, envelope, info, kind = delivery.runtime, delivery.envelope, delivery.info, delivery.kind
     assert envelope is not None and kind is not None
-    with dispatch.RequestScope(runtime):
+    with outbox.RequestScope(runtime):
         value = kind.run(runtime, envelope, info)
         if delivery.cron is not None and isinstance(value, Outcome):  # the cron run's report is its answer
             return delivery.outcome(value.status, value.message, error=value.error, data=value.data)

@@ -4,7 +4,7 @@ A deferred call, a periodic or startup run, a callable task, a QueryIter step, a
 schedules itself, a workflow's member or callback, a dead letter sent again: each is an envelope
 addressed to a path, and here it gets, in this order: the ``TASKS_SECRET`` check, the trace it
 carries (with OpenTelemetry a ``PRODUCER`` span), its encoding, the ``before_enqueue`` hooks, its
-record when it starts a tracked task, its signature, and its way out (:mod:`core.tasks.dispatch`):
+record when it starts a tracked task, its signature, and its way out (:mod:`core.tasks.outbox`):
 the outbox inside a Datastore transaction (queued if and only if it commits), else the request's
 batch, or at once when it is named (the queue's answer tells a duplicate from a new task).
 
@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from core import db
-from core.tasks import dispatch, message, records, telemetry, wire
+from core.tasks import message, outbox, records, telemetry, wire
 from core.tasks.errors import ConfigurationError, PayloadError
-from core.tasks.handle import TaskHandle
 from core.tasks.hooks import before_enqueue
 from core.tasks.runtime import TaskRuntime
+from core.tasks.task_handle import TaskHandle
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 __all__ = ["send", "resend"]
@@ -64,7 +64,7 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     request = wire.signed_request(runtime, envelope.queue, path, body, name=queue_task, eta=eta,
                                   target_version=target_version, dispatch_deadline=deadline)
     # A named task is created at once (outside a transaction), so the handle knows if it was a duplicate.
-    dispatch.send(runtime, request, on_result=on_result, now=name is not None)
+    outbox.send(runtime, request, on_result=on_result, now=name is not None)
     runtime.metrics.enqueued(envelope.queue, target or envelope.kind)
     return handle
 

@@ -6,9 +6,9 @@ from flask import Flask
 
 from core import db
 from core.config import Settings
-from core.tasks import Tasks, callDeferred, get_runtime
+from core.tasks import Tasks, callDeferred
 from core.tasks.errors import ConfigurationError
-from core.tasks.runtime import runtime_of
+from core.tasks.runtime import get_runtime, runtime_of
 from core.testing import TaskQueue
 
 NOTE_KIND = "extension_note"

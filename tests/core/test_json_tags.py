@@ -138,7 +138,7 @@ def test_the_codec_alone_names_what_registers_a_missing_tag() -> None:
 
 
 @pytest.mark.parametrize("module", ["core.tasks.message", "core.tasks.deferred", "core.tasks.records",
-                                    "core.tasks.lifecycle", "core.tasks.dispatch", "core.db"])
+                                    "core.tasks.lifecycle", "core.tasks.outbox", "core.db"])
 def test_every_room_that_decodes_payloads_brings_the_datastore_tags(module: str) -> None:
     result = _run(f"""
         import importlib, sys

@@ -15,7 +15,7 @@ from typing import Any
 from core import db
 from core.tasks import records
 from core.tasks.errors import TaskError, UntrackedTask
-from core.tasks.handle import wait_until_ended
+from core.tasks.task_handle import wait_until_ended
 from core.tasks.workflows import store
 
 

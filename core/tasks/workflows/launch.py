@@ -11,9 +11,9 @@ from typing import Any
 
 from core.tasks.deferred import DeferredTarget, defer
 from core.tasks.errors import TaskNotFound
-from core.tasks.handle import TaskHandle
 from core.tasks.registry import declare_builtin, qualified_name
 from core.tasks.runtime import TaskRuntime
+from core.tasks.task_handle import TaskHandle
 from core.tasks.workflows.signatures import Signature
 
 MEMBER, CALLBACK, STEP = "member", "callback", "step"

@@ -10,11 +10,12 @@ import pytest
 
 from core import current, db
 from core.admin import TaskAdmin
-from core.tasks import PermanentTaskFailure, isolated_registry
+from core.tasks import PermanentTaskFailure
 from core.tasks.callable import CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import PeriodicTask
 from core.tasks.queryiter import QueryIter
+from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
 from tests.core.admin.test_views import Users, client_as, csrf_of
 

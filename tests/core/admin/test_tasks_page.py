@@ -15,11 +15,12 @@ import pytest
 from core import db
 from core.admin import TaskAdmin, chart
 from core.admin.records import RECORD_KIND
-from core.tasks import PermanentTaskFailure, callDeferred, isolated_registry
+from core.tasks import PermanentTaskFailure, callDeferred
 from core.tasks.callable import RUN_KIND
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter import QueryIter
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
+from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
 from tests.core.admin.test_views import Users, client_as, csrf_of
 

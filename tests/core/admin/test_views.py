@@ -12,11 +12,12 @@ from wtforms.validators import DataRequired, NumberRange
 
 from core import current, db, db_query
 from core.admin import TaskAdmin
-from core.tasks import PermanentTaskFailure, callDeferred, isolated_registry
+from core.tasks import PermanentTaskFailure, callDeferred
 from core.tasks.callable import RUN_KIND, CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.periodic import PeriodicTask, run_cron
 from core.tasks.queryiter import QueryIter
+from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
 
 CALLS: list[tuple[str, Any, Any]] = []

@@ -19,17 +19,17 @@ from core.tasks import (
     PermanentTaskFailure,
     QueryIter,
     StartupTask,
-    UnsupportedTargetError,
     aio,
     callDeferred,
-    isolated_registry,
     lease,
 )
 from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.callable import DONE, queue_run
 from core.tasks.callable import get_run as get_callable_run
+from core.tasks.errors import UnsupportedTargetError
 from core.tasks.periodic import STATE_KIND, spec_of
 from core.tasks.queryiter.runs import FINISHED, STOPPED, get_run
+from core.tasks.registry import isolated_registry
 from core.tasks.startup import runStartupTasks
 from core.tasks.transports.inline import TaskFailed
 from tests.conftest import TaskQueue

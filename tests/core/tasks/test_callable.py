@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from core import current, db
-from core.tasks import DeferredArgumentError, DuplicateTask, PermanentTaskFailure, isolated_registry, records
+from core.tasks import DeferredArgumentError, PermanentTaskFailure, records
 from core.tasks.callable import (
     DONE,
     FAILED,
@@ -22,9 +22,10 @@ from core.tasks.callable import (
     registered_tasks,
     run_callable_task,
 )
-from core.tasks.dispatch import OUTBOX_KIND
-from core.tasks.errors import ConfigurationError
+from core.tasks.errors import ConfigurationError, DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.outbox import OUTBOX_KIND
+from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
 
 CALLS: list[tuple[str, Any, Any]] = []

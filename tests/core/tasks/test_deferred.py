@@ -10,20 +10,12 @@ import pytest
 
 from core import current, db
 from core.module import Module, exposed
-from core.tasks import (
-    DeferredArgumentError,
-    DuplicateTask,
-    PermanentTaskFailure,
-    TaskHandle,
-    callDeferred,
-    isolated_registry,
-    noRetry,
-    retry_n_times,
-    sweep_outbox,
-)
+from core.tasks import DeferredArgumentError, PermanentTaskFailure, TaskHandle, callDeferred, noRetry, retry_n_times
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
-from core.tasks.dispatch import OUTBOX_KIND, outbox_size
+from core.tasks.errors import DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
+from core.tasks.outbox import OUTBOX_KIND, outbox_size, sweep_outbox
+from core.tasks.registry import isolated_registry
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 
 CALLS: list[tuple] = []
@@ -488,7 +480,7 @@ class RemoteLikeQueue:
 
 
 def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
-    from core.tasks.dispatch import wait_for_background
+    from core.tasks.outbox import wait_for_background
     from core.tasks.transports.inline import InlineTransport
     from tests.conftest import TaskQueue
 
@@ -513,7 +505,7 @@ def test_large_batch_for_a_remote_queue_goes_through_one_outbox_write(make_app):
 
 
 def test_large_batch_is_created_in_the_background_after_the_response(make_app):
-    from core.tasks.dispatch import wait_for_background
+    from core.tasks.outbox import wait_for_background
     from core.tasks.transports.inline import InlineTransport
 
     inner = InlineTransport()

@@ -10,8 +10,8 @@ from core import db
 from core.module import Module
 from core.tasks import callDeferred, message, periodic, records, wire
 from core.tasks.auth.signing import sign_cron_ping
-from core.tasks.dispatch import OUTBOX_KIND
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
+from core.tasks.outbox import OUTBOX_KIND
 from core.tasks.periodic import (
     STATE_KIND,
     PeriodicTask,
@@ -432,7 +432,7 @@ def test_claims_made_while_the_queue_is_down_wait_in_the_outbox(app, client, set
     assert task_queue.pending == [] and len(db.Query(OUTBOX_KIND).run()) == 1
     assert ping(client, settings, "t-every").get_json()["tasks"][name_of(every_ping)] == "pending"
     transport.enqueue_many = original
-    from core.tasks.dispatch import sweep_outbox
+    from core.tasks.outbox import sweep_outbox
 
     assert sweep_outbox(get_runtime(), older_than=datetime.timedelta(0)) == 1
     task_queue.run_pending()

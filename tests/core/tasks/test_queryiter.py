@@ -7,8 +7,9 @@ import datetime
 import pytest
 
 from core import current, db
-from core.tasks import DeferredArgumentError, DuplicateTask, isolated_registry, message, wire
+from core.tasks import DeferredArgumentError, message, wire
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
+from core.tasks.errors import DuplicateTask
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter, query_iter_class
 from core.tasks.queryiter.runs import (
@@ -24,6 +25,7 @@ from core.tasks.queryiter.runs import (
     step_task_name,
     stop_run,
 )
+from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
 from core.tasks.transports.inline import InlineTransport, QueuedTask
 
@@ -548,7 +550,7 @@ def test_stop_then_resume_continues_where_it_stopped(app, task_queue):
 
 
 def test_stop_and_resume_of_an_unknown_run(app):
-    from core.tasks import NotFound
+    from core.tasks.errors import NotFound
 
     with pytest.raises(NotFound):
         stop_run("nope")

@@ -9,8 +9,8 @@ import pytest
 
 from core import db
 from core.tasks import PeriodicTask, QueryIter, callDeferred
-from core.tasks.dispatch import outbox_size
 from core.tasks.errors import ConfigurationError
+from core.tasks.outbox import outbox_size
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queues import QueueTable, UnknownQueue
 from core.tasks.registry import isolated_registry

@@ -15,7 +15,7 @@ from core.tasks import (
     TaskHandle,
     UntrackedTask,
     callDeferred,
-    dispatch,
+    outbox,
     records,
 )
 from core.tasks import deferred as deferred_module
@@ -258,7 +258,7 @@ def test_fetch_rebuilds_a_handle_from_its_id(app, task_queue):
 
 
 def test_a_taken_name_is_reported_on_the_handle(app, task_queue):
-    with dispatch.RequestScope(get_runtime()):  # as in a request: unnamed calls wait for the batch
+    with outbox.RequestScope(get_runtime()):  # as in a request: unnamed calls wait for the batch
         batched = untracked("b")
         first = untracked("n", _name="only-once")
         second = untracked("n", _name="only-once")

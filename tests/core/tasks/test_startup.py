@@ -8,7 +8,7 @@ import pytest
 
 from core import db
 from core.tasks import message, wire
-from core.tasks.dispatch import OUTBOX_KIND, sweep_outbox
+from core.tasks.outbox import OUTBOX_KIND, sweep_outbox
 from core.tasks.registry import isolated_registry
 from core.tasks.startup import (
     STARTUP_KIND,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 from types import SimpleNamespace
 
-from core.tasks import dispatch, lifecycle, periodic, startup
+from core.tasks import lifecycle, outbox, periodic, startup
 from core.tasks.queryiter import runs as queryiter
 from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
 
@@ -16,7 +16,7 @@ from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
 def test_every_builder_keeps_its_names() -> None:
     slot = datetime.datetime(2026, 3, 29, 1, 30, tzinfo=datetime.UTC)
     names = [
-        dispatch._task_name("abc", 3),
+        outbox._task_name("abc", 3),
         lifecycle._attempt_name("x" * 600, 2),
         lifecycle._attempt_name("short", 2),
         queryiter.step_task_name("run1", 2, 7),
