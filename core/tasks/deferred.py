@@ -19,7 +19,8 @@ returns a :class:`TaskHandle`.
 Options of the decorator: ``queue=`` or ``priority=`` (a queue through the priority mapping),
 ``tags=`` and ``description=`` (carried in the task's payload), ``hooks=`` (this task's own
 hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`),
-``debounce=`` and ``debounce_key=`` (per call ``_debounce``; :mod:`core.tasks.debounce`).
+``debounce=`` and ``debounce_key=`` (per call ``_debounce``; :mod:`core.tasks.debounce`), ``rate_limit=``
+and ``rate_key=`` (:mod:`core.tasks.rate_limit`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from core.tasks.handle import TaskHandle
 from core.tasks.hooks import check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_of
+from core.tasks.rate_limit import RateLimit, rate_limit_spec, rate_marker
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -93,6 +95,7 @@ class DeferredTarget:
     #: The task runs only while the user who deferred it exists (``@callDeferred(require_user=True)``).
     require_user: bool = False
     debounce: DebounceSpec | None = None
+    rate_limit: RateLimit | None = None
 
 
 class DeferredFunction:
@@ -173,7 +176,8 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
                  timeout: float | None = None, require_user: bool = False,
-                 debounce: datetime.timedelta | float | None = None, debounce_key: str | None = None) -> Any:
+                 debounce: datetime.timedelta | float | None = None, debounce_key: str | None = None,
+                 rate_limit: str | None = None, rate_key: str | None = None) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
@@ -181,12 +185,12 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
     dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
     deferred it exists (:mod:`core.tasks.context`); ``debounce`` runs one call of many, the last
-    (:mod:`core.tasks.debounce`).
+    (:mod:`core.tasks.debounce`); ``rate_limit`` bounds its starts across instances (:mod:`core.tasks.rate_limit`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
                "backoff": backoff, "timeout": timeout, "require_user": require_user,
-               "debounce": debounce, "debounce_key": debounce_key}
+               "debounce": debounce, "debounce_key": debounce_key, "rate_limit": rate_limit, "rate_key": rate_key}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -195,7 +199,7 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
 def _configure(target: DeferredTarget, *, priority: str | None = None, tags: Iterable[str] = (),
                description: str | None = None, hooks: Iterable[Any] | None = None, lock: str | bool | None = None,
                lock_lease: float | datetime.timedelta | None = None, debounce: Any = None,
-               debounce_key: str | None = None) -> None:
+               debounce_key: str | None = None, rate_limit: str | None = None, rate_key: str | None = None) -> None:
     what = f"@callDeferred on {target.name}"
     if priority is not None and target.queue is not None:
         raise ConfigurationError(f"{what}: give queue= or priority=, not both")
@@ -206,6 +210,7 @@ def _configure(target: DeferredTarget, *, priority: str | None = None, tags: Ite
     if target.lock is not None:
         target.func = locked(target.func, target.lock, target.name)
     target.debounce = debounce_spec(debounce, debounce_key, target.func, what)
+    target.rate_limit = rate_limit_spec(rate_limit, rate_key, target.func, what)
 
 
 def _check_timeout(name: str, timeout: Any) -> float | None:
@@ -312,6 +317,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["timeout"] = target.timeout
     if latest is not None:
         call["debounce"] = latest.marker()
+    if target.rate_limit is not None:
+        call["rate"] = rate_marker(target.rate_limit, target.func, target.name, (*bound, *args), kwargs)
     if _extra:
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
