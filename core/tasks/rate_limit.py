@@ -7,13 +7,15 @@ together (they should declare the same limit: the shards are cut by it).
 
 How: the limit is split over ``n`` shard entities (kind :data:`RATE_KIND`) so that a hot key is not
 one hot entity; shard ``i`` allows ``limit // n`` starts (one more for the first ``limit % n``) and
-keeps the times of its recent admissions. A task is admitted by a transaction on one shard that
-has had fewer than its share in the last ``per`` seconds (a sliding window, so the limit holds in
-*every* window, not only in aligned ones). The shards' shares add up to the limit, so no window
-ever holds more starts. A task tries one random shard; if that one is full it reads all shards in
-one lookup and tries those with room. A task finding none waits: it is sent again (same task id,
-record and attempt count) for when the first shard frees up, plus a jitter that grows with its
-waits, and answered 200, so a wait is never an attempt, a failure or a dead letter.
+keeps the times of its recent starts. A task is admitted by a transaction on one shard that has
+booked fewer than its share in the last ``per`` seconds (a sliding window, so the limit holds in
+*every* window, not only in aligned ones); the start is booked :data:`START_SLACK` ahead and the
+task starts only if it is still before then (else it waits), so a shard's starts are never
+closer than its bookings. The shards' shares add up to the limit, so no window ever holds more
+starts. A task tries one random shard; if that one is full it reads all shards in one lookup and
+tries those with room. A task finding none waits: it is sent again (same task id, record and
+attempt count) for when the first shard frees up, plus a jitter that grows with its waits, and
+answered 200, so a wait is never an attempt, a failure or a dead letter.
 
 Datastore operations per task (``n`` shards, :func:`shard_count`): admitted on the first shard,
 one transaction (a lookup and a commit of one entity); a full first shard adds one lookup of
@@ -50,6 +52,10 @@ MAX_SHARDS = 16
 #: Most waits' worth of growth of the jitter, in windows (a waiter comes back within this many).
 MAX_SPREAD = 16
 MAX_KEY_CHARS = 400
+#: Seconds an admitted task has to start: its shard books it as starting at the end of them, and a
+#: task that could not start by then (a slow commit, a starved process) does not start but waits
+#: again. So the starts themselves, not only the admissions, keep to the limit.
+START_SLACK = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,28 +109,30 @@ def _shard_key(key: str, index: int) -> db.Key:
 
 
 def _recent(entity: db.Entity | None, now: float, per: float) -> list[float]:
-    """The shard's admissions still inside the window that ends now."""
+    """The shard's booked starts still inside the window that ends now."""
     times = entity.get("times") if entity is not None else None
     return sorted(t for t in (times or []) if now - t < per)
 
 
 def _take(key: str, index: int, share: int, per: float) -> bool:
-    """In a transaction: admit one start on shard ``index`` if it has room; ``False`` if full or contended."""
-    def claim() -> bool:
+    """Admit one start on shard ``index`` if it has room and the task can start in time; ``False`` if not."""
+    def claim() -> float | None:
         now = utc_now().timestamp()
         entity = db.get(_shard_key(key, index))
         times = _recent(entity, now, per)
         if len(times) >= share:
-            return False
+            return None
+        booked = now + START_SLACK
         shard = db.Entity(_shard_key(key, index), exclude_from_indexes=("key", "times"))
-        shard.update({"key": key, "times": [*times, now]})
+        shard.update({"key": key, "times": [*times, booked]})
         db.put(shard)
-        return True
+        return booked
 
     try:
-        return db.run_in_transaction(claim, retries=1)
+        booked = db.run_in_transaction(claim, retries=1)
     except db.TransactionFailedError:
         return False  # others collided on it: try another shard
+    return booked is not None and utc_now().timestamp() <= booked  # a late one's slot goes unused
 
 
 def admit(key: str, limit: int, per: float) -> datetime.datetime | None:
