@@ -13,8 +13,9 @@ is answered 200 as *superseded* (not run, not an attempt, not a failure); the la
 once it succeeded, deletes the entity if no call came since. The last writer wins, so of calls made
 at once on several instances exactly the one committed last runs.
 
-Cost per call: one commit (the mark and the outbox entry), the enqueue and the outbox entry's
-delete after it; per task: one lookup; the run of the latest adds one transaction (lookup, delete).
+Cost per call: a transaction that only writes (begun, then one commit of the mark and the outbox
+entry), the enqueue and the outbox entry's delete after it; per task: one lookup; the run of the
+latest adds one transaction (a lookup and a commit of the delete).
 """
 from __future__ import annotations
 

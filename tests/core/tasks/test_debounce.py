@@ -12,6 +12,7 @@ from core.tasks.errors import ConfigurationError, DeferredArgumentError
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.records import TaskRecord
 from core.testing import TaskQueue, TestClock
+from tests.services.datastore_rpcs import RpcCounter
 
 RUNS: list[tuple] = []
 WINDOW = datetime.timedelta(seconds=2)
@@ -91,6 +92,26 @@ def test_a_per_call_debounce_collapses_only_the_calls_that_ask_for_it(app, task_
     assert RUNS == [("plain", 3)], "a call without _debounce runs at once"
     task_queue.advance(1.5)
     assert RUNS == [("plain", 3), ("plain", 2)]
+
+
+def test_what_debounced_calls_cost_in_datastore_rpcs(app, task_queue, capsys):
+    with RpcCounter().counting() as rpcs:
+        rpcs.take()
+        for edit in range(4):
+            rebuild_index(edit)
+        by_method = dict(rpcs.calls)
+        per_call = rpcs.take() / 4
+        task_queue.advance(3)
+        superseded_and_winner = rpcs.take()
+    with capsys.disabled():
+        print(f"\nDatastore RPCs of a debounced call: {per_call} per call; {superseded_and_winner} for its 4 tasks "
+              f"(3 superseded, 1 run)")
+    assert RUNS == [("rebuild_index", 3)]
+    # A call: a transaction that only writes (begun, then the commit of its mark with its outbox
+    # entry), then the outbox entry's delete. The tasks: a lookup each; the winner's cleanup is a
+    # transaction (a lookup that begins it and a commit).
+    assert by_method == {"begin_transaction": 4, "commit": 8}
+    assert (per_call, superseded_and_winner) == (3, 4 + 2)
 
 
 def undecorated(doc_id: int) -> None: ...
