@@ -9,9 +9,10 @@ How: each call writes the debounce entity of its key (kind :data:`DEBOUNCE_KIND`
 the latest call, and sends its task scheduled ``window`` ahead, both in one Datastore transaction
 (the task goes through the outbox: it exists if and only if the mark does). When a task comes due,
 the :func:`skip_superseded` middleware reads the entity: a task that is no longer the latest call
-is answered 200 as *superseded* (not run, not an attempt, not a failure); the latest one runs and,
-once it succeeded, deletes the entity if no call came since. The last writer wins, so of calls made
-at once on several instances exactly the one committed last runs.
+is answered 200 as *superseded* (not run, not an attempt, not a failure; a tracked one's record
+ends ``cancelled``); the latest one runs and, once it succeeded, deletes the entity if no call came
+since. The last writer wins, so of calls made at once on several instances exactly the one
+committed last runs. A superseded tracked task costs one more transaction (its record's end).
 
 Cost per call: a transaction that only writes (begun, then one commit of the mark and the outbox
 entry), the enqueue and the outbox entry's delete after it; per task: one lookup; the run of the
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from core import db
 from core.clock import utc_now
-from core.tasks import message
+from core.tasks import message, records
 from core.tasks.errors import ConfigurationError, PayloadError
 from core.tasks.locks import check_template, fill_template
 from core.tasks.outcome import Outcome
@@ -156,6 +157,8 @@ def skip_superseded(delivery: Delivery, proceed: Proceed) -> Outcome:
     entity = db.get(_entity_key(key))
     if entity is None or entity.get("latest") != token:
         message.delete_stored(envelope)  # it never runs: its stored payload is of no use
+        if envelope.payload.get("track") is True:
+            records.cancel(envelope.id)  # its record ends (its handle's result() stops waiting)
         return delivery.outcome(200, SUPERSEDED, skipped=SUPERSEDED)
     outcome = proceed(delivery)
     if outcome.ran:

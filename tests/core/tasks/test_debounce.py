@@ -81,7 +81,8 @@ def test_debounce_key_collapses_calls_per_key_and_superseded_records_are_not_fai
     task_queue.advance(3)
     assert sorted(RUNS) == [("rebuild_document", 1, 2), ("rebuild_document", 2, 1)]
     assert TaskRecord.fetch(last.id).state == "succeeded"
-    assert TaskRecord.fetch(first.id).attempts == 0, "the superseded call never started an attempt"
+    superseded = TaskRecord.fetch(first.id)
+    assert superseded.state == "cancelled" and superseded.attempts == 0, "never started, and ended"
 
 
 def test_a_per_call_debounce_collapses_only_the_calls_that_ask_for_it(app, task_queue):
