@@ -18,7 +18,9 @@ returns a :class:`TaskHandle`.
 
 Options of the decorator: ``queue=`` or ``priority=`` (a queue through the priority mapping),
 ``tags=`` and ``description=`` (carried in the task's payload), ``hooks=`` (this task's own
-hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`).
+hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`),
+``debounce=`` and ``debounce_key=`` (per call ``_debounce``; :mod:`core.tasks.debounce`), ``rate_limit=``
+and ``rate_key=`` (:mod:`core.tasks.rate_limit`).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from core import json as tagged_json
 from core.reprs import safe_repr
 from core.tasks import aio, arguments, message
 from core.tasks.context import capture_environment, require_caller
+from core.tasks.debounce import DebounceSpec, debounce_spec, debounced_call, send_latest
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
@@ -44,6 +47,7 @@ from core.tasks.give_up import GiveUpMail
 from core.tasks.hooks import check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
 from core.tasks.priority import check_priority, check_tags, queue_of
+from core.tasks.rate_limit import RateLimit, rate_limit_spec, rate_marker
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.retry import RetryPolicy
 from core.tasks.runtime import TaskRuntime, get_runtime
@@ -59,7 +63,8 @@ __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "Defer
            "defer", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
-_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user")
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user",
+            "_debounce")
 
 
 @dataclasses.dataclass
@@ -89,6 +94,8 @@ class DeferredTarget:
     timeout: float | None = None
     #: The task runs only while the user who deferred it exists (``@callDeferred(require_user=True)``).
     require_user: bool = False
+    debounce: DebounceSpec | None = None
+    rate_limit: RateLimit | None = None
 
 
 class DeferredFunction:
@@ -168,18 +175,22 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
                  lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
-                 timeout: float | None = None, require_user: bool = False) -> Any:
+                 timeout: float | None = None, require_user: bool = False,
+                 debounce: datetime.timedelta | float | None = None, debounce_key: str | None = None,
+                 rate_limit: str | None = None, rate_key: str | None = None) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
     call a task record (status, result, cancel through its handle); ``max_attempts``, ``retry_on``
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
     dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
-    deferred it exists (:mod:`core.tasks.context`).
+    deferred it exists (:mod:`core.tasks.context`); ``debounce`` runs one call of many, the last
+    (:mod:`core.tasks.debounce`); ``rate_limit`` bounds its starts across instances (:mod:`core.tasks.rate_limit`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
-               "backoff": backoff, "timeout": timeout, "require_user": require_user}
+               "backoff": backoff, "timeout": timeout, "require_user": require_user,
+               "debounce": debounce, "debounce_key": debounce_key, "rate_limit": rate_limit, "rate_key": rate_key}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -187,7 +198,8 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
 
 def _configure(target: DeferredTarget, *, priority: str | None = None, tags: Iterable[str] = (),
                description: str | None = None, hooks: Iterable[Any] | None = None, lock: str | bool | None = None,
-               lock_lease: float | datetime.timedelta | None = None) -> None:
+               lock_lease: float | datetime.timedelta | None = None, debounce: Any = None,
+               debounce_key: str | None = None, rate_limit: str | None = None, rate_key: str | None = None) -> None:
     what = f"@callDeferred on {target.name}"
     if priority is not None and target.queue is not None:
         raise ConfigurationError(f"{what}: give queue= or priority=, not both")
@@ -197,6 +209,8 @@ def _configure(target: DeferredTarget, *, priority: str | None = None, tags: Ite
     target.lock = lock_spec(lock, target.func, target.name, lock_lease=lock_lease)
     if target.lock is not None:
         target.func = locked(target.func, target.lock, target.name)
+    target.debounce = debounce_spec(debounce, debounce_key, target.func, what)
+    target.rate_limit = rate_limit_spec(rate_limit, rate_key, target.func, what)
 
 
 def _check_timeout(name: str, timeout: Any) -> float | None:
@@ -265,7 +279,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
-          _track: bool | None = None, _require_user: bool | None = None,
+          _track: bool | None = None, _require_user: bool | None = None, _debounce: Any = None,
           _extra: Mapping[str, Any] | None = None, check_call: bool = False) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
@@ -282,7 +296,15 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
     queue = queue_of(runtime, target.name, option=_queue, declared=target.queue, priority=target.priority)
-    eta = _schedule(_countdown, _eta, runtime.clock.now())
+    now = runtime.clock.now()
+    eta = _schedule(_countdown, _eta, now)
+    bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
+    latest = debounced_call(target.debounce, _debounce, target.func, target.name, (*bound, *args), kwargs)
+    if latest is not None:
+        if eta is not None:
+            raise ValueError(f"{target.name}: a debounced call runs its window after the call; "
+                             f"give no _countdown or _eta")
+        eta = now + latest.window
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
     if target.tags:
@@ -293,6 +315,10 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["track"] = True
     if target.timeout is not None:
         call["timeout"] = target.timeout
+    if latest is not None:
+        call["debounce"] = latest.marker()
+    if target.rate_limit is not None:
+        call["rate"] = rate_marker(target.rate_limit, target.func, target.name, (*bound, *args), kwargs)
     if _extra:
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
@@ -301,11 +327,11 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
     deadline = datetime.timedelta(seconds=target.timeout) if target.timeout is not None else None
     check = None
     if check_call:  # after encoding (in send), so a value that cannot travel at all is named as such first
-        bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
         check = functools.partial(arguments.check_deferred_call, target.func, bound, args, kwargs)
+    sending = functools.partial(send, runtime, envelope, path=DEFERRED_PATH, target=target.name, name=_name, eta=eta,
+                                target_version=_target_version or None, deadline=deadline, record=tracked, check=check)
     try:
-        return send(runtime, envelope, path=DEFERRED_PATH, target=target.name, name=_name, eta=eta,
-                    target_version=_target_version or None, deadline=deadline, record=tracked, check=check)
+        return sending() if latest is None else send_latest(latest, sending)
     except DeferredArgumentError:
         raise
     except TypeError as exc:

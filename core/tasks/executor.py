@@ -7,7 +7,7 @@ pipeline (the runtime's, :mod:`core.tasks.middleware`); the built-in middleware,
 their order (:mod:`core.tasks.pipeline`)::
 
     report → verify → dead_letters → decode → hooks → retry_warning → payload_cleanup
-           → lifecycle → environment → telemetry → run (by the task's kind)
+           → debounce → rate_limit → lifecycle → environment → telemetry → run (by the task's kind)
 
 An app's own middleware take their places among them by these names.
 """
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.deadletters import record as record_dead_letter
+from core.tasks.debounce import skip_superseded
 from core.tasks.errors import PermanentTaskFailure, http_status_for
 from core.tasks.outcome import Outcome
 from core.tasks.pipeline import (
@@ -36,6 +37,7 @@ from core.tasks.pipeline import (
     track_lifecycle,
     verify,
 )
+from core.tasks.rate_limit import wait_for_rate
 from core.tasks.registry import declare_builtin
 from core.tasks.runtime import TaskRuntime
 
@@ -57,7 +59,8 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
 #: The built-in middleware of every app's pipeline, by name, outermost first.
 BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
                       "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
-                      "lifecycle": track_lifecycle, "environment": environment, "telemetry": traced, "run": run}
+                      "debounce": skip_superseded, "rate_limit": wait_for_rate, "lifecycle": track_lifecycle,
+                      "environment": environment, "telemetry": traced, "run": run}
 for _name, _step in BUILTIN_MIDDLEWARE.items():
     declare_builtin("middleware", _name, _step)
 

@@ -65,19 +65,7 @@ def lock_spec(lock: str | bool | None, func: Callable[..., Any], name: str, *,
         template = lock
     else:
         raise ConfigurationError(f"{name}: lock must be True or a non-empty name template, got {lock!r}")
-    parameters = inspect.signature(func).parameters
-    try:
-        fields = [parsed[1] for parsed in string.Formatter().parse(template) if parsed[1] is not None]
-    except ValueError as exc:
-        raise ConfigurationError(f"{name}: lock template {template!r} is malformed: {exc}") from None
-    for field in fields:
-        root = _FIELD_ROOT.match(field).group(0)  # type: ignore[union-attr]
-        if not root or root.isdigit():
-            raise ConfigurationError(f"{name}: lock template {template!r} must name arguments, "
-                                     f"as in 'invoice-{{invoice_key}}'")
-        if root not in parameters:
-            raise ConfigurationError(f"{name}: lock template {template!r} names {root!r}, which is not a "
-                                     f"parameter of the function (it takes {list(parameters)})")
+    check_template(template, func, name, option="lock")
     return LockSpec(template, lease_duration(lock_lease, name))
 
 
@@ -87,18 +75,47 @@ def lock_name(spec: LockSpec, func: Callable[..., Any], name: str, args: tuple[A
 
     Raises :class:`DeferredArgumentError` naming the task when the arguments cannot fill it.
     """
+    return fill_template(spec.template, func, name, args, kwargs, option="lock")
+
+
+def check_template(template: str, func: Callable[..., Any], name: str, *, option: str) -> None:
+    """Check a name template of option ``option`` (``lock``, ``rate_key``, ...) against ``func``'s parameters.
+
+    The one template rule of every option that names something after a call's arguments.
+    """
+    parameters = inspect.signature(func).parameters
+    try:
+        fields = [parsed[1] for parsed in string.Formatter().parse(template) if parsed[1] is not None]
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {option} template {template!r} is malformed: {exc}") from None
+    for field in fields:
+        root = _FIELD_ROOT.match(field).group(0)  # type: ignore[union-attr]
+        if not root or root.isdigit():
+            raise ConfigurationError(f"{name}: {option} template {template!r} must name arguments, "
+                                     f"as in 'invoice-{{invoice_key}}'")
+        if root not in parameters:
+            raise ConfigurationError(f"{name}: {option} template {template!r} names {root!r}, which is not a "
+                                     f"parameter of the function (it takes {list(parameters)})")
+
+
+def fill_template(template: str, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                  kwargs: dict[str, Any], *, option: str) -> str:
+    """``template`` filled from one call's arguments as bound to ``func`` (defaults applied).
+
+    Raises :class:`DeferredArgumentError` naming the task and the option when they cannot fill it.
+    """
     try:
         bound = inspect.signature(func).bind(*args, **kwargs)
     except TypeError as exc:
         raise DeferredArgumentError(f"cannot defer {name}: {exc}") from None
     bound.apply_defaults()
     try:
-        filled = spec.template.format_map(bound.arguments)
+        filled = template.format_map(bound.arguments)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise DeferredArgumentError(f"cannot defer {name}: its lock template {spec.template!r} cannot be "
+        raise DeferredArgumentError(f"cannot defer {name}: its {option} template {template!r} cannot be "
                                     f"filled from the call's arguments ({type(exc).__name__}: {exc})") from None
     if not filled:
-        raise DeferredArgumentError(f"cannot defer {name}: its lock template {spec.template!r} gives an empty name")
+        raise DeferredArgumentError(f"cannot defer {name}: its {option} template {template!r} gives an empty name")
     return filled
 
 
