@@ -10,6 +10,7 @@ module tree; a method runs on the live instance mounted at the same path, never 
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
 ``_track`` (give this call a task record, or not, whatever the function and queue say),
 ``_require_user`` (this call runs only while its user exists, or not, whatever the function says).
+``_expires`` (this call's ``expires=``, :mod:`core.tasks.expiry`).
 An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
@@ -18,7 +19,8 @@ returns a :class:`TaskHandle`.
 
 Options of the decorator: ``queue=`` or ``priority=`` (a queue through the priority mapping),
 ``tags=`` and ``description=`` (carried in the task's payload), ``hooks=`` (this task's own
-hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`).
+hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`),
+``expires=`` (a duration or an aware datetime: not started by then, never run; :mod:`core.tasks.expiry`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from core.tasks.errors import (
     TaskNotFound,
     UnsupportedTargetError,
 )
+from core.tasks.expiry import FIELD as EXPIRES_FIELD
+from core.tasks.expiry import check_expires, expiry_moment
 from core.tasks.give_up import GiveUpMail
 from core.tasks.handle import TaskHandle
 from core.tasks.hooks import check_hooks
@@ -59,7 +63,8 @@ __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "Defer
            "defer", "retry_n_times", "noRetry", "no_retry"]
 
 DEFERRED_PATH = "/_tasks/deferred"
-_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user")
+_OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user",
+            "_expires")
 
 
 @dataclasses.dataclass
@@ -89,6 +94,8 @@ class DeferredTarget:
     timeout: float | None = None
     #: The task runs only while the user who deferred it exists (``@callDeferred(require_user=True)``).
     require_user: bool = False
+    #: ``expires=``: a duration from the call, or a moment, after which the task is not started.
+    expires: datetime.timedelta | datetime.datetime | None = None
 
 
 class DeferredFunction:
@@ -96,7 +103,7 @@ class DeferredFunction:
 
     def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
                  retry_on: Any = None, backoff: Any = None, timeout: float | None = None, builtin: bool = False,
-                 require_user: bool = False, **options: Any) -> None:
+                 require_user: bool = False, expires: Any = None, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -113,7 +120,8 @@ class DeferredFunction:
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
                                      give_up_mail=getattr(func, "_give_up_mail", None),
                                      track=bool(track), policy=policy, timeout=_check_timeout(name, timeout),
-                                     require_user=bool(require_user))
+                                     require_user=bool(require_user),
+                                     expires=check_expires(expires, f"@callDeferred on {name}"))
         _configure(self.target, **options)
         # The library's own targets are built-ins: every app's registry has them.
         (declare_builtin if builtin else declare)("deferred", self.target.name, self.target)
@@ -168,18 +176,20 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  tags: Iterable[str] = (), description: str | None = None, hooks: Iterable[Any] | None = None,
                  lock: str | bool | None = None, lock_lease: float | datetime.timedelta | None = None,
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
-                 timeout: float | None = None, require_user: bool = False) -> Any:
+                 timeout: float | None = None, require_user: bool = False,
+                 expires: float | datetime.timedelta | datetime.datetime | None = None) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
     call a task record (status, result, cancel through its handle); ``max_attempts``, ``retry_on``
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
     dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
-    deferred it exists (:mod:`core.tasks.context`).
+    deferred it exists (:mod:`core.tasks.context`); ``expires`` drops a task not started in time
+    (:mod:`core.tasks.expiry`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
-               "backoff": backoff, "timeout": timeout, "require_user": require_user}
+               "backoff": backoff, "timeout": timeout, "require_user": require_user, "expires": expires}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -265,7 +275,7 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
-          _track: bool | None = None, _require_user: bool | None = None,
+          _track: bool | None = None, _require_user: bool | None = None, _expires: Any = None,
           _extra: Mapping[str, Any] | None = None, check_call: bool = False) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
@@ -282,7 +292,12 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
     queue = queue_of(runtime, target.name, option=_queue, declared=target.queue, priority=target.priority)
-    eta = _schedule(_countdown, _eta, runtime.clock.now())
+    now = runtime.clock.now()
+    eta = _schedule(_countdown, _eta, now)
+    expires = expiry_moment(check_expires(_expires, f"{target.name}(_expires=...)") if _expires is not None
+                            else target.expires, now)
+    if expires is not None and eta is not None and eta.timestamp() >= expires:
+        raise ValueError(f"{target.name}: the task is scheduled at {eta.isoformat()}, not before it expires")
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
     if target.tags:
@@ -293,6 +308,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["track"] = True
     if target.timeout is not None:
         call["timeout"] = target.timeout
+    if expires is not None:
+        call[EXPIRES_FIELD] = expires
     if _extra:
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.tasks import progress, records
-from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
+from core.tasks.errors import TaskCancelled, TaskExpired, TaskFailed, UntrackedTask
 from core.tasks.progress import Progress
 from core.tasks.runtime import get_runtime
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
@@ -112,7 +112,8 @@ class TaskHandle:
         """Wait until the task ends and return its value.
 
         Raises :class:`TaskFailed` (type, message and traceback of the task's error),
-        :class:`TaskCancelled`, or ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        :class:`TaskCancelled`, :class:`TaskExpired`, or ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit).
         Polls the record, doubling the wait from ``poll`` up to ``max_poll`` seconds.
         """
         def ended() -> tuple[bool, Any, Any]:
@@ -123,6 +124,8 @@ class TaskHandle:
                 raise TaskFailed(self.id, record.error_type, record.error, record.traceback)
             if record.state is records.CANCELLED and record.ended_at is not None:
                 raise TaskCancelled(f"task {self.id} was cancelled")
+            if record.state is records.EXPIRED:
+                raise TaskExpired(f"task {self.id} expired before it started; it never ran")
             return False, None, record.state
 
         return wait_until_ended(ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
