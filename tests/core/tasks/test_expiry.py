@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
 
 from core import db
 from core.admin import TaskAdmin
 from core.tasks import TaskHandle, callDeferred
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.errors import TaskExpired
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.records import EXPIRED, SUCCEEDED
@@ -130,3 +132,15 @@ def test_the_tracked_tasks_page_shows_an_expired_task(make_app):
     html = ann.get("/_tasks/admin/tasks").get_data(as_text=True)
     assert f'<tr data-task="{handle.id}" data-state="expired"' in html
     assert '<option value="expired">expired</option>' in html
+
+
+@pytest.mark.parametrize("expires", ["soon", True, {"at": 1}, 1e999])
+def test_a_well_signed_task_with_a_malformed_expiry_is_a_dead_letter(client, expires):
+    body = json.dumps({"v": 1, "id": "t1", "kind": "deferred", "queue": "default", "created": 0,
+                       "payload": {"target": notify.target.name, "args": ["x"], "kwargs": {}, "expires": expires}})
+    path = "/_tasks/deferred"
+    response = client.post(path, data=body, headers={
+        SIGNATURE_HEADER: sign_request("test-task-secret", "POST", path, body.encode())})
+    assert response.status_code == 200 and RUNS == []
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["error"].startswith("PayloadError") and "'expires'" in letter["error"]

@@ -3,13 +3,16 @@ queue and the real handler: one pending or running task per key, freed when it e
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 
 import pytest
 
 from core import db
 from core.tasks import PermanentTaskFailure, callDeferred
+from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.errors import ConfigurationError
+from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.records import CANCELLED, EXPIRED, FAILED, RETRYING, SUCCEEDED
 from core.tasks.unique import CLAIM_KIND
 
@@ -163,3 +166,16 @@ def test_fifty_concurrent_callers_over_five_keys_queue_exactly_five_tasks(app, t
     assert len(set(handles)) == 5 and len(task_queue.pending) == 5
     task_queue.run_pending()
     assert sorted(RUNS) == [("reindex", n, False) for n in range(5)]
+
+
+@pytest.mark.parametrize("claim", [5, "not-a-claim", ["x"]])
+def test_a_well_signed_task_with_a_malformed_claim_is_a_dead_letter(client, claim):
+    body = json.dumps({"v": 1, "id": "t1", "kind": "deferred", "queue": "default", "created": 0,
+                       "payload": {"target": reindex.target.name, "args": [1], "kwargs": {}, "track": True,
+                                   "unique": claim}})
+    path = "/_tasks/deferred"
+    response = client.post(path, data=body, headers={
+        SIGNATURE_HEADER: sign_request("test-task-secret", "POST", path, body.encode())})
+    assert response.status_code == 200 and RUNS == []
+    (letter,) = db.Query(DEAD_LETTER_KIND).run()
+    assert letter["error"].startswith("PayloadError") and "'unique'" in letter["error"]
