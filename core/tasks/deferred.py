@@ -321,7 +321,10 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
             raise ValueError(f"{target.name}: a unique task is always tracked; _track=False cannot be given")
         tracked = True
         scope = target.name if instance_path is None else f"{target.name}@{instance_path}"
-        unique = uniqueness.UniqueCall.of(spec, scope, target.func, bound, args, kwargs, _unique)
+        try:
+            unique = uniqueness.UniqueCall.of(spec, scope, target.func, bound, args, kwargs, _unique)
+        except TypeError as exc:  # an argument that cannot travel is named as the send path would name it
+            raise argument_error(target, args, kwargs, {}, exc) from None
         call[uniqueness.FIELD] = unique.name
     if target.tags:
         call["tags"] = list(target.tags)

@@ -11,7 +11,7 @@ import pytest
 from core import db
 from core.tasks import PermanentTaskFailure, callDeferred
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
-from core.tasks.errors import ConfigurationError
+from core.tasks.errors import ConfigurationError, DeferredArgumentError
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.records import CANCELLED, EXPIRED, FAILED, RETRYING, SUCCEEDED
 from core.tasks.unique import CLAIM_KIND
@@ -133,6 +133,12 @@ def test_the_call_can_turn_uniqueness_off_or_name_the_key(app, task_queue):
         reindex(7, _track=False)
     with pytest.raises(ValueError, match="_unique must be"):
         reindex(7, _unique=3)
+
+
+def test_an_argument_that_cannot_travel_is_named_at_the_call(app, task_queue):
+    with pytest.raises(DeferredArgumentError, match=r"reindex\(args\[0\]\).*object"):
+        reindex(object())
+    assert task_queue.pending == [] and claims() == []
 
 
 def test_bad_options_fail_at_decoration():
