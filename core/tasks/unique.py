@@ -41,6 +41,8 @@ FIELD = "unique"
 CLAIM_RETRIES = 12
 #: Characters of the key kept on the claim for people (the claim's name is its hash).
 _KEY_TEXT_CHARS = 300
+#: A claim is only ever read by its key: none of its properties needs an index write.
+_UNINDEXED = ("task", "target", "key", "queue", "queue_task", "created", "until")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,7 @@ def send_once(runtime: TaskRuntime, call: UniqueCall, *, target: str, send: Call
                 return TaskHandle(str(held["task"]), str(held.get("queue") or ""), tracked=True,
                                   queue_task=held.get("queue_task"))
         handle = send()
-        entity = db.Entity(claim_key(name), exclude_from_indexes=("key",))
+        entity = db.Entity(claim_key(name), exclude_from_indexes=_UNINDEXED)
         entity.update({"task": handle.id, "target": target, "key": key[:_KEY_TEXT_CHARS], "queue": handle.queue,
                        "queue_task": handle.queue_task, "created": now,
                        "until": now + hold_for if hold_for is not None else None})
