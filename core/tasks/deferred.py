@@ -10,6 +10,8 @@ module tree; a method runs on the live instance mounted at the same path, never 
 ``_target_version`` (App Engine version), ``_call_deferred=False`` (run now, in this process),
 ``_track`` (give this call a task record, or not, whatever the function and queue say),
 ``_require_user`` (this call runs only while its user exists, or not, whatever the function says).
+``_expires`` (this call's ``expires=``, :mod:`core.tasks.expiry`), ``_unique`` (``False``: not unique
+this time; ``True`` or a key string: unique, :mod:`core.tasks.unique`).
 An ``async def`` target is awaited to completion when it runs (see :mod:`core.tasks.aio`).
 Arguments must survive ``core.json``; a value that can't raises :class:`DeferredArgumentError`
 here, at the call, naming the argument as the caller wrote it and where in it the value sits
@@ -21,6 +23,8 @@ Options of the decorator: ``queue=`` or ``priority=`` (a queue through the prior
 hooks, :mod:`core.tasks.hooks`), ``lock=`` and ``lock_lease=`` (:mod:`core.tasks.locks`),
 ``debounce=`` and ``debounce_key=`` (per call ``_debounce``; :mod:`core.tasks.debounce`), ``rate_limit=``
 and ``rate_key=`` (:mod:`core.tasks.rate_limit`).
+``expires=`` (a duration or an aware datetime: not started by then, never run; :mod:`core.tasks.expiry`),
+``unique=``, ``unique_for=`` and ``unique_key=`` (one pending or running task per key; :mod:`core.tasks.unique`).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from core import json as tagged_json
 from core.reprs import safe_repr
 from core.tasks import aio, arguments, message
+from core.tasks import unique as uniqueness
 from core.tasks.context import capture_environment, require_caller
 from core.tasks.debounce import DebounceSpec, debounce_spec, debounced_call, send_latest
 from core.tasks.errors import (
@@ -43,6 +48,8 @@ from core.tasks.errors import (
     TaskNotFound,
     UnsupportedTargetError,
 )
+from core.tasks.expiry import FIELD as EXPIRES_FIELD
+from core.tasks.expiry import check_expires, expiry_moment
 from core.tasks.give_up import GiveUpMail
 from core.tasks.hooks import check_hooks
 from core.tasks.locks import LockSpec, lock_name, lock_spec, locked
@@ -64,7 +71,7 @@ __all__ = ["TaskHandle", "callDeferred", "CallDeferred", "call_deferred", "Defer
 
 DEFERRED_PATH = "/_tasks/deferred"
 _OPTIONS = ("_queue", "_countdown", "_eta", "_name", "_target_version", "_call_deferred", "_track", "_require_user",
-            "_debounce")
+            "_debounce", "_expires", "_unique")
 
 
 @dataclasses.dataclass
@@ -96,6 +103,10 @@ class DeferredTarget:
     require_user: bool = False
     debounce: DebounceSpec | None = None
     rate_limit: RateLimit | None = None
+    #: ``expires=``: a duration from the call, or a moment, after which the task is not started.
+    expires: datetime.timedelta | datetime.datetime | None = None
+    #: ``unique=`` / ``unique_for=`` / ``unique_key=``: at most one pending or running task per key.
+    unique: uniqueness.UniqueSpec | None = None
 
 
 class DeferredFunction:
@@ -103,7 +114,8 @@ class DeferredFunction:
 
     def __init__(self, func: Any, *, queue: str | None = None, track: bool = False, max_attempts: int | None = None,
                  retry_on: Any = None, backoff: Any = None, timeout: float | None = None, builtin: bool = False,
-                 require_user: bool = False, **options: Any) -> None:
+                 require_user: bool = False, expires: Any = None, unique: bool = False, unique_for: Any = None,
+                 unique_key: Any = None, **options: Any) -> None:
         kind = "function"
         if isinstance(func, classmethod):
             kind, func = "classmethod", func.__func__
@@ -120,7 +132,10 @@ class DeferredFunction:
         self.target = DeferredTarget(name, func, kind, queue, max_executions=getattr(func, "_max_executions", None),
                                      give_up_mail=getattr(func, "_give_up_mail", None),
                                      track=bool(track), policy=policy, timeout=_check_timeout(name, timeout),
-                                     require_user=bool(require_user))
+                                     require_user=bool(require_user),
+                                     expires=check_expires(expires, f"@callDeferred on {name}"),
+                                     unique=uniqueness.unique_spec(unique, unique_for, unique_key,
+                                                                   f"@callDeferred on {name}"))
         _configure(self.target, **options)
         # The library's own targets are built-ins: every app's registry has them.
         (declare_builtin if builtin else declare)("deferred", self.target.name, self.target)
@@ -177,7 +192,10 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
                  track: bool = False, max_attempts: int | None = None, retry_on: Any = None, backoff: Any = None,
                  timeout: float | None = None, require_user: bool = False,
                  debounce: datetime.timedelta | float | None = None, debounce_key: str | None = None,
-                 rate_limit: str | None = None, rate_key: str | None = None) -> Any:
+                 rate_limit: str | None = None, rate_key: str | None = None,
+                 expires: float | datetime.timedelta | datetime.datetime | None = None, unique: bool = False,
+                 unique_for: float | datetime.timedelta | None = None,
+                 unique_key: Callable[..., Any] | None = None) -> Any:
     """Decorator: calling the function queues it as a task (``@callDeferred`` or ``@callDeferred(queue=...)``).
 
     ViUR's name. A bad option raises here, at decoration, naming the function. ``track`` gives every
@@ -185,12 +203,15 @@ def callDeferred(func: Any = None, *, queue: str | None = None, priority: str | 
     and ``backoff`` are its retry policy (:mod:`core.tasks.retry`); ``timeout`` (seconds) is the
     dispatch deadline of each attempt; ``require_user`` runs a task only while the user who
     deferred it exists (:mod:`core.tasks.context`); ``debounce`` runs one call of many, the last
-    (:mod:`core.tasks.debounce`); ``rate_limit`` bounds its starts across instances (:mod:`core.tasks.rate_limit`).
+    (:mod:`core.tasks.debounce`); ``rate_limit`` bounds its starts across instances (:mod:`core.tasks.rate_limit`);
+    ``expires`` drops a task not started in time (:mod:`core.tasks.expiry`); ``unique``, ``unique_for``
+    and ``unique_key`` keep at most one pending or running task per key (:mod:`core.tasks.unique`).
     """
     options = {"priority": priority, "tags": tags, "description": description, "hooks": hooks, "lock": lock,
                "lock_lease": lock_lease, "track": track, "max_attempts": max_attempts, "retry_on": retry_on,
                "backoff": backoff, "timeout": timeout, "require_user": require_user,
-               "debounce": debounce, "debounce_key": debounce_key, "rate_limit": rate_limit, "rate_key": rate_key}
+               "debounce": debounce, "debounce_key": debounce_key, "rate_limit": rate_limit, "rate_key": rate_key,
+               "expires": expires, "unique": unique, "unique_for": unique_for, "unique_key": unique_key}
     if func is None:
         return lambda f: DeferredFunction(f, queue=queue, **options)
     return DeferredFunction(func, queue=queue, **options)
@@ -280,7 +301,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
           _eta: datetime.datetime | None = None, _name: str | None = None,
           _target_version: str | None = None, _call_deferred: bool = True,
           _track: bool | None = None, _require_user: bool | None = None, _debounce: Any = None,
-          _extra: Mapping[str, Any] | None = None, check_call: bool = False) -> TaskHandle:
+          _expires: Any = None, _unique: bool | str | None = None, _extra: Mapping[str, Any] | None = None,
+          check_call: bool = False) -> TaskHandle:
     """Queue one call of ``target``; validates everything before anything is sent.
 
     ``_extra`` adds fields to the task's payload (a workflow marks its tasks with it).
@@ -305,8 +327,24 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
             raise ValueError(f"{target.name}: a debounced call runs its window after the call; "
                              f"give no _countdown or _eta")
         eta = now + latest.window
+    expires = expiry_moment(check_expires(_expires, f"{target.name}(_expires=...)") if _expires is not None
+                            else target.expires, now)
+    if expires is not None and eta is not None and eta.timestamp() >= expires:
+        raise ValueError(f"{target.name}: the task is scheduled at {eta.isoformat()}, not before it expires")
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
+    spec = _unique_spec(target, _unique)
+    unique = None
+    if spec is not None:
+        if _track is False:
+            raise ValueError(f"{target.name}: a unique task is always tracked; _track=False cannot be given")
+        tracked = True
+        scope = target.name if instance_path is None else f"{target.name}@{instance_path}"
+        try:
+            unique = uniqueness.UniqueCall.of(spec, scope, target.func, bound, args, kwargs, _unique)
+        except TypeError as exc:  # an argument that cannot travel is named as the send path would name it
+            raise argument_error(target, args, kwargs, {}, exc) from None
+        call[uniqueness.FIELD] = unique.name
     if target.tags:
         call["tags"] = list(target.tags)
     if target.description is not None:
@@ -319,6 +357,8 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
         call["debounce"] = latest.marker()
     if target.rate_limit is not None:
         call["rate"] = rate_marker(target.rate_limit, target.func, target.name, (*bound, *args), kwargs)
+    if expires is not None:
+        call[EXPIRES_FIELD] = expires
     if _extra:
         call.update(_extra)
     envelope = message.Envelope(kind="deferred", payload=call, queue=queue, env=capture_environment(runtime))
@@ -331,11 +371,24 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
     sending = functools.partial(send, runtime, envelope, path=DEFERRED_PATH, target=target.name, name=_name, eta=eta,
                                 target_version=_target_version or None, deadline=deadline, record=tracked, check=check)
     try:
+        if unique is not None:
+            return uniqueness.send_once(runtime, unique, target=target.name, send=sending)
         return sending() if latest is None else send_latest(latest, sending)
     except DeferredArgumentError:
         raise
     except TypeError as exc:
         raise argument_error(target, args, kwargs, envelope.env, exc) from None
+
+
+def _unique_spec(target: DeferredTarget, option: bool | str | None) -> uniqueness.UniqueSpec | None:
+    """The uniqueness of one call: the target's, unless ``_unique`` turns it off or on."""
+    if option is None:
+        return target.unique
+    if option is False:
+        return None
+    if option is True or (isinstance(option, str) and option):
+        return target.unique or uniqueness.UniqueSpec()
+    raise ValueError(f"{target.name}: _unique must be True, False or a non-empty key string, got {option!r}")
 
 
 def send_task(runtime: TaskRuntime, kind: str, payload: dict[str, Any], *, target: str, queue: str | None = None,

@@ -156,5 +156,9 @@ class TaskCancelled(TaskError):
     """``TaskHandle.result()`` of a task that was cancelled before it could finish."""
 
 
+class TaskExpired(TaskError):
+    """``TaskHandle.result()`` of a task whose ``expires=`` moment passed before it started (it never ran)."""
+
+
 class UntrackedTask(TaskError, LookupError):
     """The task has no record: it was not tracked, its record expired, or the id is unknown."""

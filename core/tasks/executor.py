@@ -7,7 +7,7 @@ pipeline (the runtime's, :mod:`core.tasks.middleware`); the built-in middleware,
 their order (:mod:`core.tasks.pipeline`)::
 
     report → verify → dead_letters → decode → hooks → retry_warning → payload_cleanup
-           → debounce → rate_limit → lifecycle → environment → telemetry → run (by the task's kind)
+           → debounce → rate_limit → unique → expiry → lifecycle → environment → telemetry → run (by the task's kind)
 
 An app's own middleware take their places among them by these names.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from core.tasks import expiry, unique
 from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.deadletters import record as record_dead_letter
 from core.tasks.debounce import skip_superseded
@@ -59,8 +60,9 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
 #: The built-in middleware of every app's pipeline, by name, outermost first.
 BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
                       "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
-                      "debounce": skip_superseded, "rate_limit": wait_for_rate, "lifecycle": track_lifecycle,
-                      "environment": environment, "telemetry": traced, "run": run}
+                      "debounce": skip_superseded, "rate_limit": wait_for_rate, "unique": unique.step,
+                      "expiry": expiry.step, "lifecycle": track_lifecycle, "environment": environment,
+                      "telemetry": traced, "run": run}
 for _name, _step in BUILTIN_MIDDLEWARE.items():
     declare_builtin("middleware", _name, _step)
 

@@ -3,6 +3,7 @@
 Kind ``_tasks_record``, key name = the task id (the envelope's id, kept across retries)::
 
     queued → running → retrying → running … → succeeded | failed | cancelled
+    queued | retrying → expired (its ``expires=`` moment passed before an attempt started)
     failed | cancelled → queued (a person sends the task again)
 
 A transition is a method of :class:`TaskRecord` that refuses what can't happen
@@ -44,7 +45,7 @@ _UNINDEXED = ("traceback", "result", "error", "description")
 class TaskState(enum.StrEnum):
     """Where a task is in its life; the run records of callable tasks and query iterators use it too.
 
-    The first six are a task record's. The last three are words the run records have always
+    The first seven are a task record's. The last three are words the run records have always
     stored for their own ends, kept so that their records and pages read as before.
     """
 
@@ -54,6 +55,8 @@ class TaskState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Not started before its ``expires=`` moment: never run (:mod:`core.tasks.expiry`).
+    EXPIRED = "expired"
     #: A query run paused on request (it can be resumed).
     STOPPED = "stopped"
     #: A callable run whose own part succeeded (what it started is followed on its own).
@@ -71,25 +74,26 @@ class TaskState(enum.StrEnum):
         return self in _SUCCEEDED
 
 
-QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = (
+QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
     TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING, TaskState.SUCCEEDED, TaskState.FAILED,
-    TaskState.CANCELLED)
+    TaskState.CANCELLED, TaskState.EXPIRED)
 #: The states a task record can be in.
-STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
-_ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED, TaskState.DONE, TaskState.FINISHED})
+STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+_ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED, TaskState.DONE, TaskState.FINISHED})
 _SUCCEEDED = frozenset({SUCCEEDED, TaskState.DONE, TaskState.FINISHED})
 _BY_VALUE = {state.value: state for state in STATES}
 #: The task record states after which nothing runs (a running task cancelled ends when its attempt returns).
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 #: Which state a task record may go to from each state.
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED}),
+    QUEUED: frozenset({RUNNING, CANCELLED, EXPIRED}),
     # running → running: the attempt's lease ran out and another attempt takes the task over.
     RUNNING: frozenset({RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED}),
-    RETRYING: frozenset({RUNNING, CANCELLED}),
+    RETRYING: frozenset({RUNNING, CANCELLED, EXPIRED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset({QUEUED}),
     CANCELLED: frozenset({QUEUED}),
+    EXPIRED: frozenset(),
 }
 
 
@@ -276,6 +280,11 @@ class TaskRecord:
             self.updated_at = now
         else:
             self._end(CANCELLED, now)
+
+    def expire(self, now: datetime.datetime, ttl: datetime.timedelta) -> None:
+        """The task's ``expires=`` moment passed before an attempt started: it ends without running."""
+        self._end(EXPIRED, now)
+        self.expires_at = now + ttl
 
     def settle_cancel(self, now: datetime.datetime) -> None:
         """End a task cancelled while an attempt ran, now that the attempt is over (or was refused)."""

@@ -4,17 +4,19 @@ A tracked task (``@callDeferred(track=True)``, a tracked queue, or ``_track=True
 the handle reads: :meth:`TaskHandle.status`, :meth:`TaskHandle.result` (waits with backoff),
 :meth:`TaskHandle.cancel`. :meth:`TaskHandle.fetch` rebuilds a handle from a stored id. An
 untracked task can still be cancelled while its queue holds it, if the queue can delete it.
+Async code awaits :meth:`TaskHandle.result_async` instead of :meth:`TaskHandle.result`.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from core.tasks import progress, records
-from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
+from core.tasks.errors import TaskCancelled, TaskExpired, TaskFailed, UntrackedTask
 from core.tasks.progress import Progress
 from core.tasks.runtime import get_runtime
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
@@ -33,11 +35,12 @@ class _Created:
 
 
 
-def wait_until_ended(ended: Callable[[], tuple[bool, Any, Any]], what: str, timeout: float | None, *,
-                     poll: float, max_poll: float) -> Any:
-    """Call ``ended()`` (-> done, value, state) until it is done, doubling the wait from ``poll`` to ``max_poll``.
+def _polls(ended: Callable[[], tuple[bool, Any, Any]], what: str, timeout: float | None, *,
+           poll: float, max_poll: float) -> Generator[float, None, Any]:
+    """Call ``ended()`` (-> done, value, state) until it is done; yields each wait between the calls.
 
-    Returns the value; ``TimeoutError`` naming ``what`` and its last state after ``timeout`` seconds.
+    The waits double from ``poll`` up to ``max_poll`` seconds. Returns the value; ``TimeoutError``
+    naming ``what`` and its last state after ``timeout`` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     wait = poll
@@ -50,8 +53,35 @@ def wait_until_ended(ended: Callable[[], tuple[bool, Any, Any]], what: str, time
             if left <= 0:
                 raise TimeoutError(f"{what} did not finish within {timeout} s (state {state})")
             wait = min(wait, left)
-        time.sleep(wait)
+        yield wait
         wait = min(wait * 2, max_poll)
+
+
+def wait_until_ended(ended: Callable[[], tuple[bool, Any, Any]], what: str, timeout: float | None, *,
+                     poll: float, max_poll: float) -> Any:
+    """Poll ``ended()`` until it is done (see :func:`_polls`), sleeping between the polls."""
+    polls = _polls(ended, what, timeout, poll=poll, max_poll=max_poll)
+    while True:
+        try:
+            wait = next(polls)
+        except StopIteration as stop:
+            return stop.value
+        time.sleep(wait)
+
+
+async def wait_until_ended_async(ended: Callable[[], tuple[bool, Any, Any]], what: str, timeout: float | None, *,
+                                 poll: float, max_poll: float) -> Any:
+    """:func:`wait_until_ended` for async code: waits with ``asyncio.sleep``, so no thread is held between polls.
+
+    Each poll is one Datastore lookup, made on the event loop's thread (the client is synchronous).
+    """
+    polls = _polls(ended, what, timeout, poll=poll, max_poll=max_poll)
+    while True:
+        try:
+            wait = next(polls)
+        except StopIteration as stop:
+            return stop.value
+        await asyncio.sleep(wait)
 
 #: The public name of a task's states (``handle.status().state``): the record's enum itself.
 TaskStatus = records.TaskState
@@ -112,20 +142,31 @@ class TaskHandle:
         """Wait until the task ends and return its value.
 
         Raises :class:`TaskFailed` (type, message and traceback of the task's error),
-        :class:`TaskCancelled`, or ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        :class:`TaskCancelled`, :class:`TaskExpired`, or ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit).
         Polls the record, doubling the wait from ``poll`` up to ``max_poll`` seconds.
         """
-        def ended() -> tuple[bool, Any, Any]:
-            record = self._record()
-            if record.state is records.SUCCEEDED:
-                return True, record.value(), record.state
-            if record.state is records.FAILED:
-                raise TaskFailed(self.id, record.error_type, record.error, record.traceback)
-            if record.state is records.CANCELLED and record.ended_at is not None:
-                raise TaskCancelled(f"task {self.id} was cancelled")
-            return False, None, record.state
+        return wait_until_ended(self._ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
 
-        return wait_until_ended(ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
+    async def result_async(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
+        """:meth:`result` for async code: ``await handle.result_async(timeout=30)``; the same value and errors.
+
+        Waits between polls with ``asyncio.sleep``: no thread is held while the task runs.
+        """
+        return await wait_until_ended_async(self._ended, f"task {self.id}", timeout, poll=poll, max_poll=max_poll)
+
+    def _ended(self) -> tuple[bool, Any, Any]:
+        """One poll of the record for :meth:`result`: (ended?, value, state); raises for an unhappy end."""
+        record = self._record()
+        if record.state is records.SUCCEEDED:
+            return True, record.value(), record.state
+        if record.state is records.FAILED:
+            raise TaskFailed(self.id, record.error_type, record.error, record.traceback)
+        if record.state is records.CANCELLED and record.ended_at is not None:
+            raise TaskCancelled(f"task {self.id} was cancelled")
+        if record.state is records.EXPIRED:
+            raise TaskExpired(f"task {self.id} expired before it started; it never ran")
+        return False, None, record.state
 
     def cancel(self) -> bool:
         """Take the task back: ``True`` if it will not run (again), ``False`` if it had ended.

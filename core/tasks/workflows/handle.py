@@ -1,7 +1,8 @@
 """Handles of groups and chains: progress now, and the result when they end.
 
 ``GroupHandle(id).status()`` reads the root and the group's shards (one batch get);
-``ChainHandle(id).status()`` the root. ``result(timeout=)`` waits like ``TaskHandle.result``:
+``ChainHandle(id).status()`` the root. ``result(timeout=)`` waits like ``TaskHandle.result``
+(``await result_async(timeout=)`` in async code):
 a group's is its callback's result (the members' results without a callback), a chain's is
 its last step's. A workflow that failed raises :class:`WorkflowFailed`.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from core import db
 from core.tasks import records
 from core.tasks.errors import TaskError, UntrackedTask
-from core.tasks.task_handle import wait_until_ended
+from core.tasks.task_handle import wait_until_ended, wait_until_ended_async
 from core.tasks.workflows import store
 
 
@@ -78,16 +79,21 @@ class _Handle(abc.ABC):
 
     def result(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
         """Wait until the workflow ends and return its result (:class:`WorkflowFailed` if it failed)."""
-        def ended() -> tuple[bool, Any, Any]:
-            root = self._root()
-            state = root.get("state")
-            if state == store.SUCCEEDED:
-                return True, self._value(root), state
-            if state == store.FAILED:
-                raise WorkflowFailed(self.id, root.get("error"))
-            return False, None, state
+        return wait_until_ended(self._ended, f"workflow {self.id}", timeout, poll=poll, max_poll=max_poll)
 
-        return wait_until_ended(ended, f"workflow {self.id}", timeout, poll=poll, max_poll=max_poll)
+    async def result_async(self, timeout: float | None = None, *, poll: float = 0.02, max_poll: float = 1.0) -> Any:
+        """:meth:`result` for async code, waiting with ``asyncio.sleep``; the same value and errors."""
+        return await wait_until_ended_async(self._ended, f"workflow {self.id}", timeout, poll=poll,
+                                            max_poll=max_poll)
+
+    def _ended(self) -> tuple[bool, Any, Any]:
+        root = self._root()
+        state = root.get("state")
+        if state == store.SUCCEEDED:
+            return True, self._value(root), state
+        if state == store.FAILED:
+            raise WorkflowFailed(self.id, root.get("error"))
+        return False, None, state
 
     @abc.abstractmethod
     def _value(self, root: db.Entity) -> Any:
