@@ -27,6 +27,8 @@ class Module:
     imports: dict[str, list[int]] = field(default_factory=dict)
     #: (line, imported module) of every import of a core module inside a function.
     in_functions: list[tuple[int, str]] = field(default_factory=list)
+    #: Imported core module -> the lines importing it under ``if TYPE_CHECKING:`` (annotations only).
+    type_imports: dict[str, list[int]] = field(default_factory=dict)
     #: Names a package ``__init__`` re-exports lazily -> the module defining each.
     lazy_exports: dict[str, str] = field(default_factory=dict)
 
@@ -88,6 +90,9 @@ def load_modules() -> dict[str, Module]:
     for name, module in modules.items():
         for node, in_function, type_only in walk_imports(trees[name]):
             if type_only:
+                if not module.is_package:  # a package's own are its lazy re-exports, counted where used
+                    for target in targets(module, node, modules):
+                        module.type_imports.setdefault(target, []).append(node.lineno)
                 continue
             for target in targets(module, node, modules):
                 module.imports.setdefault(target, []).append(node.lineno)
@@ -195,7 +200,8 @@ def modules() -> dict[str, Module]:
 
 @pytest.fixture(scope="module")
 def graph(modules: dict[str, Module]) -> dict[str, set[str]]:
-    return {name: set(module.imports) for name, module in modules.items()}
+    """Every import, type-only ones included: an annotation that points the wrong way is a back-edge too."""
+    return {name: set(module.imports) | set(module.type_imports) for name, module in modules.items()}
 
 
 def test_the_graph_is_read(modules: dict[str, Module], graph: dict[str, set[str]]) -> None:

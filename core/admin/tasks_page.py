@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from core import db, key_ids
-from core import tasks as public_tasks
 from core.admin import chart, paging
 from core.admin.depth import local_queue_depth
 from core.admin.records import FILTERS, STATES, describe_record, record_query
@@ -22,6 +21,7 @@ from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.errors import BadTaskRequest, NotFound
 from core.tasks.records import FAILED, InvalidRecord, TaskRecord
 from core.tasks.runtime import TaskRuntime
+from core.tasks.task_handle import TaskHandle
 from core.tasks.transports.base import QUEUE_NAME_RE
 
 #: Task ids as Cloud Tasks allows them (the local and inline queues use the same).
@@ -50,7 +50,7 @@ def page_data(runtime: TaskRuntime, args: Mapping[str, str], path: str) -> dict[
     activity = chart.last_hour()
     return {"tasks": page.rows, "pages": page.as_json(), "filters": filters, "states": STATES,
             "activity": activity.as_json(), "chart": chart.render_svg(activity),
-            "depth": local_queue_depth(runtime), "can_cancel": hasattr(public_tasks.TaskHandle, "fetch")}
+            "depth": local_queue_depth(runtime)}
 
 
 def checked_task_id(task_id: str | None) -> str:
@@ -61,10 +61,7 @@ def cancel_task(task_id: str) -> str:
     """Cancel a tracked task through its handle; the message for the person who asked."""
     if _record(task_id) is None:
         raise NotFound(f"there is no tracked task {task_id}")
-    handle_class = public_tasks.TaskHandle
-    if not hasattr(handle_class, "fetch"):
-        raise NotFound("this version cannot cancel tasks")
-    changed = handle_class.fetch(task_id).cancel()
+    changed = TaskHandle.fetch(task_id).cancel()
     return f"Task {task_id} cancelled." if changed is not False else f"Task {task_id} had already finished."
 
 

@@ -11,7 +11,7 @@ import datetime
 import threading
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.tasks.errors import PermanentTaskFailure, TaskFailed
 from core.tasks.queues import QueueTable, UnknownQueue
@@ -26,7 +26,12 @@ from core.tasks.transports.base import (
 if TYPE_CHECKING:
     from flask import Flask
 
-    from core.tasks.outcome import Outcome
+
+class RunOutcome(Protocol):
+    """What the drain reads of an outcome (``core.tasks.outcome.Outcome`` is one; transports sit below it)."""
+
+    message: str
+    error: BaseException | None
 
 
 @dataclasses.dataclass
@@ -148,14 +153,14 @@ class InlineTransport:
             self.pending.clear()
 
     def run_pending(self, app: Flask, *, raise_errors: bool = True, max_attempts: int = 1,
-                    max_tasks: int = 100_000) -> list[Outcome]:
+                    max_tasks: int = 100_000) -> list[RunOutcome]:
         """Run queued tasks (and the tasks they queue) until none is left.
 
         A task answering non-2xx is retried up to ``max_attempts`` executions in all. With
         ``raise_errors`` a task's last error, or a permanent failure, is raised here as
         :class:`TaskFailed`. Returns every outcome, in order.
         """
-        outcomes: list[Outcome] = []
+        outcomes: list[RunOutcome] = []
         # The app's runtime (kept there by ``Tasks(app)``): read, not imported, as transports sit below it.
         runtime = app.extensions["core"]
         runtime.outcome_listeners.append(outcomes.append)
@@ -214,7 +219,7 @@ def task_failed(task_id: str, message: str, error: BaseException | None) -> Task
     return TaskFailed(task_id, type(error).__name__ if error is not None else None, message, trace)
 
 
-def push(client: Any, task: QueuedTask, outcomes: list[Outcome], *, raise_errors: bool) -> PushFailure | None:
+def push(client: Any, task: QueuedTask, outcomes: Sequence[RunOutcome], *, raise_errors: bool) -> PushFailure | None:
     """Send one queued task through the app's handler (``client``: its Flask test client).
 
     ``None`` when the handler answered 2xx; a 2xx with an error that is not permanent means the
