@@ -53,12 +53,43 @@ OUTBOX_GIVE_UP = datetime.timedelta(days=1)
 ResultCallback = Callable[[EnqueueResult], None]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Pending:
     request: TaskRequest
     #: The outbox entity already holding this request (made inside a transaction).
     outbox_key: db.Key | None = None
     on_result: ResultCallback | None = None
+    #: Still in this process (an open transaction or a request's batch), handed to the queue, or withdrawn.
+    state: str = "held"
+    #: The request's batch holding it until the block ends.
+    batch: list[_Pending] | None = None
+
+
+class Ticket:
+    """A sent request's way back while it is still in this process: :func:`withdraw` takes it back."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: _Pending | None = None
+
+
+def withdraw(ticket: Ticket) -> bool:
+    """Take a request back before it leaves: out of its request's batch, its outbox entry deleted.
+
+    ``True`` when it was still held here (waiting in a batch, or made in a transaction not yet
+    ended, whose outbox entry is then deleted in it): it will never reach the queue. ``False``
+    when it was handed to the queue already (or never sent through ``ticket``).
+    """
+    pending = ticket.pending
+    if pending is None or pending.state != "held":
+        return False
+    pending.state = "withdrawn"
+    if pending.batch is not None and pending in pending.batch:
+        pending.batch.remove(pending)
+    if pending.outbox_key is not None:
+        db.delete(pending.outbox_key)
+    return True
 
 
 def _report(batch: Sequence[_Pending], results: Sequence[EnqueueResult]) -> None:
@@ -74,26 +105,34 @@ _batch: contextvars.ContextVar[list[_Pending] | None] = contextvars.ContextVar("
 
 
 def send(runtime: TaskRuntime, request: TaskRequest, *, on_result: ResultCallback | None = None,
-         now: bool = False) -> TaskRequest:
+         now: bool = False, ticket: Ticket | None = None) -> TaskRequest:
     """Send one task request the way the current context asks for (``now``: not batched).
 
     Returns the request as it is sent: inside a transaction an unnamed one gets its outbox name.
+    ``ticket`` lets the caller :func:`withdraw` it while it is still held here.
     """
     if db.is_in_transaction():
         keys, (named,) = _write_outbox([request])
         pending = _Pending(named, keys[0], on_result)
         db.on_commit(lambda: _submit(runtime, pending))
-        return named
-    if now:
-        _flush(runtime, [_Pending(request, on_result=on_result)])
     else:
-        _submit(runtime, _Pending(request, on_result=on_result))
-    return request
+        named, pending = request, _Pending(request, on_result=on_result)
+    if ticket is not None:
+        ticket.pending = pending
+    if pending.outbox_key is None:
+        if now:
+            _flush(runtime, [pending])
+        else:
+            _submit(runtime, pending)
+    return named
 
 
 def _submit(runtime: TaskRuntime, pending: _Pending) -> None:
+    if pending.state != "held":
+        return
     batch = _batch.get()
     if batch is not None:
+        pending.batch = batch
         batch.append(pending)
     else:
         _flush(runtime, [pending])
@@ -150,6 +189,8 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
     """
     if not batch:
         return []
+    for pending in batch:
+        pending.state = "sent"
     results = _create(runtime, [p.request for p in batch])
     _report(batch, results)
     to_keep = [p.request for p, res in zip(batch, results) if not res.ok and p.outbox_key is None]
@@ -167,6 +208,8 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
 
 def _flush_through_outbox(runtime: TaskRuntime, batch: Sequence[_Pending]) -> None:
     """Keep the batch durably with one write, then create it in the background."""
+    for pending in batch:
+        pending.state = "sent"
     fresh = [p.request for p in batch if p.outbox_key is None]
     try:
         keys, named = _write_outbox(fresh)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core.tasks import progress, records
+from core.tasks import dispatch, progress, records
 from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
 from core.tasks.progress import Progress
 from core.tasks.runtime import get_runtime
@@ -69,6 +69,8 @@ class TaskHandle:
     #: The queue's own name of the task (to delete it), when known at the call.
     queue_task: str | None = None
     _created: _Created = dataclasses.field(default_factory=_Created, compare=False, repr=False)
+    #: Takes the request back while it waits in this request's batch or open transaction.
+    _ticket: dispatch.Ticket = dataclasses.field(default_factory=dispatch.Ticket, compare=False, repr=False)
 
     @property
     def task_name(self) -> str:
@@ -133,8 +135,13 @@ class TaskHandle:
         The task is deleted from its queue where the queue can; a tracked task is also revoked in
         its record, which the handler checks, so a push already under way, a scheduled one or one
         the queue can't delete ends ``cancelled`` without running. An attempt already running
-        finishes, but is not retried, and its task ends ``cancelled``.
+        finishes, but is not retried, and its task ends ``cancelled``. Cancelled in the request (or
+        transaction) that deferred it, the call is taken out before it is sent at all.
         """
+        if dispatch.withdraw(self._ticket):
+            if self.tracked:
+                records.cancel(self.id)
+            return True
         queue_task = self.queue_task
         if self.tracked:
             cancelled, record = records.cancel(self.id)

@@ -136,6 +136,13 @@ class Probes(Module):
 
 
     @exposed(methods=("POST",))
+    def defer_then_cancel(self, token: str) -> dict[str, Any]:
+        """Defer a call for ``token`` and cancel it in the same request; one for ``token-kept`` goes out."""
+        dropped = slow(token, 0)
+        slow(f"{token}-kept", 0)
+        return {"cancelled": dropped.cancel()}
+
+    @exposed(methods=("POST",))
     def slow(self, token: str, count: str = "1", seconds: str = "0.1") -> str:
         for _ in range(int(count)):
             slow(token, float(seconds))
