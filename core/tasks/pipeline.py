@@ -20,6 +20,7 @@ from core.tasks import dispatch, hooks, lifecycle, message, progress, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
     BadTaskRequest,
+    LockHeld,
     PayloadError,
     PermanentTaskFailure,
     RequestError,
@@ -222,6 +223,14 @@ def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
         outcome = proceed(delivery)
         lifecycle.succeeded(runtime, attempt, delivery.result)
         return outcome
+    except LockHeld as held:  # waiting is not failing: no attempt, no retry policy, no traceback
+        delay = lifecycle.wait_for_lock(runtime, attempt, info)
+        if delay is None:
+            log.info("task %s (%s) waits for its lock; the queue will try again: %s", envelope.id,
+                     delivery.target, held)
+            return delivery.outcome(409, str(held), error=held)
+        log.info("task %s (%s) waits for its lock; it looks again in %.2g s", envelope.id, delivery.target, delay)
+        return delivery.outcome(200, f"waiting for its lock: {held}", skipped="waiting for its lock")
     except Exception as exc:
         decision = lifecycle.failed(runtime, attempt, exc)
         if decision.action == "dead" and decision.error is not None:
