@@ -27,6 +27,7 @@ from core.tasks.pipeline import (
     cleanup_payload,
     decode,
     environment,
+    guard_deadline,
     report,
     retry_warning,
     run,
@@ -57,7 +58,8 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
 #: The built-in middleware of every app's pipeline, by name, outermost first.
 BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
                       "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
-                      "lifecycle": track_lifecycle, "environment": environment, "telemetry": traced, "run": run}
+                      "deadline": guard_deadline, "lifecycle": track_lifecycle, "environment": environment,
+                      "telemetry": traced, "run": run}
 for _name, _step in BUILTIN_MIDDLEWARE.items():
     declare_builtin("middleware", _name, _step)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from core import db
 from core.reprs import safe_repr
-from core.tasks import aio, deadletters, dispatch, locks, message, records
+from core.tasks import aio, deadletters, deadline, dispatch, locks, message, records
 from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import (
     ConfigurationError,
@@ -419,6 +419,7 @@ def purge_task_records_task() -> None:
     removed = records.purge_expired()
     if removed:
         log.info("removed %d expired task record(s)", removed)
+    deadline.purge_expired()  # the run claims of tasks with timeout= kept past their day
 
 
 SWEEP_OUTBOX = declare_periodic(sweep_outbox_task, 0, DEFAULT_CRON, None, None, None, builtin=True)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.tasks import dispatch, hooks, lifecycle, message, progress, telemetry
+from core.tasks import deadline, dispatch, hooks, lifecycle, message, progress, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
     BadTaskRequest,
@@ -196,6 +196,35 @@ def cleanup_payload(delivery: Delivery, proceed: Proceed) -> Outcome:
             message.delete_stored(delivery.envelope)
         except Exception:
             log.exception("could not delete the stored payload of task %s", delivery.envelope.id)
+    return outcome
+
+
+def guard_deadline(delivery: Delivery, proceed: Proceed) -> Outcome:
+    """A task with ``timeout=`` never runs twice at once because of it (see :mod:`core.tasks.deadline`)."""
+    envelope, info = delivery.envelope, delivery.info
+    timeout = deadline.timeout_of(envelope) if envelope is not None and delivery.cron is None else None
+    if timeout is None or info is None:
+        return proceed(delivery)
+    assert envelope is not None
+    key = deadline.claim_key(envelope, info)
+    verdict = deadline.claim(key)
+    if verdict == "busy":
+        log.info("task %s (%s) is pushed again while its run goes on past its timeout; the queue will come back",
+                 envelope.id, delivery.target)
+        return delivery.outcome(409, "another run of this task is alive", skipped="another run of this task is alive")
+    if verdict == "done":
+        return delivery.outcome(200, "this task ran before; not run again", skipped="ran before; not run again")
+    run = deadline.Claimed(key, timeout, f"task {envelope.id} ({delivery.target})")
+    run.start()
+    try:
+        outcome = proceed(delivery)
+    except GivenUp:
+        run.end(True)  # answered 2xx as a dead letter: its queue task is over
+        raise
+    except BaseException:
+        run.end(False)
+        raise
+    run.end(outcome.status < 300)
     return outcome
 
 
