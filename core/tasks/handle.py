@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from core import db
 from core.tasks import dispatch, progress, records
 from core.tasks.errors import TaskCancelled, TaskFailed, UntrackedTask
 from core.tasks.progress import Progress
@@ -139,8 +140,8 @@ class TaskHandle:
         transaction) that deferred it, the call is taken out before it is sent at all.
         """
         if dispatch.withdraw(self._ticket):
-            if self.tracked:
-                records.cancel(self.id)
+            if self.tracked and not records.cancel(self.id)[0] and db.is_in_transaction():
+                db.delete(records.record_key(self.id))  # written in this transaction (unreadable in it): never queued
             return True
         queue_task = self.queue_task
         if self.tracked:

@@ -35,14 +35,16 @@ class Desk(Module):
         return {"cancelled": dropped.cancel(), "again": dropped.cancel(), "id": dropped.id}
 
     @exposed
-    def defer_and_cancel_in_transaction(self) -> dict:
-        def work() -> bool:
-            db.put(db.Entity(db.key("desk", "tx")))
-            dropped = chore("dropped")
-            chore("kept")
-            return dropped.cancel()
+    def defer_and_cancel_in_transaction(self, tracked: str = "") -> dict:
+        task = tracked_chore if tracked else chore
 
-        return {"cancelled": db.run_in_transaction(work)}
+        def work() -> dict:
+            db.put(db.Entity(db.key("desk", "tx")))
+            dropped = task("dropped")
+            task("kept")
+            return {"cancelled": dropped.cancel(), "id": dropped.id}
+
+        return db.run_in_transaction(work)
 
 
 @pytest.fixture
@@ -61,9 +63,12 @@ def test_a_call_cancelled_in_its_request_never_runs(app, client, task_queue, tra
         assert records.get(answer["id"])["state"] == "cancelled"
 
 
-def test_a_call_cancelled_in_its_transaction_never_runs_and_leaves_no_outbox_entry(app, client, task_queue):
-    assert client.get("/desk/defer_and_cancel_in_transaction").get_json() == {"cancelled": True}
+@pytest.mark.parametrize("tracked", ["", "1"])
+def test_a_call_cancelled_in_its_transaction_never_runs_and_leaves_no_outbox_entry(app, client, task_queue, tracked):
+    answer = client.get(f"/desk/defer_and_cancel_in_transaction?tracked={tracked}").get_json()
+    assert answer["cancelled"] is True
     assert dispatch.outbox_size() == 0
     task_queue.run_pending()
     assert RUNS == ["kept"]
     assert db.get(db.key("desk", "tx")) is not None
+    assert records.get(answer["id"]) is None, "a call withdrawn in its transaction was never queued: no record"
