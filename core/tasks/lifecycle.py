@@ -211,7 +211,8 @@ def wait_for_lock(runtime: TaskRuntime, attempt: Attempt, info: TaskInfo) -> flo
     The wait is not an attempt: a 409 is counted (and taken off the queue's count at the next
     delivery), a task sent again keeps its attempt number, and a tracked record goes back to
     ``retrying`` without an error. The queue retries a 409 while its next backoff is short and
-    it will retry at all; past that the app sends the task again itself, jittered.
+    it will retry at all; past that the app sends the task again itself, jittered. Deferred
+    tasks only (a periodic run's claim belongs to its queued ping).
     """
     envelope = attempt.envelope
     waits = _app_waits(envelope)

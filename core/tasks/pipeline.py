@@ -252,15 +252,9 @@ def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
         outcome = proceed(delivery)
         lifecycle.succeeded(runtime, attempt, delivery.result)
         return outcome
-    except LockHeld as held:  # waiting is not failing: no attempt, no retry policy, no traceback
-        delay = lifecycle.wait_for_lock(runtime, attempt, info)
-        if delay is None:
-            log.info("task %s (%s) waits for its lock; the queue will try again: %s", envelope.id,
-                     delivery.target, held)
-            return delivery.outcome(409, str(held), error=held)
-        log.info("task %s (%s) waits for its lock; it looks again in %.2g s", envelope.id, delivery.target, delay)
-        return delivery.outcome(200, f"waiting for its lock: {held}", skipped="waiting for its lock")
     except Exception as exc:
+        if isinstance(exc, LockHeld) and envelope.kind == "deferred":
+            return _wait_for_lock(delivery, attempt, exc)
         decision = lifecycle.failed(runtime, attempt, exc)
         if decision.action == "dead" and decision.error is not None:
             delivery.info = counted(info, attempt.number)
@@ -270,6 +264,18 @@ def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
         log.warning("task %s (%s) failed on execution %d; the queue will retry it",
                     envelope.id, delivery.target, info.execution_count + 1, exc_info=True)
         return delivery.outcome(http_status_for(exc), f"failed: {exc!r}", error=exc)
+
+
+def _wait_for_lock(delivery: Delivery, attempt: lifecycle.Attempt, held: LockHeld) -> Outcome:
+    """A deferred task found its lock held: waiting is not failing (no attempt, no retry policy, no traceback)."""
+    envelope, info = delivery.envelope, delivery.info
+    assert envelope is not None and info is not None
+    delay = lifecycle.wait_for_lock(delivery.runtime, attempt, info)
+    if delay is None:
+        log.info("task %s (%s) waits for its lock; the queue will try again: %s", envelope.id, delivery.target, held)
+        return delivery.outcome(409, str(held), error=held)
+    log.info("task %s (%s) waits for its lock; it looks again in %.2g s", envelope.id, delivery.target, delay)
+    return delivery.outcome(200, f"waiting for its lock: {held}", skipped="waiting for its lock")
 
 
 def counted(info: TaskInfo, attempts: int) -> TaskInfo:
