@@ -23,12 +23,12 @@ from core.clock import utc_now
 from core.reprs import safe_repr
 from core.tasks import message, records, send
 from core.tasks.auth.queue_headers import TaskInfo
-from core.tasks.errors import BadTaskRequest, PayloadError, PermanentTaskFailure
+from core.tasks.errors import BadTaskRequest, EnqueueError, PayloadError, PermanentTaskFailure
 from core.tasks.pipeline import target_of
 from core.tasks.runtime import TaskRuntime
-from core.tasks.transports.base import QUEUE_NAME_RE
+from core.tasks.transports.base import QUEUE_NAME_RE, TaskRequest
 
-__all__ = ["DEAD_LETTER_KIND", "record", "retry", "discard", "count", "latest", "describe", "key_of",
+__all__ = ["DEAD_LETTER_KIND", "record", "record_unsent", "retry", "discard", "count", "latest", "describe", "key_of",
            "payload_summary", "LetterFilter", "matching", "retry_many", "discard_many", "bulk"]
 
 DEAD_LETTER_KIND = "_tasks_dead_letter"
@@ -63,6 +63,20 @@ def record(*, path: str, body: bytes, error: BaseException, info: TaskInfo,
     })
     db.put(entity)
     return entity.key  # type: ignore[no-any-return]
+
+
+def record_unsent(request: TaskRequest, error: str, attempts: int) -> db.Key:
+    """Store a dead letter for a request the outbox could never hand to its queue (its sweep gave up).
+
+    Retrying it sends its body again like any dead letter's.
+    """
+    try:
+        envelope: message.Envelope | None = message.decode(request.body)
+    except PayloadError:
+        envelope = None
+    failure = EnqueueError(f"never queued on {request.queue!r} after {attempts} attempt(s): {error}")
+    return record(path=request.path, body=request.body, error=failure,
+                  info=TaskInfo(queue=request.queue, execution_count=max(attempts - 1, 0)), envelope=envelope)
 
 
 def _behind(error: BaseException) -> BaseException:

@@ -29,6 +29,7 @@ from core.tasks.pipeline import (
     cleanup_payload,
     decode,
     environment,
+    guard_deadline,
     report,
     retry_warning,
     run,
@@ -61,7 +62,8 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
 BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
                       "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
                       "debounce": skip_superseded, "rate_limit": wait_for_rate, "unique": unique.step,
-                      "expiry": expiry.step, "lifecycle": track_lifecycle, "environment": environment,
+                      "expiry": expiry.step, "deadline": guard_deadline, "lifecycle": track_lifecycle,
+                      "environment": environment,
                       "telemetry": traced, "run": run}
 for _name, _step in BUILTIN_MIDDLEWARE.items():
     declare_builtin("middleware", _name, _step)

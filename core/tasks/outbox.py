@@ -13,7 +13,8 @@
 
 Every request that goes through the outbox carries a deterministic, hashed task name, so a sweep
 racing a late creation makes the queue answer "already exists" instead of running it twice.
-Whatever cannot be created is kept in the outbox; nothing is dropped.
+Whatever cannot be created is kept in the outbox and tried again with a growing delay, so what
+keeps failing never holds back the rest; what still fails a day on is given up as a dead letter.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import contextvars
 import dataclasses
 import datetime
 import logging
+import random
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,18 +43,53 @@ SWEEP_GRACE = datetime.timedelta(seconds=30)
 INLINE_CREATE_LIMIT = 16
 #: Bytes of requests per outbox entity (Datastore's entity limit is 1 MiB).
 OUTBOX_ENTITY_BYTES = 800_000
+#: The longest an outbox entry that keeps failing waits between two tries.
+SWEEP_BACKOFF_CAP = datetime.timedelta(minutes=30)
+#: An outbox entry still failing this long after it was written is given up (a dead letter).
+OUTBOX_GIVE_UP = datetime.timedelta(days=1)
 
 
 #: Told how the queue answered one request (a task handle learns whether its name was taken).
 ResultCallback = Callable[[EnqueueResult], None]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Pending:
     request: TaskRequest
     #: The outbox entity already holding this request (made inside a transaction).
     outbox_key: db.Key | None = None
     on_result: ResultCallback | None = None
+    #: Still in this process (an open transaction or a request's batch), handed to the queue, or withdrawn.
+    state: str = "held"
+    #: The request's batch holding it until the block ends.
+    batch: list[_Pending] | None = None
+
+
+class Ticket:
+    """A sent request's way back while it is still in this process: :func:`withdraw` takes it back."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: _Pending | None = None
+
+
+def withdraw(ticket: Ticket) -> bool:
+    """Take a request back before it leaves: out of its request's batch, its outbox entry deleted.
+
+    ``True`` when it was still held here (waiting in a batch, or made in a transaction not yet
+    ended, whose outbox entry is then deleted in it): it will never reach the queue. ``False``
+    when it was handed to the queue already (or never sent through ``ticket``).
+    """
+    pending = ticket.pending
+    if pending is None or pending.state != "held":
+        return False
+    pending.state = "withdrawn"
+    if pending.batch is not None and pending in pending.batch:
+        pending.batch.remove(pending)
+    if pending.outbox_key is not None:
+        db.delete(pending.outbox_key)
+    return True
 
 
 def _report(batch: Sequence[_Pending], results: Sequence[EnqueueResult]) -> None:
@@ -68,26 +105,34 @@ _batch: contextvars.ContextVar[list[_Pending] | None] = contextvars.ContextVar("
 
 
 def send(runtime: TaskRuntime, request: TaskRequest, *, on_result: ResultCallback | None = None,
-         now: bool = False) -> TaskRequest:
+         now: bool = False, ticket: Ticket | None = None) -> TaskRequest:
     """Send one task request the way the current context asks for (``now``: not batched).
 
     Returns the request as it is sent: inside a transaction an unnamed one gets its outbox name.
+    ``ticket`` lets the caller :func:`withdraw` it while it is still held here.
     """
     if db.is_in_transaction():
         keys, (named,) = _write_outbox([request])
         pending = _Pending(named, keys[0], on_result)
         db.on_commit(lambda: _submit(runtime, pending))
-        return named
-    if now:
-        _flush(runtime, [_Pending(request, on_result=on_result)])
     else:
-        _submit(runtime, _Pending(request, on_result=on_result))
-    return request
+        named, pending = request, _Pending(request, on_result=on_result)
+    if ticket is not None:
+        ticket.pending = pending
+    if pending.outbox_key is None:
+        if now:
+            _flush(runtime, [pending])
+        else:
+            _submit(runtime, pending)
+    return named
 
 
 def _submit(runtime: TaskRuntime, pending: _Pending) -> None:
+    if pending.state != "held":
+        return
     batch = _batch.get()
     if batch is not None:
+        pending.batch = batch
         batch.append(pending)
     else:
         _flush(runtime, [pending])
@@ -144,6 +189,8 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
     """
     if not batch:
         return []
+    for pending in batch:
+        pending.state = "sent"
     results = _create(runtime, [p.request for p in batch])
     _report(batch, results)
     to_keep = [p.request for p, res in zip(batch, results) if not res.ok and p.outbox_key is None]
@@ -161,6 +208,8 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
 
 def _flush_through_outbox(runtime: TaskRuntime, batch: Sequence[_Pending]) -> None:
     """Keep the batch durably with one write, then create it in the background."""
+    for pending in batch:
+        pending.state = "sent"
     fresh = [p.request for p in batch if p.outbox_key is None]
     try:
         keys, named = _write_outbox(fresh)
@@ -226,7 +275,7 @@ def _write_outbox(requests: Sequence[TaskRequest]) -> tuple[list[db.Key], list[T
         nonlocal group, size, outbox_id
         if not group:
             return
-        entity = db.Entity(db.key(OUTBOX_KIND, outbox_id), exclude_from_indexes=("requests", "count"))
+        entity = db.Entity(db.key(OUTBOX_KIND, outbox_id), exclude_from_indexes=_UNINDEXED)
         entity.update({"requests": tagged_json.dumps(group).encode("utf-8"), "count": len(group),
                        "created": utc_now()})
         entities.append(entity)
@@ -246,6 +295,12 @@ def _write_outbox(requests: Sequence[TaskRequest]) -> tuple[list[db.Key], list[T
     return keys, named
 
 
+#: An entry's ``created`` is when the sweep may take it: its write, then after each failed try the
+#: next try (so one query on one property finds what is due). ``written`` keeps the first write,
+#: ``attempts`` and ``last_error`` what the sweep's tries did.
+_UNINDEXED = ("requests", "count", "written", "attempts", "last_error")
+
+
 def _read_outbox(entity: db.Entity) -> list[TaskRequest]:
     return [_decode_request(d) for d in tagged_json.loads(bytes(entity["requests"]))]
 
@@ -255,26 +310,88 @@ def outbox_size() -> int:
     return sum(int(e.get("count") or 0) for e in db.Query(OUTBOX_KIND).run())
 
 
-def sweep_outbox(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP_GRACE, limit: int = 100) -> int:
-    """Create the outbox entries whose own creation never happened; returns how many were sent.
+@dataclasses.dataclass
+class OutboxSweep:
+    """What one sweep did, in task requests: created, kept for a later try, given up as dead letters."""
 
-    Requests in the outbox carry deterministic names, so one that was created after all is
-    refused by the queue as a duplicate, not run twice.
+    sent: int = 0
+    retried_later: int = 0
+    given_up: int = 0
+
+
+#: Called with each request the sweep gives up on, the last error and the attempts made (a dead letter).
+GiveUp = Callable[[TaskRequest, str, int], object]
+
+
+def _retry_delay(attempts: int) -> datetime.timedelta:
+    """How long an entry that failed ``attempts`` times waits: doubling from the grace, capped, jittered."""
+    base = min(SWEEP_GRACE * 2 ** max(attempts - 1, 0), SWEEP_BACKOFF_CAP)
+    return base * random.uniform(0.75, 1.25)
+
+
+def sweep(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP_GRACE, limit: int = 100,
+          pages: int = 10, give_up_after: datetime.timedelta = OUTBOX_GIVE_UP,
+          give_up: GiveUp | None = None) -> OutboxSweep:
+    """Create the outbox entries that are due (their own creation never happened), ``limit`` a page.
+
+    An entry that fails is tried again later with a growing delay (its ``attempts`` kept on it,
+    its ``created`` moved to the next try), so the next page, and the next sweep, reach the
+    entries behind it: failing entries never block the rest. One still failing ``give_up_after``
+    its first write is handed to ``give_up`` (the periodic sweep makes it a dead letter) and
+    deleted; without ``give_up`` it is kept. Requests in the outbox carry deterministic names,
+    so one that was created after all is refused by the queue as a duplicate, not run twice.
     """
-    cutoff = runtime.clock.now() - older_than
-    sent = 0
-    for entity in db.Query(OUTBOX_KIND).filter("created <", cutoff).order("created").run(limit=limit):
-        requests = _read_outbox(entity)
-        results = _create(runtime, requests)
-        left = [r for r, res in zip(requests, results) if not res.ok]
-        sent += len(requests) - len(left)
-        if not left:
-            db.delete(entity.key)
-        else:
-            entity["requests"] = tagged_json.dumps([_encode_request(r) for r in left]).encode("utf-8")
-            entity["count"] = len(left)
-            db.put(entity)
-    return sent
+    now = runtime.clock.now()
+    cutoff = now - older_than
+    report = OutboxSweep()
+    for _page in range(pages):
+        entities = db.Query(OUTBOX_KIND).filter("created <", cutoff).order("created").run(limit=limit)
+        if not entities:
+            break
+        requests = [_read_outbox(entity) for entity in entities]
+        results = _create(runtime, [r for group in requests for r in group])
+        position = 0
+        for entity, group in zip(entities, requests):
+            outcome = results[position:position + len(group)]
+            position += len(group)
+            _after_sweep(entity, group, outcome, now, give_up_after, give_up, report)
+        if len(entities) < limit:
+            break
+    return report
+
+
+def _after_sweep(entity: db.Entity, group: list[TaskRequest], results: Sequence[EnqueueResult],
+                 now: datetime.datetime, give_up_after: datetime.timedelta, give_up: GiveUp | None,
+                 report: OutboxSweep) -> None:
+    """Delete an entry all sent; otherwise keep what failed for a later try, or give it up when too old."""
+    left = [(r, res) for r, res in zip(group, results) if not res.ok]
+    report.sent += len(group) - len(left)
+    if not left:
+        db.delete(entity.key)
+        return
+    attempts = int(entity.get("attempts") or 0) + 1
+    error = "; ".join(sorted({f"{type(res.error).__name__}: {res.error}" for _, res in left}))[:1500]
+    written = entity.get("written") or entity.get("created")
+    if give_up is not None and isinstance(written, datetime.datetime) and now - written >= give_up_after:
+        log.error("giving up %d outbox task(s) unsent since %s after %d attempts: %s",
+                  len(left), written.isoformat(), attempts, error)
+        for request, _res in left:
+            give_up(request, error, attempts)
+        report.given_up += len(left)
+        db.delete(entity.key)
+        return
+    entity["requests"] = tagged_json.dumps([_encode_request(r) for r, _ in left]).encode("utf-8")
+    entity.update({"count": len(left), "attempts": attempts, "last_error": error, "written": written,
+                   "created": now + _retry_delay(attempts)})
+    entity.exclude_from_indexes = set(_UNINDEXED)
+    db.put(entity)
+    report.retried_later += len(left)
+
+
+def sweep_outbox(runtime: TaskRuntime, *, older_than: datetime.timedelta = SWEEP_GRACE, limit: int = 100,
+                 give_up: GiveUp | None = None) -> int:
+    """:func:`sweep` the outbox; returns how many task requests were sent."""
+    return sweep(runtime, older_than=older_than, limit=limit, give_up=give_up).sent
 
 
 def wait_for_background(timeout: float = 30.0, runtime: TaskRuntime | None = None) -> None:

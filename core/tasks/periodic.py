@@ -28,7 +28,7 @@ from typing import Any
 
 from core import db
 from core.reprs import safe_repr
-from core.tasks import aio, locks, message, outbox, records
+from core.tasks import aio, deadletters, deadline, locks, message, outbox, records
 from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import (
     ConfigurationError,
@@ -404,10 +404,14 @@ declare_builtin("deferred", EARLIER_RUN_TARGET, DeferredTarget(EARLIER_RUN_TARGE
 # --- built in ----------------------------------------------------------------------------------------
 
 def sweep_outbox_task() -> None:
-    """Built in, on every ``default`` ping: queue outbox entries a crashed process left behind."""
-    swept = outbox.sweep_outbox(get_runtime())
-    if swept:
-        log.warning("swept %d task(s) left in the outbox", swept)
+    """Built in, on every ``default`` ping: queue outbox entries a crashed process or a failing queue left behind.
+
+    What still cannot be queued a day after it was written becomes a dead letter.
+    """
+    swept = outbox.sweep(get_runtime(), give_up=deadletters.record_unsent)
+    if swept.sent or swept.retried_later or swept.given_up:
+        log.warning("outbox sweep: %d task(s) sent, %d kept for a later try, %d given up as dead letters",
+                    swept.sent, swept.retried_later, swept.given_up)
 
 
 def purge_task_records_task() -> None:
@@ -415,6 +419,7 @@ def purge_task_records_task() -> None:
     removed = records.purge_expired()
     if removed:
         log.info("removed %d expired task record(s)", removed)
+    deadline.purge_expired()  # the run claims of tasks with timeout= kept past their day
 
 
 SWEEP_OUTBOX = declare_periodic(sweep_outbox_task, 0, DEFAULT_CRON, None, None, None, builtin=True)

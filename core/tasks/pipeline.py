@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.tasks import hooks, lifecycle, message, outbox, progress, telemetry
+from core.tasks import deadline, hooks, lifecycle, message, outbox, progress, telemetry
 from core.tasks.context import restored_environment
 from core.tasks.errors import (
     BadTaskRequest,
+    LockHeld,
     PayloadError,
     PermanentTaskFailure,
     RequestError,
@@ -198,6 +199,35 @@ def cleanup_payload(delivery: Delivery, proceed: Proceed) -> Outcome:
     return outcome
 
 
+def guard_deadline(delivery: Delivery, proceed: Proceed) -> Outcome:
+    """A task with ``timeout=`` never runs twice at once because of it (see :mod:`core.tasks.deadline`)."""
+    envelope, info = delivery.envelope, delivery.info
+    timeout = deadline.timeout_of(envelope) if envelope is not None and delivery.cron is None else None
+    if timeout is None or info is None:
+        return proceed(delivery)
+    assert envelope is not None
+    key = deadline.claim_key(envelope, info)
+    verdict = deadline.claim(key)
+    if verdict == "busy":
+        log.info("task %s (%s) is pushed again while its run goes on past its timeout; the queue will come back",
+                 envelope.id, delivery.target)
+        return delivery.outcome(409, "another run of this task is alive", skipped="another run of this task is alive")
+    if verdict == "done":
+        return delivery.outcome(200, "this task ran before; not run again", skipped="ran before; not run again")
+    run = deadline.Claimed(key, timeout, f"task {envelope.id} ({delivery.target})")
+    run.start()
+    try:
+        outcome = proceed(delivery)
+    except GivenUp:
+        run.end(True)  # answered 2xx as a dead letter: its queue task is over
+        raise
+    except BaseException:
+        run.end(False)
+        raise
+    run.end(outcome.status < 300)
+    return outcome
+
+
 def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
     """Claim the task's record and decide what a failure leads to (see :mod:`core.tasks.lifecycle`).
 
@@ -223,6 +253,8 @@ def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
         lifecycle.succeeded(runtime, attempt, delivery.result)
         return outcome
     except Exception as exc:
+        if isinstance(exc, LockHeld) and envelope.kind == "deferred":
+            return _wait_for_lock(delivery, attempt, exc)
         decision = lifecycle.failed(runtime, attempt, exc)
         if decision.action == "dead" and decision.error is not None:
             delivery.info = counted(info, attempt.number)
@@ -232,6 +264,18 @@ def track_lifecycle(delivery: Delivery, proceed: Proceed) -> Outcome:
         log.warning("task %s (%s) failed on execution %d; the queue will retry it",
                     envelope.id, delivery.target, info.execution_count + 1, exc_info=True)
         return delivery.outcome(http_status_for(exc), f"failed: {exc!r}", error=exc)
+
+
+def _wait_for_lock(delivery: Delivery, attempt: lifecycle.Attempt, held: LockHeld) -> Outcome:
+    """A deferred task found its lock held: waiting is not failing (no attempt, no retry policy, no traceback)."""
+    envelope, info = delivery.envelope, delivery.info
+    assert envelope is not None and info is not None
+    delay = lifecycle.wait_for_lock(delivery.runtime, attempt, info)
+    if delay is None:
+        log.info("task %s (%s) waits for its lock; the queue will try again: %s", envelope.id, delivery.target, held)
+        return delivery.outcome(409, str(held), error=held)
+    log.info("task %s (%s) waits for its lock; it looks again in %.2g s", envelope.id, delivery.target, delay)
+    return delivery.outcome(200, f"waiting for its lock: {held}", skipped="waiting for its lock")
 
 
 def counted(info: TaskInfo, attempts: int) -> TaskInfo:

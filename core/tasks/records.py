@@ -272,6 +272,15 @@ class TaskRecord:
         if queue_task is not None:
             self.queue_task, self.eta = queue_task, eta
 
+    def wait(self, now: datetime.datetime, *, queue_task: str | None = None,
+             eta: datetime.datetime | None = None) -> None:
+        """The attempt found its lock held: not an attempt, not an error; another one will come."""
+        self._go(RETRYING)
+        self.attempts = max(self.attempts - 1, 0)
+        self.updated_at, self.lease_until = now, None
+        if queue_task is not None:
+            self.queue_task, self.eta = queue_task, eta
+
     def cancel(self, now: datetime.datetime) -> None:
         """Revoke the task; a running attempt can't be stopped, so it ends the record when it returns."""
         running = self.state is RUNNING
@@ -442,6 +451,12 @@ def retrying(task_id: str, error: BaseException, *, queue_task: str | None = Non
              eta: datetime.datetime | None = None) -> TaskState | None:
     """The attempt failed and another one will come (the queue's, or one we scheduled)."""
     return _settle(task_id, lambda record, now: record.retry(now, error, queue_task=queue_task, eta=eta))
+
+
+def waiting(task_id: str, *, queue_task: str | None = None,
+            eta: datetime.datetime | None = None) -> TaskState | None:
+    """The attempt waits for its lock: uncounted, without an error (another one will come)."""
+    return _settle(task_id, lambda record, now: record.wait(now, queue_task=queue_task, eta=eta))
 
 
 def cancel(task_id: str) -> tuple[bool, TaskRecord | None]:

@@ -64,7 +64,7 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     request = wire.signed_request(runtime, envelope.queue, path, body, name=queue_task, eta=eta,
                                   target_version=target_version, dispatch_deadline=deadline)
     # A named task is created at once (outside a transaction), so the handle knows if it was a duplicate.
-    outbox.send(runtime, request, on_result=on_result, now=name is not None)
+    outbox.send(runtime, request, on_result=on_result, now=name is not None, ticket=handle._ticket)
     runtime.metrics.enqueued(envelope.queue, target or envelope.kind)
     return handle
 

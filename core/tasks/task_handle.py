@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from core.tasks import progress, records
+from core import db
+from core.tasks import outbox, progress, records
 from core.tasks.errors import TaskCancelled, TaskExpired, TaskFailed, UntrackedTask
 from core.tasks.progress import Progress
 from core.tasks.runtime import get_runtime
@@ -99,6 +100,8 @@ class TaskHandle:
     #: The queue's own name of the task (to delete it), when known at the call.
     queue_task: str | None = None
     _created: _Created = dataclasses.field(default_factory=_Created, compare=False, repr=False)
+    #: Takes the request back while it waits in this request's batch or open transaction.
+    _ticket: outbox.Ticket = dataclasses.field(default_factory=outbox.Ticket, compare=False, repr=False)
 
     @property
     def task_name(self) -> str:
@@ -174,8 +177,13 @@ class TaskHandle:
         The task is deleted from its queue where the queue can; a tracked task is also revoked in
         its record, which the handler checks, so a push already under way, a scheduled one or one
         the queue can't delete ends ``cancelled`` without running. An attempt already running
-        finishes, but is not retried, and its task ends ``cancelled``.
+        finishes, but is not retried, and its task ends ``cancelled``. Cancelled in the request (or
+        transaction) that deferred it, the call is taken out before it is sent at all.
         """
+        if outbox.withdraw(self._ticket):
+            if self.tracked and not records.cancel(self.id)[0] and db.is_in_transaction():
+                db.delete(records.record_key(self.id))  # written in this transaction (unreadable in it): never queued
+            return True
         queue_task = self.queue_task
         if self.tracked:
             cancelled, record = records.cancel(self.id)

@@ -12,6 +12,7 @@ from typing import Any
 from core import create_app, db
 from core.module import Module, exposed
 from core.tasks import PermanentTaskFailure, TaskHandle, callDeferred, report_progress
+from core.tasks.deadline import current_deadline
 from core.tasks.workflows import group
 from example import MODULES, SessionUsers
 
@@ -77,6 +78,14 @@ def build_report(token: str) -> None:
     _record("build_report", token)
 
 
+@callDeferred(timeout=1)
+def overrunning(token: str, seconds: float) -> None:
+    """Works longer than its own ``timeout=``: the queue's deadline passes while it runs."""
+    deadline = current_deadline()
+    time.sleep(seconds)
+    _record("overrunning", token, deadline=deadline)
+
+
 @callDeferred
 def untracked_slow(token: str, index: int, seconds: float) -> None:
     time.sleep(seconds)
@@ -134,6 +143,18 @@ class Probes(Module):
     def cancel(self, task_id: str) -> dict[str, Any]:
         return {"cancelled": TaskHandle.fetch(task_id).cancel()}
 
+
+    @exposed(methods=("POST",))
+    def overrunning(self, token: str, seconds: str = "3") -> str:
+        overrunning(token, float(seconds))
+        return "queued"
+
+    @exposed(methods=("POST",))
+    def defer_then_cancel(self, token: str) -> dict[str, Any]:
+        """Defer a call for ``token`` and cancel it in the same request; one for ``token-kept`` goes out."""
+        dropped = slow(token, 0)
+        slow(f"{token}-kept", 0)
+        return {"cancelled": dropped.cancel()}
 
     @exposed(methods=("POST",))
     def slow(self, token: str, count: str = "1", seconds: str = "0.1") -> str:

@@ -19,6 +19,7 @@ import requests
 from core import db
 from core.module import Module, exposed
 from core.tasks import callDeferred
+from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.hooks import TaskHook
 from core.tasks.lease import lease_key
 from core.testing import on_every_server
@@ -64,6 +65,17 @@ def locked_work(invoice: str, token: str, index: int, seconds: float, victim: bo
     db.put(run)
 
 
+@callDeferred(lock="ledger-{ledger}", retry_on=(OSError,), max_attempts=2)
+def picky_locked_work(ledger: str, token: str, index: int, seconds: float) -> None:
+    """Retries only ``OSError``, twice at most: waiting for its lock must use up neither."""
+    run = db.Entity(db.key(RUN_KIND, uuid.uuid4().hex))
+    run.update({"token": token, "index": index, "pid": os.getpid(), "started": _now(), "ended": None})
+    db.put(run)
+    time.sleep(seconds)
+    run["ended"] = _now()
+    db.put(run)
+
+
 class HeldCounter(TaskHook):
     """Records every answer 'lock held' (409), the queue's cue to try again later."""
 
@@ -77,9 +89,12 @@ class HeldCounter(TaskHook):
 class LockProbes(Module):
     @exposed(methods=("POST",))
     def start(self, invoice: str, token: str, count: str = "1", first: str = "0", seconds: str = "0.2",
-              victim: str = "") -> str:
+              victim: str = "", picky: str = "") -> str:
         for index in range(int(first), int(first) + int(count)):
-            locked_work(invoice, token, index, float(seconds), victim=bool(victim))
+            if picky:
+                picky_locked_work(invoice, token, index, float(seconds))
+            else:
+                locked_work(invoice, token, index, float(seconds), victim=bool(victim))
         return "queued"
 
 
@@ -94,9 +109,9 @@ def probe_app() -> Any:
 
 # --- utilities -----------------------------------------------------------------------------------
 
-def _stack(make_stack, tmp_path):
+def _stack(make_stack, tmp_path, queue_yaml_text: str = QUEUE_YAML):
     queue_yaml = tmp_path / "queue.yaml"
-    queue_yaml.write_text(QUEUE_YAML)
+    queue_yaml.write_text(queue_yaml_text)
     return make_stack(app_module=PROBE_APP, queue_yaml=queue_yaml)
 
 
@@ -169,3 +184,39 @@ def test_a_holder_killed_mid_run_releases_the_lock_after_its_lease(make_stack, t
     first_after = min(r["started"] for r in done)
     assert first_after >= held["expires_at"], "nobody ran before the dead holder's lease expired"
     _assert_never_two_at_once(done)
+
+
+#: Cloud Tasks' own retry defaults: the queue's backoff doubles up to an hour.
+DEFAULT_RETRY_QUEUE_YAML = """\
+queue:
+- name: default
+  rate: 500/s
+  bucket_size: 500
+  max_concurrent_requests: 50
+  retry_parameters:
+    min_backoff_seconds: 0.1
+    max_backoff_seconds: 3600
+    max_doublings: 16
+"""
+
+
+def test_twenty_waiters_with_one_second_bodies_all_run_and_waits_are_no_failures(make_stack, tmp_path):
+    stack = _stack(make_stack, tmp_path, DEFAULT_RETRY_QUEUE_YAML)
+    token, picky = uuid.uuid4().hex, uuid.uuid4().hex
+    started = time.monotonic()
+    _start(stack, invoice="inv-20", token=token, count=20, seconds=1)
+    _start(stack, invoice="ledger-3", token=picky, count=3, seconds=1, picky=1)
+
+    def all_ended(of: str, count: int) -> bool:
+        runs = _runs(of)
+        return len(runs) == count and all(r["ended"] is not None for r in runs)
+
+    wait_for(lambda: all_ended(token, 20), timeout=240, message="all twenty locked runs")
+    print(f"20 contenders with 1 s bodies all ran in {time.monotonic() - started:.1f} s")
+    runs = _runs(token)
+    assert sorted(r["index"] for r in runs) == list(range(20)), "each call ran once"
+    _assert_never_two_at_once(runs)
+    wait_for(lambda: all_ended(picky, 3), timeout=60, message="the three contenders that retry only OSError")
+    assert sorted(r["index"] for r in _runs(picky)) == [0, 1, 2]
+    _assert_never_two_at_once(_runs(picky))
+    assert db.Query(DEAD_LETTER_KIND).run() == [], "a lock wait is never a dead letter"

@@ -42,6 +42,8 @@ class QueuedTask:
     execution_count: int = 0
     #: When it is pushed next (``None``: at once): the request's ETA, then its retry's.
     due: datetime.datetime | None = None
+    #: The HTTP status of its last push (sent as the queue's previous-response header on a retry).
+    previous_response: int | None = None
 
     def __post_init__(self) -> None:
         if self.due is None:
@@ -197,6 +199,8 @@ class InlineTransport:
             "X-AppEngine-TaskExecutionCount": str(task.execution_count),
             "X-AppEngine-TaskETA": str(task.request.eta.timestamp() if task.request.eta else 0.0),
         })
+        if task.previous_response is not None:
+            headers["X-AppEngine-TaskPreviousResponse"] = str(task.previous_response)
         return headers
 
 
@@ -237,5 +241,6 @@ def push(client: Any, task: QueuedTask, outcomes: Sequence[RunOutcome], *, raise
         return None
     task.retry_count += 1
     task.execution_count += 1
+    task.previous_response = response.status_code
     return PushFailure(task.id, f"{task.request.path} answered {response.status_code}: "
                        f"{response.get_data(as_text=True).strip()}", outcome.error if outcome is not None else None)
