@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextvars
 import datetime
 import logging
+from typing import Any
 
 from core import db
 from core.clock import utc_now
 from core.tasks import lease, message
 from core.tasks.auth.queue_headers import TaskInfo
+from core.tasks.errors import PayloadError
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,29 @@ def current_deadline() -> datetime.datetime | None:
     return _deadline.get()
 
 
+#: The longest ``timeout=`` a task may carry (App Engine targets' longest dispatch deadline).
+MAX_TIMEOUT = datetime.timedelta(hours=24)
+
+
 def timeout_of(envelope: message.Envelope) -> datetime.timedelta | None:
-    """The task's ``timeout=`` (``None``: it has none)."""
+    """The task's ``timeout=`` (``None``: it has none); a signed payload with a malformed one is a
+    :class:`PayloadError` (a dead letter), never a crash."""
     timeout = envelope.payload.get("timeout") if isinstance(envelope.payload, dict) else None
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-        return datetime.timedelta(seconds=timeout)
-    return None
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout <= MAX_TIMEOUT.total_seconds():
+        raise PayloadError(f"malformed timeout in the task's payload: {str(timeout)[:40]}")
+    return datetime.timedelta(seconds=timeout)
+
+
+def _count(payload: dict[str, Any], field: str) -> int | None:
+    value = payload.get(field)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < db.INT64_MAX:
+        raise PayloadError(f"malformed {field} in the task's payload")
+    return value
 
 
 def claim_key(envelope: message.Envelope, info: TaskInfo) -> db.Key:
@@ -52,7 +71,7 @@ def claim_key(envelope: message.Envelope, info: TaskInfo) -> db.Key:
         name = f"{info.queue or envelope.queue}:{info.task_name}"
     else:
         payload = envelope.payload if isinstance(envelope.payload, dict) else {}
-        name = f"{envelope.id}:{payload.get('attempt')}:{payload.get('lock_waits')}"
+        name = f"{envelope.id}:{_count(payload, 'attempt')}:{_count(payload, 'lock_waits')}"
     return db.key(CLAIM_KIND, name[:1400])
 
 

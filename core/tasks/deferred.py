@@ -39,6 +39,7 @@ from core.reprs import safe_repr
 from core.tasks import aio, arguments, message
 from core.tasks import unique as uniqueness
 from core.tasks.context import capture_environment, require_caller
+from core.tasks.deadline import MAX_TIMEOUT
 from core.tasks.debounce import DebounceSpec, debounce_spec, debounced_call, send_latest
 from core.tasks.errors import (
     ConfigurationError,
@@ -239,8 +240,10 @@ def _check_timeout(name: str, timeout: Any) -> float | None:
         return None
     if isinstance(timeout, datetime.timedelta):
         timeout = timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"@callDeferred on {name}: timeout must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout <= MAX_TIMEOUT.total_seconds():
+        raise ValueError(f"@callDeferred on {name}: timeout must be a number of seconds > 0 and at most "
+                         f"{MAX_TIMEOUT.total_seconds():g} (24 h), got {timeout!r}")
     return float(timeout)
 
 
