@@ -33,19 +33,24 @@ def status_command(as_json: bool) -> None:
         click.echo(f"{row.name:<24} {state:<26} {row.rate:>8}{waiting}")
 
 
+def _set_paused(queue: str, paused: bool, dry_run: bool) -> None:
+    runtime = get_runtime()
+    queue_admin.known_queue(runtime, queue)
+    verb = "pause" if paused else "resume"
+    if dry_run:
+        click.echo(f"would {verb} queue {queue}")
+        return
+    (queue_admin.pause if paused else queue_admin.resume)(runtime, queue)
+    click.echo(f"{verb}d queue {queue}")
+
+
 @queue_cli.command("pause")
 @click.argument("queue")
 @click.option("--dry-run", is_flag=True, help="Say what would be done; do nothing.")
 @one_line_errors
 def pause_command(queue: str, dry_run: bool) -> None:
     """Stop pushing QUEUE's tasks; they stay queued (and new ones are accepted) until resumed."""
-    runtime = get_runtime()
-    queue_admin.known_queue(runtime, queue)
-    if dry_run:
-        click.echo(f"would pause queue {queue}")
-        return
-    queue_admin.pause(runtime, queue)
-    click.echo(f"paused queue {queue}")
+    _set_paused(queue, True, dry_run)
 
 
 @queue_cli.command("resume")
@@ -54,13 +59,7 @@ def pause_command(queue: str, dry_run: bool) -> None:
 @one_line_errors
 def resume_command(queue: str, dry_run: bool) -> None:
     """Push QUEUE's tasks again."""
-    runtime = get_runtime()
-    queue_admin.known_queue(runtime, queue)
-    if dry_run:
-        click.echo(f"would resume queue {queue}")
-        return
-    queue_admin.resume(runtime, queue)
-    click.echo(f"resumed queue {queue}")
+    _set_paused(queue, False, dry_run)
 
 
 @queue_cli.command("purge")

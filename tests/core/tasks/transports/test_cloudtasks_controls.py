@@ -20,16 +20,11 @@ from core.tasks.transports.base import QueueControls, TaskRequest
 from core.tasks.transports.cloudtasks import CloudTasksTransport
 from tests.services.tasks_emulator import TasksEmulator, start_tasks_emulator
 
-from .test_cloudtasks import Recorder
+from .test_cloudtasks import Recorder, recorder  # noqa: F401 - the recording app, a module fixture
+
+__all__ = ["recorder"]
 
 PARENT = "projects/test-project/locations/europe-west1"
-
-
-@pytest.fixture(scope="module")
-def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
