@@ -15,7 +15,8 @@ from core.admin import TaskAdmin
 from core.tasks import PermanentTaskFailure, callDeferred
 from core.tasks.callable import RUN_KIND, CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.periodic import PeriodicTask, run_cron
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.kind import run_cron
 from core.tasks.queryiter import QueryIter
 from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue
