@@ -23,8 +23,8 @@ from core.cli_queue import queue_cli
 from core.config import SERVERS, project_root
 from core.scaffold import plan_scaffold, write_scaffold
 from core.tasks import transports
-from core.tasks.cloudscheduler import sync_scheduler
-from core.tasks.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
+from core.tasks.periodic.cloudscheduler import sync_scheduler
+from core.tasks.periodic.cronyaml import coverage_problems, load_cron_yaml, plan_cron, render_cron_yaml
 from core.tasks.queues import QueueTable
 
 tasks_cli = AppGroup("tasks", help="Task maintenance: cron.yaml and Cloud Scheduler jobs from the code, queues.")

@@ -7,8 +7,8 @@ import click
 from flask.cli import AppGroup
 
 from core.cli_errors import one_line_errors
-from core.tasks import periodic_now
-from core.tasks.periodic import periodic_overview
+from core.tasks.periodic import controls
+from core.tasks.periodic.kind import periodic_overview
 from core.tasks.runtime import get_runtime
 
 periodic_cli = AppGroup("periodic", help="List periodic tasks; pause, resume or run one now.")
@@ -40,7 +40,7 @@ def _control(name: str, paused: bool, dry_run: bool) -> None:
             raise click.ClickException(f"there is no periodic task {name!r}")
         click.echo(f"would {verb} {name}")
         return
-    changed = periodic_now.set_paused(runtime, name, paused, by="flask tasks periodic")
+    changed = controls.set_paused(runtime, name, paused, by="flask tasks periodic")
     done = "paused" if paused else "resumed"
     click.echo(f"{done} {name}" if changed else f"{name} was {done} already")
 
@@ -68,8 +68,8 @@ def resume_command(name: str, dry_run: bool) -> None:
 @one_line_errors
 def run_command(name: str) -> None:
     """Queue NAME to run now, whether it is due or not (not while it is paused)."""
-    outcome = periodic_now.run_now(get_runtime(), name)
-    if outcome == periodic_now.PAUSED:
+    outcome = controls.run_now(get_runtime(), name)
+    if outcome == controls.PAUSED:
         raise click.ClickException(f"{name} is paused: resume it first")
-    click.echo(f"{name} queued to run now" if outcome == periodic_now.ENQUEUED
+    click.echo(f"{name} queued to run now" if outcome == controls.ENQUEUED
                else f"{name} is queued or running already")

@@ -30,8 +30,8 @@ from core.module import Module, ModuleTree
 # Every room whose kinds and tasks are built in declares them on import: load them all here.
 from core.tasks import callable as _callable  # noqa: F401
 from core.tasks import outbox
-from core.tasks import periodic as _periodic  # noqa: F401
 from core.tasks.handler import CallablePages, TaskHandler
+from core.tasks.periodic import kind as _periodic  # noqa: F401
 from core.tasks.queryiter import chunk as _queryiter  # noqa: F401
 from core.tasks.registry import TaskRegistry
 from core.tasks.runtime import EnvironmentHandler, TaskRuntime, bind, runtime_of, unbind

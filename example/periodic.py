@@ -10,7 +10,7 @@ import os
 
 from core import db
 from core.module import Module
-from core.tasks.periodic import PeriodicTask
+from core.tasks.periodic.declare import PeriodicTask
 from core.tasks.runtime import get_runtime
 from core.tasks.startup import StartupTask
 

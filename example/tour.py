@@ -16,7 +16,7 @@ from flask import Response, abort, flash, redirect
 from core import current, db, key_ids
 from core.module import Module, exposed
 from core.tasks import PayloadError, PermanentTaskFailure, TaskHandle, UntrackedTask, callDeferred
-from core.tasks.periodic_now import run_group_now
+from core.tasks.periodic.controls import run_group_now
 from core.tasks.records import TaskRecord
 from core.tasks.runtime import get_runtime
 from example.admin_tasks import INVOICE_KIND, InvoiceTaxes

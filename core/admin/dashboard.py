@@ -34,10 +34,11 @@ from core.admin.render import Dashboard, error_response, guarded, require_admin,
 from core.admin.views import describe_run, run_is_active
 from core.module import exposed
 from core.tasks import callable as callable_tasks
-from core.tasks import deadletters, periodic_now
+from core.tasks import deadletters
 from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.errors import NotFound
-from core.tasks.periodic import periodic_overview
+from core.tasks.periodic import controls
+from core.tasks.periodic.kind import periodic_overview
 from core.tasks.queryiter import runs as queryiter
 from core.tasks.queryiter.runs import RUN_KIND as QUERY_RUN_KIND
 from core.tasks.queryiter.runs import RunInfo, run_info
@@ -222,16 +223,16 @@ class TaskAdmin(Dashboard):
         name = request.form.get("task", "")
         if action in ("pause", "resume"):
             user = current.user.get()
-            changed = periodic_now.set_paused(runtime, name, action == "pause",
+            changed = controls.set_paused(runtime, name, action == "pause",
                                               by=str(getattr(getattr(user, "key", None), "id_or_name", "") or ""))
             state = "paused" if action == "pause" else "resumed"
             return self._done("periodic", f"{name} {state}." if changed else f"{name} was {state} already.",
                               changed=changed)
-        outcome = periodic_now.run_now(runtime, name)
-        message = {periodic_now.ENQUEUED: f"{name} queued to run now.",
-                   periodic_now.PAUSED: f"{name} is paused: resume it first."}.get(
+        outcome = controls.run_now(runtime, name)
+        message = {controls.ENQUEUED: f"{name} queued to run now.",
+                   controls.PAUSED: f"{name} is paused: resume it first."}.get(
                        outcome, f"{name} is queued or running already.")
-        return self._done("periodic", message, changed=outcome == periodic_now.ENQUEUED)
+        return self._done("periodic", message, changed=outcome == controls.ENQUEUED)
 
     def _task_action(self, runtime: TaskRuntime, task_id: str | None, action: str | None) -> Response:
         refused = self._refused(action, ("cancel", "retry"), task_id)

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from flask import request
 
-from core import db, db_query
+from core import db
+from core.db import query as db_query
 from core.tasks.errors import BadTaskRequest
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ from core.devserver.ports import free_port, port_is_open
 from core.devserver.processes import stop_process_group
 from core.devserver.servers import checked_server, server_command, server_from_env
 from core.scaffold import missing_file_notes
-from core.tasks.cronyaml import CronPinger
+from core.tasks.periodic.cronyaml import CronPinger
 
 log = logging.getLogger("devserver")
 

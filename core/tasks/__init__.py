@@ -32,9 +32,9 @@ _EXPORTS: dict[str, str] = {
     "group": "core.tasks.workflows.groups",
     "chain": "core.tasks.workflows.chains",
     # Periodic and startup tasks
-    "PeriodicTask": "core.tasks.periodic_declare",
-    "removePeriodicTask": "core.tasks.periodic_declare",
-    "Crontab": "core.tasks.schedule",
+    "PeriodicTask": "core.tasks.periodic.declare",
+    "removePeriodicTask": "core.tasks.periodic.declare",
+    "Crontab": "core.tasks.periodic.schedule",
     "StartupTask": "core.tasks.startup",
     "runStartupTasks": "core.tasks.startup",
     # Query iterators
@@ -94,11 +94,11 @@ if TYPE_CHECKING:
     from core.tasks.handler import TaskHandler
     from core.tasks.hooks import TaskCall, TaskHook
     from core.tasks.outcome import Outcome
-    from core.tasks.periodic_declare import PeriodicTask, removePeriodicTask
+    from core.tasks.periodic.declare import PeriodicTask, removePeriodicTask
+    from core.tasks.periodic.schedule import Crontab
     from core.tasks.progress import report_progress
     from core.tasks.queryiter.api import DeleteEntitiesIter, MetaQueryIter, QueryIter
     from core.tasks.retry import Constant, Exponential, Linear
-    from core.tasks.schedule import Crontab
     from core.tasks.startup import StartupTask, runStartupTasks
     from core.tasks.task_handle import TaskHandle, TaskStatus
     from core.tasks.workflows.chains import chain

@@ -17,9 +17,10 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from core import db, db_query
+from core import db
 from core import json as tagged_json
 from core.clock import utc_now
+from core.db import query as db_query
 from core.reprs import safe_repr
 from core.tasks import message, records, send
 from core.tasks.auth.queue_headers import TaskInfo

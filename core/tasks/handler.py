@@ -22,7 +22,7 @@ from core.safety import read_body
 from core.tasks import executor
 from core.tasks.auth.queue_headers import lowered_headers
 from core.tasks.outcome import Outcome
-from core.tasks.periodic import find_bound_task
+from core.tasks.periodic.kind import find_bound_task
 from core.tasks.pipeline import RETRY_WARNING_THRESHOLD
 from core.tasks.runtime import get_runtime
 

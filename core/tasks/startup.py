@@ -20,7 +20,7 @@ from core.reprs import safe_repr
 from core.tasks import aio, message
 from core.tasks.deferred import DEFERRED_PATH, DeferredTarget, send_task
 from core.tasks.errors import PayloadError, TaskNotFound, error_text
-from core.tasks.periodic_declare import check_no_arguments
+from core.tasks.periodic.declare import check_no_arguments
 from core.tasks.registry import declare, declare_builtin, declare_kind, qualified_name
 from core.tasks.runtime import TaskRuntime, current_runtime, get_runtime
 from core.tasks.transports.base import hashed_task_name

@@ -5,7 +5,8 @@ import base64
 
 import pytest
 
-from core import db, db_query
+from core import db
+from core.db import query as db_query
 
 
 def _things(count: int) -> list[db.Entity]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 
 from core.tasks import PeriodicTask
-from core.tasks.cronyaml import load_cron_yaml
+from core.tasks.periodic.cronyaml import load_cron_yaml
 from core.tasks.queues import load_queue_config
 
 

@@ -17,7 +17,7 @@ from core import db
 from core.module import Module, exposed
 from core.tasks import PeriodicTask, QueryIter, callDeferred
 from core.tasks.auth.signing import sign_cron_ping
-from core.tasks.periodic import STATE_KIND
+from core.tasks.periodic.kind import STATE_KIND
 from core.tasks.queryiter.runs import FINISHED, get_run
 from tests.e2e.conftest import wait_for
 

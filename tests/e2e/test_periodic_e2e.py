@@ -19,7 +19,8 @@ import requests
 
 from core import db
 from core.tasks.auth.signing import sign_cron_ping
-from core.tasks.periodic import STATE_KIND, PeriodicTask
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.kind import STATE_KIND
 from example.periodic import count_run
 from tests.e2e.conftest import wait_for
 

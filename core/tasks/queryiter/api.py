@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from core import db, db_query
+from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
+from core.db import query as db_query
 from core.tasks import aio, started
 from core.tasks.context import capture_environment
 from core.tasks.errors import ConfigurationError, DeferredArgumentError, TaskNotFound

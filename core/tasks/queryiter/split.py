@@ -4,7 +4,7 @@ A query can be split when a key range can be added to it and the ranges together
 query visits, each once: it orders by key (or not at all) and has no inequality filter on another
 property (Datastore allows inequalities on one property only), no limit (it counts over the whole
 query) and no cursor. The split points come from the kind's ``__scatter__`` sample
-(:func:`core.db_query.scatter_sample`); where that sample is refused or too sparse for the shards
+(:func:`core.db.query.scatter_sample`); where that sample is refused or too sparse for the shards
 asked for (small kinds), from the query's own keys, read keys-only, whose quantiles are exact.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core import db, db_query
+from core import db
+from core.db import query as db_query
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from core.admin import TaskAdmin
 from core.tasks import PermanentTaskFailure
 from core.tasks.callable import CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.periodic import PeriodicTask
+from core.tasks.periodic.declare import PeriodicTask
 from core.tasks.queryiter import QueryIter
 from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue

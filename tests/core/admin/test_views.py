@@ -10,12 +10,14 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, NumberRange
 
-from core import current, db, db_query
+from core import current, db
 from core.admin import TaskAdmin
+from core.db import query as db_query
 from core.tasks import PermanentTaskFailure, callDeferred
 from core.tasks.callable import RUN_KIND, CallableTask, CallableTaskBase
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.periodic import PeriodicTask, run_cron
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.kind import run_cron
 from core.tasks.queryiter import QueryIter
 from core.tasks.registry import isolated_registry
 from tests.conftest import TaskQueue

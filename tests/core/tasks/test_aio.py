@@ -27,7 +27,8 @@ from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.callable import DONE, queue_run
 from core.tasks.callable import get_run as get_callable_run
 from core.tasks.errors import UnsupportedTargetError
-from core.tasks.periodic import STATE_KIND, spec_of
+from core.tasks.periodic.declare import spec_of
+from core.tasks.periodic.kind import STATE_KIND
 from core.tasks.queryiter.runs import FINISHED, STOPPED, get_run
 from core.tasks.registry import isolated_registry
 from core.tasks.startup import runStartupTasks

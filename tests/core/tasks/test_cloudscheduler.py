@@ -16,11 +16,11 @@ import pytest
 from google.cloud import scheduler_v1
 from google.protobuf import empty_pb2
 
-from core.tasks.cloudscheduler import job_message, spec_of, sync_scheduler
 from core.tasks.errors import ConfigurationError
-from core.tasks.periodic import PeriodicTask
+from core.tasks.periodic.cloudscheduler import job_message, spec_of, sync_scheduler
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.schedule import Crontab
 from core.tasks.registry import TaskRegistry, isolated_registry
-from core.tasks.schedule import Crontab
 
 PARENT = "projects/cron-project/locations/europe-west1"
 ACCOUNTS = "tasks@cron-project.iam.gserviceaccount.com, old@cron-project.iam.gserviceaccount.com"
@@ -260,7 +260,7 @@ def test_a_refusal_names_the_step(cron_settings, scheduler):
 
 
 def test_job_message_round_trips_through_spec_of(cron_settings):
-    from core.tasks.cloudscheduler import wanted_jobs
+    from core.tasks.periodic.cloudscheduler import wanted_jobs
 
     for spec in wanted_jobs(cron_settings, declare()):
         assert spec_of(job_message(cron_settings, spec)) == spec

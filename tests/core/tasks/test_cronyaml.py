@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.tasks.auth.signing import CRON_MAX_AGE, SIGNATURE_HEADER, verify_signature
-from core.tasks.cronyaml import (
+from core.tasks.periodic.cronyaml import (
     CalendarPing,
     CronPinger,
     IntervalPing,
@@ -29,9 +29,9 @@ from core.tasks.cronyaml import (
     plan_group,
     render_cron_yaml,
 )
-from core.tasks.periodic import PeriodicSpec
+from core.tasks.periodic.declare import PeriodicSpec
+from core.tasks.periodic.schedule import Crontab, build_schedule
 from core.tasks.registry import TaskRegistry
-from core.tasks.schedule import Crontab, build_schedule
 
 UTC = datetime.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -232,7 +232,7 @@ def test_the_repository_cron_yaml_covers_every_group_of_the_example_app(tmp_path
     lacking.write_text(yaml.safe_dump({"cron": [e for e in entries if not e["url"].endswith("/nightly")]}))
     script = (
         "import sys, main\n"
-        "from core.tasks.cronyaml import coverage_problems, load_cron_yaml\n"
+        "from core.tasks.periodic.cronyaml import coverage_problems, load_cron_yaml\n"
         "runtime = main.app.extensions['core']\n"
         "print(sorted({s.cron_name for s in runtime.registry.periodic.values()}))\n"
         "for path in sys.argv[1:]:\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import yaml
 
-from core.tasks.cronyaml import CronPlan, render_cron_yaml
+from core.tasks.periodic.cronyaml import CronPlan, render_cron_yaml
 
 
 def test_ordinary_plans_give_the_familiar_file() -> None:

@@ -19,7 +19,7 @@ from core import json as tagged_json
 from core.app import runtime_of
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.periodic import PeriodicTask
+from core.tasks.periodic.declare import PeriodicTask
 from core.tasks.startup import StartupTask
 
 RUNS: list[str] = []

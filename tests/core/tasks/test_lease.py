@@ -10,10 +10,12 @@ import time
 import pytest
 
 from core import db
-from core.tasks import lease, periodic
+from core.tasks import lease
 from core.tasks.errors import LockHeld
 from core.tasks.lease import Heartbeat, Lease, current_holder, holding
-from core.tasks.periodic import STATE_KIND, PeriodicTask, run_cron
+from core.tasks.periodic import kind as periodic
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.kind import STATE_KIND, run_cron
 from core.tasks.queryiter import QueryIter
 from core.tasks.queryiter.runs import FINISHED, get_run
 from core.testing import TestClock

@@ -11,7 +11,8 @@ from core.tasks.errors import ConfigurationError, DeferredArgumentError, LockHel
 from core.tasks.executor import DEAD_LETTER_KIND
 from core.tasks.hooks import TaskHook
 from core.tasks.lease import Lease, current_holder
-from core.tasks.periodic import STATE_KIND, PeriodicTask, run_cron
+from core.tasks.periodic.declare import PeriodicTask
+from core.tasks.periodic.kind import STATE_KIND, run_cron
 
 RUNS: list[tuple] = []
 SEEN_BY_HOOK: list[tuple] = []

@@ -6,7 +6,7 @@ import datetime
 
 from core import db
 from core.tasks import callDeferred, deadletters, outbox
-from core.tasks.periodic import sweep_outbox_task
+from core.tasks.periodic.kind import sweep_outbox_task
 from core.tasks.runtime import get_runtime
 
 CALLS: list[str] = []

@@ -8,22 +8,16 @@ import pytest
 
 from core import db
 from core.module import Module
-from core.tasks import callDeferred, message, periodic, records, wire
+from core.tasks import callDeferred, message, records, wire
 from core.tasks.auth.signing import sign_cron_ping
 from core.tasks.errors import ConfigurationError, InvalidScheduleSpecification, PermanentTaskFailure
 from core.tasks.outbox import OUTBOX_KIND
-from core.tasks.periodic import (
-    STATE_KIND,
-    PeriodicTask,
-    find_bound_task,
-    periodic_overview,
-    periodic_task,
-    removePeriodicTask,
-    spec_of,
-)
+from core.tasks.periodic import kind as periodic
+from core.tasks.periodic.declare import PeriodicTask, periodic_task, removePeriodicTask, spec_of
+from core.tasks.periodic.kind import STATE_KIND, find_bound_task, periodic_overview
+from core.tasks.periodic.schedule import Crontab, IntervalSchedule
 from core.tasks.registry import isolated_registry
 from core.tasks.runtime import get_runtime
-from core.tasks.schedule import Crontab, IntervalSchedule
 from core.tasks.transports.base import EnqueueResult, EnqueueStatus
 from core.testing import TaskQueue, TestClock
 

@@ -5,9 +5,10 @@ import datetime
 
 import pytest
 
-from core.tasks import PeriodicTask, periodic_now
+from core.tasks import PeriodicTask
 from core.tasks.errors import NotFound
-from core.tasks.periodic import periodic_overview
+from core.tasks.periodic import controls
+from core.tasks.periodic.kind import periodic_overview
 from core.tasks.runtime import get_runtime
 
 RUNS: list[str] = []
@@ -28,22 +29,22 @@ def _clear():
 
 def test_pings_and_run_now_leave_a_paused_task_alone_until_it_is_resumed(app, task_queue) -> None:
     runtime = get_runtime()
-    assert periodic_now.pause(runtime, NAME, by="ops") is True
-    assert periodic_now.pause(runtime, NAME) is False                       # already so
+    assert controls.pause(runtime, NAME, by="ops") is True
+    assert controls.pause(runtime, NAME) is False                       # already so
     for _ in range(5):
         response = task_queue.ping_cron("pausable")
         assert response.get_json()["tasks"][NAME] == "paused"
         task_queue.advance(360)
     assert RUNS == []
-    assert periodic_now.run_now(runtime, NAME) == periodic_now.PAUSED
+    assert controls.run_now(runtime, NAME) == controls.PAUSED
     [row] = [row for row in periodic_overview(runtime) if row["name"] == NAME]
     assert row["paused"] is True and row["paused_at"] is not None
 
-    assert periodic_now.resume(runtime, NAME) is True
+    assert controls.resume(runtime, NAME) is True
     assert task_queue.ping_cron("pausable").get_json()["tasks"][NAME] == "enqueued"   # its slot passed meanwhile
     assert RUNS == ["ran"]
 
 
 def test_an_unknown_task_is_refused(app) -> None:
     with pytest.raises(NotFound, match="there is no periodic task 'nope'"):
-        periodic_now.pause(get_runtime(), "nope")
+        controls.pause(get_runtime(), "nope")

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from core import db, db_query
+from core import db
+from core.db import query as db_query
 from core.tasks import DeferredArgumentError
 from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
 from core.tasks.executor import DEAD_LETTER_KIND

@@ -20,7 +20,7 @@ from core.tasks import (
 )
 from core.tasks import deferred as deferred_module
 from core.tasks.executor import DEAD_LETTER_KIND
-from core.tasks.periodic import install_builtins
+from core.tasks.periodic.kind import install_builtins
 from core.tasks.runtime import get_runtime
 
 RUNS: list[str] = []

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.tasks.errors import InvalidScheduleSpecification
-from core.tasks.schedule import (
+from core.tasks.periodic.schedule import (
     CalendarSchedule,
     Crontab,
     IntervalSchedule,

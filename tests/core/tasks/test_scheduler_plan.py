@@ -5,9 +5,9 @@ import datetime
 
 import pytest
 
-from core.tasks.cronyaml import NICE_PERIODS, CronPlan, plan_group
-from core.tasks.schedule import Crontab, build_schedule
-from core.tasks.scheduler_plan import JobSpec, desired_jobs, job_id, plan_changes, unix_cron
+from core.tasks.periodic.cronyaml import NICE_PERIODS, CronPlan, plan_group
+from core.tasks.periodic.schedule import Crontab, build_schedule
+from core.tasks.periodic.scheduler_plan import JobSpec, desired_jobs, job_id, plan_changes, unix_cron
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -8,7 +8,8 @@ from __future__ import annotations
 import datetime
 from types import SimpleNamespace
 
-from core.tasks import lifecycle, outbox, periodic, startup
+from core.tasks import lifecycle, outbox, startup
+from core.tasks.periodic import kind as periodic
 from core.tasks.queryiter import runs as queryiter
 from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
 

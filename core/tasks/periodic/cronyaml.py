@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from core.tasks.auth.signing import sign_cron_ping
-from core.tasks.schedule import (
+from core.tasks.periodic.schedule import (
     UTC,
     CalendarSchedule,
     Crontab,

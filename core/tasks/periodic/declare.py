@@ -1,7 +1,7 @@
 """``@PeriodicTask``: declaring a periodic task (what to call, when, in which cron group).
 
 A declaration is a record of the code, made at import; each app's registry takes it from there
-(:mod:`core.tasks.registry`). The cron ping and the run are in :mod:`core.tasks.periodic`.
+(:mod:`core.tasks.registry`). The cron ping and the run are in :mod:`core.tasks.periodic.kind`.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, overload
 
 from core.tasks import aio
 from core.tasks.errors import ConfigurationError
+from core.tasks.periodic.schedule import Crontab, Schedule, build_schedule
 from core.tasks.registry import TaskRegistry, declarations, qualified_name
-from core.tasks.schedule import Crontab, Schedule, build_schedule
 from core.tasks.transports.base import QUEUE_NAME_RE
 
 DEFAULT_CRON = "default"
@@ -78,8 +78,11 @@ def check_no_arguments(func: Callable[..., Any], is_method: bool, what: str) -> 
 
 def declare_periodic(func: Callable[..., Any], interval: float | datetime.timedelta | None, cron_name: str,
                      at: datetime.time | None, crontab: Crontab | None, queue: str | None,
-                     lock: bool = False, *, builtin: bool = False) -> PeriodicFunction:
-    """Check and declare one periodic task (``builtin``: one of the library's, in every app)."""
+                     lock: bool = False, *, builtin: bool = False, name: str | None = None) -> PeriodicFunction:
+    """Check and declare one periodic task (``builtin``: one of the library's, in every app).
+
+    ``name`` (the library's built-ins only) replaces ``module.qualname``, the id its state is stored under.
+    """
     if isinstance(func, (staticmethod, classmethod)) or not callable(func):
         raise TypeError(f"@PeriodicTask needs a function or a module method, got {func!r}")
     if func.__name__.startswith("_"):
@@ -95,7 +98,7 @@ def declare_periodic(func: Callable[..., Any], interval: float | datetime.timede
     aio.check_runnable(func, "periodic task")
     if not isinstance(lock, bool):
         raise ConfigurationError(f"periodic task {func.__qualname__}: lock must be True or False, got {lock!r}")
-    spec = PeriodicSpec(qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
+    spec = PeriodicSpec(name or qualified_name(func), func, schedule, cron_name, is_method, func.__name__, queue=queue,
                         lock=lock)
     wrapper = PeriodicFunction(func, spec)
     declarations.add("periodic", spec.name, spec, builtin=builtin)

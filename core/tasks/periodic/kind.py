@@ -1,6 +1,6 @@
 """Periodic tasks: the cron ping that enqueues due runs, the run, and the built-in ones.
 
-Declaring them (``@PeriodicTask``) is :mod:`core.tasks.periodic_declare`; its public names are
+Declaring them (``@PeriodicTask``) is :mod:`core.tasks.periodic.declare`; its public names are
 imported here, where they are documented. A cron ping (``GET /_tasks/cron/<group>`` from App
 Engine cron, Cloud Scheduler or the local pinger) only *enqueues*: each due task of the group
 becomes its own task of the ``periodic`` kind, so a slow or failing task neither blocks nor hides
@@ -40,28 +40,20 @@ from core.tasks.errors import (
     error_text,
 )
 from core.tasks.outcome import Outcome
-from core.tasks.periodic_declare import (  # the public names of periodic tasks, documented here
-    CRON_NAME_RE,
-    DEFAULT_CRON,
-    PeriodicFunction,
-    PeriodicSpec,
-    PeriodicTask,
-    check_no_arguments,
-    declare_periodic,
-    periodic_task,
-    remove_periodic_task,
-    removePeriodicTask,
-    spec_of,
+from core.tasks.periodic.declare import DEFAULT_CRON, PeriodicFunction, PeriodicSpec, declare_periodic, spec_of
+from core.tasks.periodic.schedule import (
+    CalendarSchedule,
+    IntervalSchedule,
+    Schedule,
+    describe,
+    due_slot,
+    named_zone,
+    next_due,
 )
 from core.tasks.pipeline import CRON_KIND
 from core.tasks.registry import TaskRegistry, declare_builtin, declare_kind
 from core.tasks.runtime import TaskRuntime, get_runtime
-from core.tasks.schedule import CalendarSchedule, IntervalSchedule, Schedule, describe, due_slot, named_zone, next_due
 from core.tasks.transports.base import hashed_task_name
-
-__all__ = ["CRON_NAME_RE", "DEFAULT_CRON", "PeriodicFunction", "PeriodicSpec", "PeriodicTask", "check_no_arguments",
-           "periodic_task", "remove_periodic_task", "removePeriodicTask", "spec_of", "RUN_TARGET", "STATE_KIND",
-           "run_cron", "run_ping", "find_bound_task", "periodic_overview", "install_builtins"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +166,7 @@ def _assess(binding: PeriodicBinding, state: db.Entity, now: datetime.datetime,
             tz: datetime.tzinfo) -> tuple[str, datetime.datetime | None]:
     """``("paused", None)``, ``("pending", None)``, ``("due", slot)`` or ``("not due", None)`` for a task's state."""
     if state.get("paused"):
-        return "paused", None  # paused at run time (:func:`core.tasks.periodic_now.pause`): no ping runs it
+        return "paused", None  # paused at run time (:func:`core.tasks.periodic.controls.pause`): no ping runs it
     if state.get("pending_generation") is not None:
         signs = [t for t in (state.get("pending_since"), state.get("last_attempt"), state.get("alive_at"))
                  if t is not None]
@@ -422,9 +414,12 @@ def purge_task_records_task() -> None:
     deadline.purge_expired()  # the run claims of tasks with timeout= kept past their day
 
 
-SWEEP_OUTBOX = declare_periodic(sweep_outbox_task, 0, DEFAULT_CRON, None, None, None, builtin=True)
+#: The built-ins keep the names they had when this room was ``core.tasks.periodic``: their state in
+#: Datastore is stored under these names.
+SWEEP_OUTBOX = declare_periodic(sweep_outbox_task, 0, DEFAULT_CRON, None, None, None, builtin=True,
+                                name="core.tasks.periodic.sweep_outbox_task")
 PURGE_RECORDS = declare_periodic(purge_task_records_task, datetime.timedelta(hours=1), DEFAULT_CRON, None, None, None,
-                                 builtin=True)
+                                 builtin=True, name="core.tasks.periodic.purge_task_records_task")
 _BUILTIN_SPEC: PeriodicSpec = SWEEP_OUTBOX.periodic
 _BUILTIN_SPECS: tuple[PeriodicSpec, ...] = (_BUILTIN_SPEC, PURGE_RECORDS.periodic)
 #: Built-in runs are frequent housekeeping: they get no task record.

@@ -13,8 +13,8 @@ import datetime
 import logging
 
 from core import current, db
-from core.tasks import periodic
 from core.tasks.errors import NotFound
+from core.tasks.periodic import kind
 from core.tasks.runtime import TaskRuntime
 
 log = logging.getLogger(__name__)
@@ -22,30 +22,30 @@ log = logging.getLogger(__name__)
 ENQUEUED, PENDING, PAUSED = "enqueued", "pending", "paused"
 
 
-def _claim_now(runtime: TaskRuntime, binding: periodic.PeriodicBinding, now: datetime.datetime,
+def _claim_now(runtime: TaskRuntime, binding: kind.PeriodicBinding, now: datetime.datetime,
                tz: datetime.tzinfo) -> str:
-    key = periodic.state_key(binding)
-    state = db.get(key) or periodic._new_state(key, binding, now)
-    verdict, _slot = periodic._assess(binding, state, now, tz)
+    key = kind.state_key(binding)
+    state = db.get(key) or kind._new_state(key, binding, now)
+    verdict, _slot = kind._assess(binding, state, now, tz)
     if verdict == PAUSED:
         return PAUSED  # paused by an operator: resume it first
     if verdict == "pending":
         return PENDING  # a run is queued or running already: one at a time
     generation = int(state.get("generation") or 0) + 1
-    name = periodic.run_task_name(binding, now, generation)
+    name = kind.run_task_name(binding, now, generation)
     state.update({"generation": generation, "pending_generation": generation, "pending_slot": now,
                   "pending_since": now, "pending_task": name})
-    periodic._describe_into(state, binding, tz, now)
+    kind._describe_into(state, binding, tz, now)
     db.put(state)
-    periodic.send_run(runtime, binding, now, generation, name, tracked=None)
+    kind.send_run(runtime, binding, now, generation, name, tracked=None)
     return ENQUEUED
 
 
-def _bindings(runtime: TaskRuntime) -> list[periodic.PeriodicBinding]:
-    return [binding for spec in runtime.registry.periodic.values() for binding in periodic.bindings_of(runtime, spec)]
+def _bindings(runtime: TaskRuntime) -> list[kind.PeriodicBinding]:
+    return [binding for spec in runtime.registry.periodic.values() for binding in kind.bindings_of(runtime, spec)]
 
 
-def _binding(runtime: TaskRuntime, name: str) -> periodic.PeriodicBinding:
+def _binding(runtime: TaskRuntime, name: str) -> kind.PeriodicBinding:
     found = [binding for binding in _bindings(runtime) if binding.state_id == name]
     if not found:
         raise NotFound(f"there is no periodic task {name!r}")
@@ -58,13 +58,13 @@ def set_paused(runtime: TaskRuntime, name: str, paused: bool, *, by: str | None 
     now = runtime.clock.now()
 
     def change() -> bool:
-        key = periodic.state_key(binding)
+        key = kind.state_key(binding)
         stored = db.get(key)
         if bool(stored is not None and stored.get("paused")) == paused:
             return False
-        state = stored if stored is not None else periodic._new_state(key, binding, now)
+        state = stored if stored is not None else kind._new_state(key, binding, now)
         state.update({"paused": paused, "paused_at": now if paused else None, "paused_by": by if paused else None})
-        periodic._describe_into(state, binding, periodic.app_timezone(runtime), now)
+        kind._describe_into(state, binding, kind.app_timezone(runtime), now)
         db.put(state)
         return True
 
@@ -91,7 +91,7 @@ def run_now(runtime: TaskRuntime, name: str, *, now: datetime.datetime | None = 
     token = current.user.set(None)
     try:
         outcome = db.run_in_transaction(_claim_now, runtime, found[0], now or runtime.clock.now(),
-                                        periodic.app_timezone(runtime))
+                                        kind.app_timezone(runtime))
     finally:
         current.user.reset(token)
     log.info("periodic task %s run now: %s", name, outcome)

@@ -1,21 +1,18 @@
-"""A thin, typed layer over google-cloud-datastore, in the way ViUR's ``db`` wraps it.
+"""Keys, entities, reads and writes, transactions: the heart of :mod:`core.db`.
 
 - :class:`Key` and :class:`Entity` are the library's classes with a URL-safe string form. A key
   made without a project (``Key("invoice", 5)``, as ViUR code writes it) takes the project and
-  namespace of the current store (:mod:`core.db_store`: the app's in its contexts; none outside
+  namespace of the current store (:mod:`core.db.store`: the app's in its contexts; none outside
   them); with a ``parent`` it takes the parent's.
 - ``get``/``put``/``delete`` take one value or a list; multi-writes are chunked to 500 mutations
   per commit (the emulator accepts more, production refuses).
-- :class:`Query` pages by cursor: the emulator answers at most 300 entities per call, so a short
-  page never means the end.
 - :func:`run_in_transaction` retries on contention and runs ``on_commit`` callbacks only after a
   successful commit (the transactional outbox of deferred calls builds on this).
 
-The client is built on first use from :class:`core.config.Settings`, never at import.
+Importing it registers keys, entities and geo points with :mod:`core.json` (:mod:`core.db.tags`).
 """
 from __future__ import annotations
 
-import base64
 import contextvars
 import dataclasses
 import logging
@@ -28,8 +25,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from core import json as tagged_json
-from core.db_store import Datastore, NoDatastore, bind, configure, get_datastore, unbind, using
-from core.db_tags import EntityTag, GeoPointTag, KeyTag
+from core.db.store import get_datastore
+from core.db.tags import EntityTag, GeoPointTag, KeyTag
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +39,6 @@ INT64_MAX = 2 ** 63 - 1
 #: Entities asked for per query call when paging (the emulator caps a call at 300).
 DEFAULT_PAGE_SIZE = 500
 
-__all__ = [
-    "Key", "Entity", "GeoPoint", "Query", "QueryPage", "Datastore", "get", "put", "delete", "allocate_ids",
-    "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore", "bind", "unbind", "using",
-    "NoDatastore",
-    "KeyError_", "TransactionFailedError", "MAX_MUTATIONS_PER_COMMIT",
-]
-
-
 #: A geographical point property (latitude, longitude), as the library stores it.
 GeoPoint = datastore.helpers.GeoPoint
 
@@ -57,9 +46,13 @@ GeoPoint = datastore.helpers.GeoPoint
 class KeyError_(ValueError):
     """A key string that cannot be parsed."""
 
+    __module__ = "core.db"  # the name users know it by (db.KeyError_), as before core.db was a package
+
 
 class TransactionFailedError(RuntimeError):
     """A transaction kept colliding with others and gave up after its retries."""
+
+    __module__ = "core.db"  # the name users know it by (db.TransactionFailedError), as before core.db was a package
 
 
 class Key(datastore.Key):
@@ -68,6 +61,8 @@ class Key(datastore.Key):
     Without ``project`` and ``parent`` the key belongs to the current store (:func:`get_datastore`:
     the app's in its context): its project, and its namespace unless one is given.
     """
+
+    __module__ = "core.db"  # the name users know it by (db.Key), as before core.db was a package
 
     def __init__(self, *path_args: Any, **kwargs: Any) -> None:
         if kwargs.get("project") is None and kwargs.get("parent") is None:
@@ -120,6 +115,8 @@ class Key(datastore.Key):
 
 class Entity(datastore.Entity):
     """A Datastore entity: a dict of properties plus its :class:`Key`."""
+
+    __module__ = "core.db"  # the name users know it by (db.Entity), as before core.db was a package
 
     def __init__(self, key: datastore.Key | None = None, exclude_from_indexes: Iterable[str] = ()) -> None:
         super().__init__(key=None if key is None else Key.from_library(key),
@@ -295,173 +292,3 @@ def run_in_transaction(func: Callable[..., T], *args: Any, retries: int = 4, **k
         return result
     raise AssertionError("unreachable")
 
-
-# --- queries ----------------------------------------------------------------------------------
-
-_OPERATORS = {"=": "=", "==": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">=",
-              "!=": "!=", "in": "IN", "not in": "NOT_IN", "not_in": "NOT_IN"}
-#: Operators the server expands into several scans: a cursor can't resume such a query.
-_MULTI_QUERY_OPERATORS = {"!=", "IN", "NOT_IN"}
-
-
-def _encode_cursor(cursor: bytes | None) -> str | None:
-    return None if cursor is None else base64.urlsafe_b64encode(cursor).decode("ascii")
-
-
-def _decode_cursor(cursor: str | bytes | None) -> bytes | None:
-    if cursor is None or isinstance(cursor, bytes):
-        return cursor
-    try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii"))
-    except (ValueError, UnicodeError) as exc:
-        raise ValueError(f"malformed cursor {cursor!r}") from exc
-
-
-@dataclasses.dataclass
-class QueryPage:
-    """One page of results and the cursor after it (``None`` when the query is exhausted)."""
-
-    entities: list[Entity]
-    cursor: str | None
-
-    @property
-    def more(self) -> bool:
-        return self.cursor is not None
-
-
-class Query:
-    """A Datastore query: ``Query("invoice").filter("year =", 2026).order("-total")``."""
-
-    def __init__(self, kind: str | None, *, namespace: str | None = None) -> None:
-        self.kind = kind
-        self.namespace = namespace
-        self.filters: list[tuple[str, str, Any]] = []
-        self.orders: list[str] = []
-        self.ancestor_key: Key | None = None
-        self.limit_count: int | None = None
-        self.start_cursor: str | None = None
-        self.end_cursor: str | None = None
-        self.only_keys = False
-
-    def filter(self, prop_op: str, *rest: Any) -> Query:
-        """``filter("year =", 2026)`` (ViUR style) or ``filter("year", "=", 2026)``."""
-        if len(rest) == 1:
-            name, _, op = prop_op.strip().partition(" ")
-            value = rest[0]
-            op = op.strip() or "="
-        elif len(rest) == 2:
-            name, op, value = prop_op, rest[0], rest[1]
-        else:
-            raise TypeError("filter takes ('prop op', value) or ('prop', 'op', value)")
-        normal = _OPERATORS.get(str(op).strip().lower())
-        if normal is None:
-            raise ValueError(f"unknown filter operator {op!r} in filter on {name!r}; "
-                             f"use one of {sorted(set(_OPERATORS))}")
-        if normal in {"IN", "NOT_IN"} and not isinstance(value, (list, tuple)):
-            raise ValueError(f"filter {name!r} {normal} needs a list of values, got {value!r}")
-        self.filters.append((name.strip(), normal, value))
-        return self
-
-    def order(self, *props: str) -> Query:
-        self.orders.extend(props)
-        return self
-
-    def ancestor(self, key: Key) -> Query:
-        self.ancestor_key = key
-        return self
-
-    def limit(self, count: int | None) -> Query:
-        self.limit_count = count
-        return self
-
-    def keys_only(self) -> Query:
-        self.only_keys = True
-        return self
-
-    def set_cursor(self, start: str | None = None, end: str | None = None) -> Query:
-        self.start_cursor, self.end_cursor = start, end
-        return self
-
-    @property
-    def is_cursor_resumable(self) -> bool:
-        """False for queries the server runs as several scans (IN, NOT_IN, !=)."""
-        return not any(op in _MULTI_QUERY_OPERATORS for _, op, _ in self.filters)
-
-    def _library_query(self) -> datastore.Query:
-        store = get_datastore()
-        query = store.client.query(kind=self.kind,
-                                   namespace=self.namespace if self.namespace is not None else store.namespace)
-        for name, op, value in self.filters:
-            query.add_filter(filter=datastore.query.PropertyFilter(name, op, value))
-        if self.orders:
-            query.order = list(self.orders)
-        if self.ancestor_key is not None:
-            query.ancestor = self.ancestor_key
-        if self.only_keys:
-            query.keys_only()
-        return query
-
-    def fetch_page(self, page_size: int = DEFAULT_PAGE_SIZE, cursor: str | None = None) -> QueryPage:
-        """Up to ``page_size`` entities from ``cursor`` (or the query's start cursor).
-
-        The library keeps asking while the server says there are more, so a page is short only at
-        the end of the results.
-        """
-        iterator = self._library_query().fetch(
-            limit=page_size, start_cursor=_decode_cursor(cursor if cursor is not None else self.start_cursor),
-            end_cursor=_decode_cursor(self.end_cursor))
-        entities = [_wrap_entity(e) for e in iterator]
-        next_cursor = iterator.next_page_token
-        if len(entities) < page_size or next_cursor is None:
-            return QueryPage(entities, None)
-        return QueryPage(entities, _encode_cursor(next_cursor))
-
-    def iter(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[Entity]:
-        """Every result (up to the query's limit), fetched page by page by cursor."""
-        remaining = self.limit_count
-        cursor = self.start_cursor
-        while remaining is None or remaining > 0:
-            size = page_size if remaining is None else min(page_size, remaining)
-            page = self.fetch_page(size, cursor)
-            yield from page.entities
-            if remaining is not None:
-                remaining -= len(page.entities)
-            if not page.more:
-                return
-            cursor = page.cursor
-
-    __iter__ = iter
-
-    def run(self, limit: int | None = None) -> list[Entity]:
-        """All results as a list (at most ``limit``, else the query's limit)."""
-        if limit is not None:
-            self.limit_count = limit
-        return list(self.iter())
-
-    def get_entry(self) -> Entity | None:
-        """The first result, or ``None``."""
-        page = self.fetch_page(1)
-        return page.entities[0] if page.entities else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain description (values encoded by ``core.json``) to rebuild the query elsewhere."""
-        return {"kind": self.kind, "namespace": self.namespace,
-                "filters": [[n, o, v] for n, o, v in self.filters], "orders": list(self.orders),
-                "ancestor": self.ancestor_key, "limit": self.limit_count,
-                "start_cursor": self.start_cursor, "end_cursor": self.end_cursor, "keys_only": self.only_keys}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Query:
-        query = cls(data["kind"], namespace=data.get("namespace"))
-        for name, op, value in data.get("filters", []):
-            query.filter(name, op, value)
-        query.orders = list(data.get("orders", []))
-        query.ancestor_key = data.get("ancestor")
-        query.limit_count = data.get("limit")
-        query.start_cursor = data.get("start_cursor")
-        query.end_cursor = data.get("end_cursor")
-        query.only_keys = bool(data.get("keys_only"))
-        return query
-
-    def __repr__(self) -> str:
-        return f"<Query {self.kind} filters={self.filters} orders={self.orders}>"

@@ -1,4 +1,4 @@
-"""Google Cloud Scheduler adapter: makes the jobs of :mod:`core.tasks.scheduler_plan` exist.
+"""Google Cloud Scheduler adapter: makes the jobs of :mod:`core.tasks.periodic.scheduler_plan` exist.
 
 One of the few modules that import Google Cloud libraries, and the only one for Cloud Scheduler.
 :func:`sync_scheduler` lists the location's jobs, keeps those whose id has the configured prefix
@@ -16,10 +16,10 @@ from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudS
 from google.protobuf import field_mask_pb2
 
 from core.config import Settings
-from core.tasks.cronyaml import plan_cron
 from core.tasks.errors import ConfigurationError
 from core.tasks.google_admin import BOUNDED, admin_calls
-from core.tasks.scheduler_plan import JobChange, JobSpec, desired_jobs, plan_changes
+from core.tasks.periodic.cronyaml import plan_cron
+from core.tasks.periodic.scheduler_plan import JobChange, JobSpec, desired_jobs, plan_changes
 
 
 def location_path(settings: Settings) -> str:

@@ -1,11 +1,11 @@
 """Cloud Scheduler jobs from the code: which jobs should exist, and what changes get there.
 
 Pure values and functions, no Google library: :func:`desired_jobs` turns the cron plans of
-:mod:`core.tasks.cronyaml` (one per cron group, each fine enough for its tasks) into one
+:mod:`core.tasks.periodic.cronyaml` (one per cron group, each fine enough for its tasks) into one
 :class:`JobSpec` per group, with the schedule as a unix-cron string; :func:`plan_changes`
 compares them with the jobs that exist and answers what to add, update and delete. Only jobs
 whose id starts with the configured prefix are ours; any other job is never touched.
-:mod:`core.tasks.cloudscheduler` applies the changes through the API.
+:mod:`core.tasks.periodic.cloudscheduler` applies the changes through the API.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from core.tasks.cronyaml import CalendarPing, CronPlan, IntervalPing, parse_schedule
+from core.tasks.periodic.cronyaml import CalendarPing, CronPlan, IntervalPing, parse_schedule
 
 #: Job ids are ``[A-Za-z0-9_-]{1,500}``.
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
@@ -23,7 +23,7 @@ DEFAULT_TIME_ZONE = "Etc/UTC"
 
 
 def unix_cron(schedule_text: str) -> str:
-    """The unix-cron string of a cron.yaml schedule that :func:`core.tasks.cronyaml.plan_group` writes.
+    """The unix-cron string of a cron.yaml schedule that :func:`core.tasks.periodic.cronyaml.plan_group` writes.
 
     ``every N minutes|hours [synchronized]`` with N dividing an hour or a day becomes a
     ``*/N`` step (pings at whole multiples, as ``synchronized`` does), and calendar schedules
