@@ -40,6 +40,21 @@ def unique(n: int) -> None:
     """``unique=True`` (always tracked)."""
 
 
+@callDeferred(debounce=2, debounce_key="doc-{n}")
+def debounced(n: int) -> None:
+    """``debounce=2`` per key: every call here has its own key, so each one runs."""
+
+
+@callDeferred(debounce=2)
+def debounced_together(n: int) -> None:
+    """``debounce=2`` on the target alone: the calls collapse into the last one's run."""
+
+
+@callDeferred(rate_limit="100000/s")
+def rate_limited(n: int) -> None:
+    """``rate_limit=`` high enough that every start is admitted on its first shard."""
+
+
 def measure(queue: TaskQueue, rpcs: RpcCounter, defer: Callable[[int], Any], calls: int, *,
             late: float = 0.0, run: bool = True) -> tuple[float, float]:
     """RPCs per task: (enqueue, execution); ``late`` seconds pass between the calls and the run."""
@@ -79,6 +94,9 @@ def main() -> None:
             measure(queue, rpcs, lambda n: unique(n + calls), calls, run=False)
             figures["unique_duplicate_call"] = measure(queue, rpcs, lambda n: unique(n + calls), calls, run=False)
             queue.run_pending()
+            figures["debounce"] = measure(queue, rpcs, debounced, calls, late=3)
+            figures["debounce_collapsed"] = measure(queue, rpcs, debounced_together, calls, late=3)
+            figures["rate_limit"] = measure(queue, rpcs, rate_limited, calls)
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
