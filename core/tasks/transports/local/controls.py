@@ -7,18 +7,42 @@ woken for: it stops or starts pushing within one turn of its loop.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from core.tasks.transports.base import QueuedTaskInfo, TaskPage
+from core.tasks.transports.local.policy import QueueState
 from core.tasks.transports.local.rows import FAILED, LEASED, QUEUED, STORED_COLUMNS, stored_task
 from core.tasks.transports.local.store import LocalQueueStore
+
+log = logging.getLogger(__name__)
 
 _STATES = {"queued": "queued", "leased": "pushing", "failed": "failed"}
 
 
 def paused_queues(store: LocalQueueStore) -> set[str]:
     return {row[0] for row in store.connection().execute("SELECT name FROM queue_paused")}
+
+
+def take_up_pauses(store: LocalQueueStore, queues: Mapping[str, QueueState], before: set[str]) -> set[str]:
+    """The dispatcher's view of pauses, read anew: rows it leased ahead for a queue now paused go
+    back unpushed, and a queue paused or resumed is looked at again. Returns the paused queues."""
+    paused = paused_queues(store)
+    for name in paused - before:
+        q = queues.get(name)
+        if q is not None and q.buffer:
+            store.release([task.id for task in q.buffer])
+            q.buffer.clear()
+        if q is not None:
+            q.empty_version = -1
+        log.info("queue %s is paused: its tasks wait until it is resumed", name)
+    for name in before - paused:
+        q = queues.get(name)
+        if q is not None:
+            q.empty_version = -1
+        log.info("queue %s is resumed", name)
+    return paused
 
 
 class LocalQueueControls:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from core.tasks.errors import ConfigurationError
 from core.tasks.queues import QueueConfig
-from core.tasks.transports.local.controls import paused_queues
+from core.tasks.transports.local.controls import take_up_pauses
 from core.tasks.transports.local.http import Pusher
 from core.tasks.transports.local.policy import QueueState, next_attempt
 from core.tasks.transports.local.rows import FAILED, FailedAttempt, LeasedTask, StoredTask
@@ -336,21 +336,7 @@ class LocalDispatcher:
             self._scan_queues(mono)
 
     def _read_paused(self) -> None:
-        """Take up pauses and resumes; rows leased ahead for a queue now paused go back unpushed."""
-        paused = paused_queues(self.store)
-        for name in paused - self._paused:
-            q = self._queues.get(name)
-            if q is not None and q.buffer:
-                self.store.release([task.id for task in q.buffer])
-                q.buffer.clear()
-                q.empty_version = -1
-            log.info("queue %s is paused: its tasks wait until it is resumed", name)
-        for name in self._paused - paused:
-            q = self._queues.get(name)
-            if q is not None:
-                q.empty_version = -1
-            log.info("queue %s is resumed", name)
-        self._paused = paused
+        self._paused = take_up_pauses(self.store, self._queues, self._paused)
 
     def _held(self, q: QueueState) -> bool:
         """Whether ``q`` pushes nothing now: paused in queue.yaml (``rate: 0``) or at run time."""
