@@ -1,7 +1,8 @@
 """Deferred calls: end-to-end rate, the HTTP limit, the Cloud Tasks emulator, and enqueue cost.
 
 Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figures and, last:
-``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>``
+``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>
+push_us/bare_us=<p> enqueue_us/bare_us=<q>`` (one line). Needs ``deploy/bench-setup.sh`` for (f).
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
     pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified,
@@ -14,7 +15,9 @@ Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figure
 (d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
     vs. 100 sequential ``create_task`` calls against the same emulator;
 (e) (a) again with tracked calls (a task record each), and the Datastore RPCs per task, tracked
-    and untracked, counted on the client of an in-process app.
+    and untracked, counted on the client of an in-process app;
+(f) our own CPU per task in process (:mod:`bench.cost`): a push against a bare WSGI app running
+    the same body, a deferred call against the bare transport call.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import requests
 
+from bench import cost
 from core.devserver.datastore_emulator import start_datastore_emulator
 from core.devserver.ports import free_port
 from core.devserver.stack import LocalStack
@@ -202,6 +206,21 @@ def enqueue_cost(datastore, tmp: Path, rounds: int) -> tuple[float, float]:
     return a, s
 
 
+def own_cost(datastore, tmp: Path, tasks: int, rounds: int) -> cost.CostFigures:
+    """(f): :mod:`bench.cost` against this run's Datastore emulator and a redis-server of its own."""
+    from bench.peers import Redis
+
+    redis = Redis(tmp / "redis")
+    try:
+        figures = cost.measure(tasks, rounds, redis_url=redis.url, redis_pid=redis.process.pid,
+                               datastore_host=datastore.host, data=tmp / "cost")
+    finally:
+        redis.stop()
+    print("(f) our own CPU per task, ", end="")
+    cost.report(figures, tasks, rounds)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -210,6 +229,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--e2e-rounds", type=int, default=3,
                         help="rounds of (b) then (a), alternating; their medians give e2e/limit")
+    parser.add_argument("--cost-tasks", type=int, default=2000, help="calls a round of (f)")
+    parser.add_argument("--cost-rounds", type=int, default=5, help="alternating rounds of (f)")
     parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"),
                         help="gunicorn workers for (a)-(c): threaded as app.yaml runs them, or sync")
     args = parser.parse_args()
@@ -238,12 +259,13 @@ def main() -> None:
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
         added, sequential = enqueue_cost(datastore, tmp, args.rounds)
         rpcs_per_task(datastore, tmp)
+        own = own_cost(datastore, tmp, args.cost_tasks, args.cost_rounds)
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
           f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f} "
-          f"app_cpu_us/task={cpu_per_task:.0f}")
+          f"app_cpu_us/task={cpu_per_task:.0f} {own.line()}")
 
 
 if __name__ == "__main__":
