@@ -25,6 +25,8 @@ from core.tasks.errors import PayloadError
 log = logging.getLogger(__name__)
 
 CLAIM_KIND = "_tasks_run_claim"
+#: The payload field of a task with ``timeout=``: its seconds.
+FIELD = "timeout"
 #: A claim not stamped for this long belongs to a run whose process died.
 CLAIM_STALE = datetime.timedelta(seconds=30)
 #: How long a claim of a run that ended well is kept (later pushes of it are answered 200); the
@@ -47,7 +49,7 @@ MAX_TIMEOUT = datetime.timedelta(hours=24)
 def timeout_of(envelope: message.Envelope) -> datetime.timedelta | None:
     """The task's ``timeout=`` (``None``: it has none); a signed payload with a malformed one is a
     :class:`PayloadError` (a dead letter), never a crash."""
-    timeout = envelope.payload.get("timeout") if isinstance(envelope.payload, dict) else None
+    timeout = envelope.payload.get(FIELD) if isinstance(envelope.payload, dict) else None
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \

@@ -39,6 +39,8 @@ from core.tasks.transports.base import MAX_SCHEDULE_AHEAD
 __all__ = ["DEBOUNCE_KIND", "DebounceSpec", "DebouncedCall", "debounce_spec", "debounced_call", "skip_superseded"]
 
 DEBOUNCE_KIND = "_tasks_debounce"
+#: The payload field of a debounced call: its key and call token.
+FIELD = "debounce"
 #: Debounce keys longer than this are stored under a hash (Datastore key names stop at 1500 bytes).
 MAX_KEY_CHARS = 400
 #: Why a superseded task is answered without running.
@@ -128,7 +130,7 @@ def send_latest(call: DebouncedCall, sending: Callable[[], T]) -> T:
 
 
 def _marker_of(payload: Any) -> tuple[str, str] | None:
-    marker = payload.get("debounce") if isinstance(payload, dict) else None
+    marker = payload.get(FIELD) if isinstance(payload, dict) else None
     if marker is None:
         return None
     key, token = (marker.get("key"), marker.get("call")) if isinstance(marker, dict) else (None, None)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from core.tasks import expiry, unique
+from core.tasks import deadline, debounce, expiry, rate_limit, unique
 from core.tasks.deadletters import DEAD_LETTER_KIND
 from core.tasks.deadletters import record as record_dead_letter
-from core.tasks.debounce import skip_superseded
 from core.tasks.errors import PermanentTaskFailure, http_status_for
+from core.tasks.middleware import Gated, Shaping
 from core.tasks.outcome import Outcome
 from core.tasks.pipeline import (
     Delivery,
@@ -39,7 +39,6 @@ from core.tasks.pipeline import (
     track_lifecycle,
     verify,
 )
-from core.tasks.rate_limit import wait_for_rate
 from core.tasks.registry import declare_builtin
 from core.tasks.runtime import TaskRuntime
 
@@ -58,13 +57,31 @@ def dead_letters(delivery: Delivery, proceed: Proceed) -> Outcome:
         return _permanent(delivery, exc)
 
 
-#: The built-in middleware of every app's pipeline, by name, outermost first.
-BUILTIN_MIDDLEWARE = {"report": report, "verify": verify, "dead_letters": dead_letters, "decode": decode,
-                      "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": cleanup_payload,
-                      "debounce": skip_superseded, "rate_limit": wait_for_rate, "unique": unique.step,
-                      "expiry": expiry.step, "deadline": guard_deadline, "lifecycle": track_lifecycle,
-                      "environment": environment,
-                      "telemetry": traced, "run": run}
+#: The payload fields that call for a :class:`Gated` built-in, by its flag (the field's name).
+GATED_FIELDS = frozenset({debounce.FIELD, rate_limit.FIELD, unique.FIELD, expiry.FIELD, deadline.FIELD})
+#: The flag of a task whose payload is stored apart (its ``payload_cleanup`` deletes it after the run).
+STORED = "stored payload"
+
+
+def shape(delivery: Delivery) -> frozenset[str]:
+    """The gated built-ins a decoded delivery needs: those whose payload field it carries (a cron ping: none)."""
+    envelope = delivery.envelope
+    if envelope is None or delivery.cron is not None:
+        return frozenset()
+    flags = GATED_FIELDS.intersection(envelope.payload)
+    return flags | {STORED} if envelope.stored_payload is not None else flags
+
+
+#: The built-in middleware of every app's pipeline, by name, outermost first. Past ``decode`` (the
+#: :class:`Shaping` one), a task passes a :class:`Gated` one only if its :func:`shape` holds the flag.
+BUILTIN_MIDDLEWARE = {
+    "report": report, "verify": verify, "dead_letters": dead_letters, "decode": Shaping(decode, shape),
+    "hooks": run_hooks, "retry_warning": retry_warning, "payload_cleanup": Gated(cleanup_payload, STORED),
+    "debounce": Gated(debounce.skip_superseded, debounce.FIELD),
+    "rate_limit": Gated(rate_limit.wait_for_rate, rate_limit.FIELD), "unique": Gated(unique.step, unique.FIELD),
+    "expiry": Gated(expiry.step, expiry.FIELD), "deadline": Gated(guard_deadline, deadline.FIELD),
+    "lifecycle": track_lifecycle, "environment": environment, "telemetry": traced, "run": run,
+}
 for _name, _step in BUILTIN_MIDDLEWARE.items():
     declare_builtin("middleware", _name, _step)
 

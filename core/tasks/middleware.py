@@ -12,10 +12,16 @@ A middleware of the app that raises is logged and passed over, as dramatiq logs 
 middleware and goes on: the task still runs (or keeps the outcome it already has). An app-wide
 middleware runs for every task, so treating its bug as each task's failure would retry, then
 dead-letter, every task of the app for one faulty line; and no queue ever gets a 5xx from it.
-The chain is built once, when the pipeline first runs after a change, not per request.
+The chain is built once, when the pipeline first runs after a change, not per request. A built-in
+that matters only for some tasks (a debounce, a unique claim, a timeout...) is declared
+:class:`Gated` by a flag, and the built-in after which a task's needs are known is the
+:class:`Shaping` one: past it, each *shape* of task (the set of flags it needs) runs a chain of its
+own, built once per shape, without the middleware it does not need. What a push does not need is
+not done for it, not even the call that would find nothing to do.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -38,6 +44,28 @@ class Step(Protocol[D]):
 
 #: Where a middleware added without ``before=`` or ``after=`` goes: innermost, just before this one.
 INNERMOST = "run"
+
+
+@dataclasses.dataclass(frozen=True)
+class Gated(Generic[D]):
+    """A built-in middleware that only a delivery whose shape holds ``flag`` passes through."""
+
+    step: Step[D]
+    flag: str
+
+    def __call__(self, delivery: D, proceed: Proceed[D]) -> Outcome:
+        return self.step(delivery, proceed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shaping(Generic[D]):
+    """The built-in middleware after which ``shape(delivery)`` says which :class:`Gated` flags a delivery needs."""
+
+    step: Step[D]
+    shape: Callable[[D], frozenset[str]]
+
+    def __call__(self, delivery: D, proceed: Proceed[D]) -> Outcome:
+        return self.step(delivery, proceed)
 
 
 class Middleware(Protocol):
@@ -95,7 +123,7 @@ class Pipeline(Generic[D]):
         chain = self._chain
         if chain is None:
             with self._lock:
-                chain = self._chain = _chained([step for _, step in self._ordered(self._added)])
+                chain = self._chain = _shaped([step for _, step in self._ordered(self._added)])
         return chain(delivery)
 
     def _ordered(self, added: list[tuple[str, Step[D], str | None, str | None]]) -> list[tuple[str, Step[D]]]:
@@ -115,12 +143,38 @@ class Pipeline(Generic[D]):
         return entries
 
 
-def _chained(steps: list[Step[D]]) -> Proceed[D]:
+def _shaped(steps: list[Step[D]]) -> Proceed[D]:
+    """The steps as one callable; past a :class:`Shaping` step, one chain per shape leaving out the gates it lacks."""
+    split = next((i for i, step in enumerate(steps) if isinstance(step, Shaping)), None)
+    if split is None:
+        return _chained([_ungated(step) for step in steps])
+    shaping = steps[split]
+    assert isinstance(shaping, Shaping)
+    inner, shape = steps[split + 1:], shaping.shape
+    chains: dict[frozenset[str], Proceed[D]] = {}
+
+    def by_shape(delivery: D) -> Outcome:
+        flags = shape(delivery)
+        chain = chains.get(flags)
+        if chain is None:  # at most one per combination of the gates' flags
+            chain = chains.setdefault(flags, _chained(
+                [_ungated(step) for step in inner if not isinstance(step, Gated) or step.flag in flags]))
+        return chain(delivery)
+
+    return _chained([_ungated(step) for step in steps[:split]] + [shaping.step], end=by_shape)
+
+
+def _ungated(step: Step[D]) -> Step[D]:
+    """The function of a built-in declared :class:`Gated` or :class:`Shaping`: the chain calls it directly."""
+    return step.step if isinstance(step, (Gated, Shaping)) else step
+
+
+def _chained(steps: list[Step[D]], end: Proceed[D] | None = None) -> Proceed[D]:
     """The steps as one callable, the first one outermost."""
-    def end(delivery: D) -> Outcome:
+    def no_run(delivery: D) -> Outcome:
         raise RuntimeError("the task pipeline has no run middleware")
 
-    proceed: Proceed[D] = end
+    proceed: Proceed[D] = end or no_run
     for step in reversed(steps):
         proceed = functools.partial(step, proceed=proceed)  # a C-level link: no Python frame of its own
     return proceed

@@ -45,6 +45,8 @@ from core.tasks.transports.base import TASK_NAME_RE, hashed_task_name
 __all__ = ["RATE_KIND", "RateLimit", "rate_limit_spec", "rate_marker", "admit", "wait_for_rate"]
 
 RATE_KIND = "_tasks_rate"
+#: The payload field of a rate-limited call: its key, limit and period.
+FIELD = "rate"
 PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_RE = re.compile(r"\s*(\d+)\s*/\s*([smh])\s*")
 #: Most shards of one key: an admission reads them all at worst.
@@ -160,7 +162,7 @@ def admit(key: str, limit: int, per: float) -> datetime.datetime | None:
 
 
 def _marker_of(payload: Any) -> tuple[str, int, float] | None:
-    marker = payload.get("rate") if isinstance(payload, dict) else None
+    marker = payload.get(FIELD) if isinstance(payload, dict) else None
     if marker is None:
         return None
     key, limit, per = (marker.get("key"), marker.get("limit"), marker.get("per")) if isinstance(marker, dict) \
