@@ -370,6 +370,9 @@ def jsonDecodeObjectHook(obj: dict[str, Any]) -> Any:
     return obj  # unreachable: the loop runs once
 
 
+_DECODER = json.JSONDecoder(object_hook=jsonDecodeObjectHook)
+
+
 # --- the tag registry ---------------------------------------------------------------------------
 
 class Nested:
@@ -490,8 +493,18 @@ def dumps(obj: Any, path: str = "$") -> str:
 
 
 def loads(s: str | bytes) -> Any:
-    """Inverse of :func:`dumps`; raises ``ValueError`` for malformed JSON or tags."""
-    return json.loads(s, object_hook=jsonDecodeObjectHook)
+    """Inverse of :func:`dumps`; raises ``ValueError`` for malformed JSON or tags.
+
+    One decoder serves every call (``json.loads`` with a hook would build one per call); bytes are
+    read as UTF-8, as ``json.loads`` reads what :func:`dumps` writes.
+    """
+    if isinstance(s, (bytes, bytearray)):
+        s = s.decode(json.detect_encoding(s), "surrogatepass")
+    elif not isinstance(s, str):
+        raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(s).__name__}")
+    if s.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
+    return _DECODER.decode(s)
 
 
 def check_serializable(obj: Any, path: str = "$") -> None:

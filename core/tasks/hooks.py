@@ -53,6 +53,10 @@ RUN_METHODS = ("before_run", "after_run", "on_failure", "on_dead_letter")
 class TaskHook:
     """Base class of a hook: override the methods you need."""
 
+    #: A hook that concerns only the tasks whose payload carries this field names it (the workflows'
+    #: hook: ``workflow``): it is not called for other tasks, which pay nothing for it.
+    payload_field: str | None = None
+
     def before_enqueue(self, task: TaskCall) -> None:
         """A task is about to be sent (inside a transaction: it is sent if that commits)."""
 
@@ -114,6 +118,12 @@ def _own_hooks(runtime: HookHost, target: str | None) -> Sequence[Any]:
     return getattr(found, "hooks", ()) or ()
 
 
+def _concerned(hooks: Iterable[Any], payload: Any) -> list[Any]:
+    """The hooks that concern a task with ``payload`` (see :attr:`TaskHook.payload_field`)."""
+    fields = payload if isinstance(payload, dict) else {}
+    return [hook for hook in hooks if (field := getattr(hook, "payload_field", None)) is None or field in fields]
+
+
 def _call(hooks: Iterable[Any], method: str, *args: Any) -> None:
     for hook in hooks:
         func = getattr(hook, method, None)
@@ -149,8 +159,9 @@ def before_enqueue(runtime: HookHost, envelope: Envelope, target: str | None, *,
     own = _own_hooks(runtime, target)
     if not runtime.hooks and not own:
         return
-    task = call_of(envelope, target, name=name, eta=eta)
-    _call([*runtime.hooks, *own], "before_enqueue", task)
+    hooks = _concerned([*runtime.hooks, *own], envelope.payload)
+    if hooks:
+        _call(hooks, "before_enqueue", call_of(envelope, target, name=name, eta=eta))
 
 
 _running: contextvars.ContextVar[TaskCall | None] = contextvars.ContextVar("core_task_hook_call", default=None)
@@ -158,13 +169,13 @@ _running: contextvars.ContextVar[TaskCall | None] = contextvars.ContextVar("core
 
 def before_run(runtime: HookHost, envelope: Envelope, target: str | None, info: TaskInfo) -> None:
     """Run ``before_run`` hooks and remember the task for :func:`after_run` of this request."""
-    own = _own_hooks(runtime, target)
-    if not runtime.hooks and not own:
+    hooks = _concerned([*runtime.hooks, *_own_hooks(runtime, target)], envelope.payload)
+    if not hooks:
         _running.set(None)
         return
     task = call_of(envelope, target, info)
     _running.set(task)
-    _call([*runtime.hooks, *own], "before_run", task)
+    _call(hooks, "before_run", task)
 
 
 def after_run(runtime: HookHost, outcome: Outcome) -> None:
@@ -180,7 +191,8 @@ def after_run(runtime: HookHost, outcome: Outcome) -> None:
             return
         task = TaskCall(id=outcome.task_id, kind=outcome.kind, target=outcome.target,
                         queue=outcome.info.queue if outcome.info else None, info=outcome.info)
-    _ended([*reversed(_own_hooks(runtime, task.target)), *reversed(runtime.hooks)], task, outcome)
+    _ended(_concerned([*reversed(_own_hooks(runtime, task.target)), *reversed(runtime.hooks)], task.payload),
+           task, outcome)
 
 
 def _ended(hooks: Sequence[Any], task: TaskCall, outcome: Outcome) -> None:

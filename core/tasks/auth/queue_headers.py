@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from core.tasks.errors import BadTaskRequest
@@ -20,24 +21,66 @@ class HeaderPairs(Protocol):
     def items(self) -> Iterable[tuple[str, str]]: ...
 
 
-def lowered_headers(headers: HeaderPairs) -> LoweredHeaders:
+def lowered_headers(headers: HeaderPairs) -> Mapping[str, str]:
     """A case-insensitive view: works for plain dicts and werkzeug's header objects alike."""
-    if isinstance(headers, LoweredHeaders):
+    if isinstance(headers, (LoweredHeaders, EnvironHeaders)):
         return headers
     return LoweredHeaders((str(key).lower(), str(value)) for key, value in headers.items())
 
 
-def environ_headers(environ: Mapping[str, object]) -> LoweredHeaders:
-    """The request headers of a WSGI ``environ``, lower-cased (``HTTP_X_FOO`` → ``x-foo``)."""
-    headers = LoweredHeaders()
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            headers[key[5:].replace("_", "-").lower()] = str(value)
-    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
-        value = environ.get(key)
-        if value:
-            headers[name] = str(value)
-    return headers
+class EnvironHeaders(Mapping[str, str]):
+    """The request headers of a WSGI ``environ``, lower-case names looked up when read.
+
+    A push is read for a dozen headers out of the environ's thirty-odd keys: each lookup goes
+    straight to ``HTTP_X_FOO`` instead of copying every header first.
+    """
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: Mapping[str, object]) -> None:
+        self.environ = environ
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value = self.environ.get(_environ_key(name))
+        return default if value is None or (value == "" and name in _CGI_NAMES) else str(value)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self.environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+            elif key in _CGI_KEYS and self.environ[key]:
+                yield _CGI_KEYS[key]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"EnvironHeaders({dict(self.items())!r})"
+
+
+#: The two headers a WSGI environ keeps without the ``HTTP_`` prefix.
+_CGI_KEYS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+_CGI_NAMES = {name: key for key, name in _CGI_KEYS.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _environ_key(name: str) -> str:
+    """``x-foo`` → ``HTTP_X_FOO`` (``content-type`` → ``CONTENT_TYPE``)."""
+    return _CGI_NAMES.get(name) or "HTTP_" + name.upper().replace("-", "_")
+
+
+def environ_headers(environ: Mapping[str, object]) -> EnvironHeaders:
+    """The request headers of a WSGI ``environ``, by lower-case name (``x-foo`` reads ``HTTP_X_FOO``)."""
+    return EnvironHeaders(environ)
 
 
 def first_header(headers: Mapping[str, str], *names: str) -> str | None:

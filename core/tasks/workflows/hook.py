@@ -66,6 +66,8 @@ BOOK = launch.internal(book_task)
 class WorkflowHook(TaskHook):
     """Books workflow tasks that ended, and names the workflow in their dead letters."""
 
+    payload_field = launch.FIELD
+
     def after_run(self, task: TaskCall, outcome: Outcome) -> None:
         marker = launch.marker_of(task.payload)
         if marker is None or task.id is None or outcome.status >= 300:

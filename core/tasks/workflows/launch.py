@@ -17,17 +17,19 @@ from core.tasks.task_handle import TaskHandle
 from core.tasks.workflows.signatures import Signature
 
 MEMBER, CALLBACK, STEP = "member", "callback", "step"
+#: The payload field that marks a task of a workflow.
+FIELD = "workflow"
 _NO_LEAD = object()
 
 
 def mark(workflow_id: str, role: str, index: int, **layout: int) -> dict[str, Any]:
     """The payload fields of a workflow's task; a member also carries its group's size and shards."""
-    return {"workflow": {"id": workflow_id, "role": role, "index": index, **layout}, "group": workflow_id}
+    return {FIELD: {"id": workflow_id, "role": role, "index": index, **layout}, "group": workflow_id}
 
 
 def marker_of(payload: Any) -> tuple[str, str, int] | None:
     """``(workflow id, role, index)`` of a task's payload, or ``None`` for a task of no workflow."""
-    found = payload.get("workflow") if isinstance(payload, dict) else None
+    found = payload.get(FIELD) if isinstance(payload, dict) else None
     if not isinstance(found, dict):
         return None
     workflow_id, role, index = found.get("id"), found.get("role"), found.get("index")
@@ -38,7 +40,7 @@ def marker_of(payload: Any) -> tuple[str, str, int] | None:
 
 def layout_of(payload: Any) -> tuple[int, int] | None:
     """``(total, shards)`` a member's mark carries, so booking it needs no read of the root."""
-    found = payload.get("workflow") if isinstance(payload, dict) else None
+    found = payload.get(FIELD) if isinstance(payload, dict) else None
     total, shards = (found.get("total"), found.get("shards")) if isinstance(found, dict) else (None, None)
     if isinstance(total, int) and isinstance(shards, int) and 0 < shards <= total:
         return total, shards

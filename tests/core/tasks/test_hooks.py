@@ -186,3 +186,21 @@ def test_add_hook_on_the_runtime_and_bad_hooks_fail_at_decoration(app, task_queu
         check_hooks("not a list", "@callDeferred on x")
     with pytest.raises(TypeError, match="42 has none of the hook methods"):
         check_hooks([42], "@callDeferred on x")
+
+
+class TagsOnly(Recorder):
+    """Concerns only tasks whose payload carries tags."""
+
+    payload_field = "tags"
+
+
+def test_a_hook_naming_a_payload_field_is_called_only_for_tasks_that_carry_it(make_app):
+    from tests.conftest import TaskQueue
+
+    queue = TaskQueue(make_app(hooks=[TagsOnly("tags")]))
+    hooked(3)
+    plain()
+    queue.run_pending()
+    assert RUNS == ["hooked 3", "plain"]
+    assert [e[:3] for e in EVENTS if e[0] == "tags"] == [
+        ("tags", "before_enqueue", "hooked"), ("tags", "before_run", "hooked"), ("tags", "after_run", "hooked")]
