@@ -28,6 +28,8 @@ __all__ = ["call", "run", "check_runnable", "check_synchronous", "check_hooks"]
 def call(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Call ``func``; when it returns an awaitable, run that to completion and return its result."""
     result = func(*args, **kwargs)
+    if result is None:  # what most tasks return: nothing to await
+        return None
     if inspect.isawaitable(result):
         return run(result)
     if inspect.isasyncgen(result):

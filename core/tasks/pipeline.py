@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from core import current
 from core.tasks import deadline, hooks, lifecycle, message, outbox, progress, telemetry
-from core.tasks.context import restored_environment
+from core.tasks.context import enter_environment
 from core.tasks.errors import (
     BadTaskRequest,
     LockHeld,
@@ -291,16 +292,26 @@ def environment(delivery: Delivery, proceed: Proceed) -> Outcome:
     assert envelope is not None
     token = progress.running.set(envelope.id)  # what report_progress() writes to
     try:
-        with restored_environment(delivery.runtime, envelope.env, delivery.info):
+        entered = enter_environment(delivery.runtime, envelope.env, delivery.info)
+        try:
             return proceed(delivery)
+        finally:
+            current.leave(entered)
     finally:
         progress.running.reset(token)
 
 
 def traced(delivery: Delivery, proceed: Proceed) -> Outcome:
     """The rest runs in the task's trace (a span linked to its enqueue, with OpenTelemetry)."""
-    assert delivery.envelope is not None
-    with telemetry.run_span(delivery.envelope, delivery.target):
+    envelope = delivery.envelope
+    assert envelope is not None
+    if not telemetry.spans_on():  # the carried trace alone: no span, no context manager
+        token = current.trace.set(telemetry.carried_trace(envelope))
+        try:
+            return proceed(delivery)
+        finally:
+            current.trace.reset(token)
+    with telemetry.run_span(envelope, delivery.target):
         return proceed(delivery)
 
 

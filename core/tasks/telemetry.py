@@ -29,6 +29,21 @@ except ImportError:  # the optional extra is not installed: traces travel withou
 TRACER_NAME = "core.tasks"
 
 
+def _carried(envelope: message.Envelope) -> TraceContext | None:
+    return TraceContext.from_env(envelope.env.get("trace") if isinstance(envelope.env, dict) else None)
+
+
+def carried_trace(envelope: message.Envelope) -> TraceContext | None:
+    """The trace a task runs in without spans: the one it carries, else the entry's."""
+    carried = _carried(envelope)
+    return carried if carried is not None else current.trace.get()
+
+
+def spans_on() -> bool:
+    """Whether runs get spans of their own: the app configured OpenTelemetry (see :func:`run_span`)."""
+    return _tracer() is not None
+
+
 def _tracer() -> Any:
     """The tracer when the app configured OpenTelemetry, else ``None`` (no-op spans cost time, say nothing)."""
     if otel is None:
@@ -83,7 +98,7 @@ def enqueue_trace(target: str, queue: str | None = None) -> dict[str, Any] | Non
 @contextlib.contextmanager
 def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
     """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue)."""
-    carried = TraceContext.from_env(envelope.env.get("trace") if isinstance(envelope.env, dict) else None)
+    carried = _carried(envelope)
     trace = carried if carried is not None else current.trace.get()
     tracer = _tracer()
     if tracer is None:
