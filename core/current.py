@@ -39,6 +39,10 @@ def enter(*, request: Any = None, user: Any = None, language: str | None = None,
 
 
 def leave(entered: Entered) -> None:
-    """Restore what :func:`enter` replaced."""
-    for var, token in zip(reversed(_ALL), reversed(entered)):
-        var.reset(token)
+    """Restore what :func:`enter` replaced (in reverse order)."""
+    request_token, user_token, language_token, task_token, trace_token = entered
+    trace.reset(trace_token)
+    task.reset(task_token)
+    language.reset(language_token)
+    user.reset(user_token)
+    request.reset(request_token)

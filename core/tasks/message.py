@@ -137,7 +137,8 @@ def _checked_env(env: Any) -> dict[str, Any]:
 
 def _parse(body: bytes) -> dict[str, Any]:
     try:
-        data = tagged_json.loads(body)
+        # This app's own bodies are UTF-8 JSON objects: read as such, without guessing their encoding.
+        data = tagged_json.loads(body.decode("utf-8") if body[:1] == b"{" else body)
     except Exception as exc:  # any decoding failure is a permanent one
         raise PayloadError(f"undecodable task body: {exc}") from None
     if not isinstance(data, dict):

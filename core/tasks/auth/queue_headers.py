@@ -144,15 +144,22 @@ _FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     for suffix in ("QueueName", "TaskName", "TaskRetryCount", "TaskExecutionCount", "TaskETA",
                    "TaskPreviousResponse", "TaskRetryReason")
 }
+#: The same headers by their WSGI environ keys (``HTTP_X_APPENGINE_QUEUENAME``), for :class:`EnvironHeaders`.
+_ENVIRON_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    suffix: tuple((_environ_key(key), name) for key, name in candidates) for suffix, candidates in _FIELDS.items()
+}
 
 
 def _get(lowered: Mapping[str, str], suffix: str) -> tuple[str | None, str]:
     """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
-    candidates = _FIELDS[suffix]
+    if isinstance(lowered, EnvironHeaders):  # read the environ by its own keys: a dict lookup each
+        get, candidates = lowered.environ.get, _ENVIRON_FIELDS[suffix]
+    else:
+        get, candidates = lowered.get, _FIELDS[suffix]
     for key, name in candidates:
-        value = lowered.get(key)
-        if value is not None and value.strip():
-            return value.strip(), name
+        value = get(key)
+        if value is not None and (value := str(value).strip()):
+            return value, name
     return None, candidates[0][1]
 
 
