@@ -8,6 +8,9 @@
   per commit (the emulator accepts more, production refuses).
 - :func:`run_in_transaction` retries on contention and runs ``on_commit`` callbacks only after a
   successful commit (the transactional outbox of deferred calls builds on this).
+- :func:`get_versioned`, :func:`put_versioned` and :func:`put_if_unchanged` are optimistic
+  concurrency without a transaction: a write that names the version it was based on is refused
+  when the entity changed since, in one round trip (a transaction takes a lookup and a commit).
 
 Importing it registers keys, entities and geo points with :mod:`core.json` (:mod:`core.db.tags`).
 """
@@ -23,6 +26,8 @@ from typing import Any, TypeVar, overload
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore import helpers
+from google.cloud.datastore_v1.types import datastore as datastore_pb
 
 from core import json as tagged_json
 from core.db.store import get_datastore
@@ -239,6 +244,74 @@ def delete(keys: datastore.Key | Sequence[datastore.Key]) -> None:
 
 def allocate_ids(incomplete_key: datastore.Key, count: int) -> list[Key]:
     return [Key.from_library(k) for k in get_datastore().client.allocate_ids(incomplete_key, count)]
+
+
+# --- optimistic writes, without a transaction --------------------------------------------------
+
+#: The version :func:`get_versioned` gives a missing entity: :func:`put_if_unchanged` then inserts.
+ABSENT = 0
+
+
+def _outside_transaction(what: str) -> datastore.Client:
+    if _transaction_state.get() is not None:
+        raise RuntimeError(f"db.{what} works outside a transaction (its version is known only at the commit)")
+    return get_datastore().client
+
+
+def get_versioned(key: datastore.Key) -> tuple[Entity | None, int]:
+    """One lookup: the entity (``None`` if missing) and its version (:data:`ABSENT` if missing)."""
+    client = _outside_transaction("get_versioned")
+    request = {"project_id": client.project, "keys": [key.to_protobuf()]}
+    helpers.set_database_id_to_request(request, client.database)
+    response = client._datastore_api.lookup(request=request)
+    if not response.found:
+        return None, ABSENT
+    found = response.found[0]
+    return _wrap_entity(helpers.entity_from_protobuf(found.entity)), found.version
+
+
+def _commit_one(client: datastore.Client, mutation: dict[str, Any]) -> datastore_pb.MutationResult:
+    request = {"project_id": client.project, "mode": datastore_pb.CommitRequest.Mode.NON_TRANSACTIONAL,
+               "mutations": [mutation]}
+    helpers.set_database_id_to_request(request, client.database)
+    return client._datastore_api.commit(request=request).mutation_results[0]
+
+
+def _complete(entity: datastore.Entity, what: str) -> None:
+    if entity.key is None or entity.key.is_partial:
+        raise ValueError(f"db.{what} writes an entity with a complete key, got {entity.key!r}")
+
+
+def put_versioned(entity: datastore.Entity) -> int | None:
+    """Write ``entity`` (one commit, like :func:`put`) and return the version it got.
+
+    Inside a transaction it joins the transaction like :func:`put` and returns ``None``: the
+    version is known only when the transaction commits.
+    """
+    _complete(entity, "put_versioned")
+    if _transaction_state.get() is not None:
+        put(entity)
+        return None
+    client = get_datastore().client
+    return _commit_one(client, {"upsert": helpers.entity_to_protobuf(entity)}).version
+
+
+def put_if_unchanged(entity: datastore.Entity, version: int) -> int | None:
+    """Write ``entity`` if it is stored at ``version`` still (:data:`ABSENT`: if it is not stored).
+
+    Returns the new version, or ``None`` when another write came first (nothing was written):
+    read it again and decide anew.
+    """
+    _complete(entity, "put_if_unchanged")
+    client = _outside_transaction("put_if_unchanged")
+    entity_pb = helpers.entity_to_protobuf(entity)
+    if version == ABSENT:
+        try:
+            return _commit_one(client, {"insert": entity_pb}).version
+        except gexc.AlreadyExists:
+            return None
+    result = _commit_one(client, {"update": entity_pb, "base_version": version})
+    return None if result.conflict_detected else result.version
 
 
 # --- transactions -----------------------------------------------------------------------------
