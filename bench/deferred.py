@@ -1,7 +1,8 @@
 """Deferred calls: end-to-end rate, the HTTP limit, the Cloud Tasks emulator, and enqueue cost.
 
 Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figures and, last:
-``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>``
+``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>
+tracked_rpcs=<enqueue>+<run>``
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
     pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified,
@@ -237,13 +238,13 @@ def main() -> None:
             tracked, _ = e2e_rate(stack, args.tasks, track=True)
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
         added, sequential = enqueue_cost(datastore, tmp, args.rounds)
-        rpcs_per_task(datastore, tmp)
+        tracked_enqueue, tracked_run = rpcs_per_task(datastore, tmp)["tracked"]
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
           f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f} "
-          f"app_cpu_us/task={cpu_per_task:.0f}")
+          f"app_cpu_us/task={cpu_per_task:.0f} tracked_rpcs={tracked_enqueue:g}+{tracked_run:g}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,11 @@ MAX_RESULT_BYTES = 900_000
 MAX_TRACEBACK_CHARS = 20_000
 #: Characters of a target name, tag or group kept (indexed), and of a description.
 MAX_INDEXED_CHARS, MAX_DESCRIPTION_CHARS = 300, 20_000
-_UNINDEXED = ("traceback", "result", "error", "description")
+#: Properties no query reads. Indexed are those the dashboard, workflows and the purge filter or order
+#: by (state, target, queue, tags, group, enqueued_at, updated_at, expires_at): each indexed property
+#: costs every write of a record index entries (about half of a write's work in the emulator).
+_UNINDEXED = ("traceback", "result", "error", "description", "kind", "attempts", "started_at", "ended_at",
+              "error_type", "queue_task", "eta", "lease_until")
 
 
 class TaskState(enum.StrEnum):

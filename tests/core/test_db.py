@@ -316,3 +316,20 @@ def test_a_transaction_that_read_an_entity_fails_when_a_conditional_write_lands_
     with pytest.raises(db.TransactionFailedError):
         db.run_in_transaction(cancel, retries=0)
     assert written[0] is not None and db.get(db.key("doc", "race"))["state"] == "running"
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -(2 ** 63), 2 ** 63 - 1, 1.5, "", "text", "ü" * 600, ["a", "b"], [], [1, "a"],
+    datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC), datetime.datetime(2026, 1, 2, 3, 4, 5),
+    b"bytes", {"nested": 1},
+])
+@pytest.mark.parametrize("indexed", [True, False])
+def test_the_fast_entity_encoding_is_the_librarys(datastore, value, indexed):
+    from google.cloud.datastore import helpers
+
+    entity = db.Entity(db.key("doc", "enc"), exclude_from_indexes=() if indexed else ("v",))
+    entity.update({"v": value, "other": "x"})
+    if isinstance(value, dict):
+        entity["v"] = db.Entity()
+        entity["v"].update(value)
+    assert db.entities.entity_protobuf(entity) == helpers.entity_to_protobuf(entity)._pb
