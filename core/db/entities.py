@@ -272,7 +272,29 @@ def get_versioned(key: datastore.Key) -> tuple[Entity | None, int]:
     return _wrap_entity(helpers.entity_from_protobuf(found.entity)), found.version
 
 
-_RawEntity = entity_pb.Entity.pb()
+_RawEntity, _RawKey = entity_pb.Entity.pb(), entity_pb.Key.pb()
+_RawCommit = datastore_pb.CommitRequest.pb()
+
+
+def _key_protobuf(key: datastore.Key) -> Any:
+    """``key.to_protobuf()``, raw (the library's copies its path and goes through proto-plus)."""
+    pb = _RawKey()
+    partition = pb.partition_id
+    partition.project_id = key.project
+    if key.database:
+        partition.database_id = key.database
+    if key.namespace:
+        partition.namespace_id = key.namespace
+    flat = key.flat_path
+    for index in range(0, len(flat), 2):
+        element = pb.path.add()
+        element.kind = flat[index]
+        if index + 1 < len(flat):
+            if isinstance(flat[index + 1], str):
+                element.name = flat[index + 1]
+            else:
+                element.id = flat[index + 1]
+    return pb
 
 
 def entity_protobuf(entity: datastore.Entity) -> Any:
@@ -285,7 +307,7 @@ def entity_protobuf(entity: datastore.Entity) -> Any:
     if getattr(entity, "_meanings", None):
         return helpers.entity_to_protobuf(entity)._pb
     pb = _RawEntity()
-    pb.key.CopyFrom(entity.key.to_protobuf()._pb)
+    pb.key.CopyFrom(_key_protobuf(entity.key))
     excluded, properties = entity.exclude_from_indexes, pb.properties
     for name, value in entity.items():
         value_pb = properties[name]
@@ -301,7 +323,8 @@ def entity_protobuf(entity: datastore.Entity) -> Any:
             value_pb.string_value = value
         elif isinstance(value, datetime.datetime):
             value_pb.timestamp_value.FromDatetime(value)
-        elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value_pb.array_value.SetInParent()
             items = value_pb.array_value.values
             for item in value:
                 item_pb = items.add()
@@ -316,11 +339,18 @@ def entity_protobuf(entity: datastore.Entity) -> Any:
     return pb
 
 
-def _commit_one(client: datastore.Client, mutation: dict[str, Any]) -> datastore_pb.MutationResult:
-    request = {"project_id": client.project, "mode": datastore_pb.CommitRequest.Mode.NON_TRANSACTIONAL,
-               "mutations": [mutation]}
-    helpers.set_database_id_to_request(request, client.database)
-    return client._datastore_api.commit(request=request).mutation_results[0]
+def _commit_one(client: datastore.Client, entity: Any, *, insert: bool = False,
+                base_version: int | None = None) -> Any:
+    """Commit one write of the raw ``entity`` protobuf outside a transaction; its raw ``MutationResult``."""
+    request = _RawCommit(project_id=client.project, mode=datastore_pb.CommitRequest.Mode.NON_TRANSACTIONAL)
+    if client.database:
+        request.database_id = client.database
+    mutation = request.mutations.add()
+    (mutation.insert if insert else mutation.upsert if base_version is None else mutation.update).CopyFrom(entity)
+    if base_version is not None:
+        mutation.base_version = base_version
+    response = client._datastore_api.commit(request=datastore_pb.CommitRequest.wrap(request))
+    return response._pb.mutation_results[0]
 
 
 def _complete(entity: datastore.Entity, what: str) -> None:
@@ -339,7 +369,7 @@ def put_versioned(entity: datastore.Entity) -> int | None:
         put(entity)
         return None
     client = get_datastore().client
-    return _commit_one(client, {"upsert": entity_protobuf(entity)}).version
+    return _commit_one(client, entity_protobuf(entity)).version
 
 
 def put_if_unchanged(entity: datastore.Entity, version: int) -> int | None:
@@ -353,10 +383,10 @@ def put_if_unchanged(entity: datastore.Entity, version: int) -> int | None:
     entity_pb = entity_protobuf(entity)
     if version == ABSENT:
         try:
-            return _commit_one(client, {"insert": entity_pb}).version
+            return _commit_one(client, entity_pb, insert=True).version
         except gexc.AlreadyExists:
             return None
-    result = _commit_one(client, {"update": entity_pb, "base_version": version})
+    result = _commit_one(client, entity_pb, base_version=version)
     return None if result.conflict_detected else result.version
 
 

@@ -324,10 +324,12 @@ def test_a_transaction_that_read_an_entity_fails_when_a_conditional_write_lands_
     b"bytes", {"nested": 1},
 ])
 @pytest.mark.parametrize("indexed", [True, False])
-def test_the_fast_entity_encoding_is_the_librarys(datastore, value, indexed):
+@pytest.mark.parametrize("path", [("doc", "enc"), ("doc", 42, "part", "p1")])
+@pytest.mark.parametrize("namespace", [None, "tenant"])
+def test_the_fast_entity_encoding_is_the_librarys(datastore, value, indexed, path, namespace):
     from google.cloud.datastore import helpers
 
-    entity = db.Entity(db.key("doc", "enc"), exclude_from_indexes=() if indexed else ("v",))
+    entity = db.Entity(db.key(*path, namespace=namespace), exclude_from_indexes=() if indexed else ("v",))
     entity.update({"v": value, "other": "x"})
     if isinstance(value, dict):
         entity["v"] = db.Entity()
