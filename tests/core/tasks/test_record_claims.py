@@ -89,3 +89,14 @@ def test_a_malformed_stamp_is_ignored_and_the_record_is_read(app):
         assert records.written("s6", None, kind="deferred", queue="mail", payload={}) is None
         started = records.begin("s6", attempt=1, lease=LEASE, fallback=lambda: records.TaskRecord("s6"))
         assert started.verdict == "run" and records.TaskRecord.fetch("s6").target == "app.jobs.render"
+
+
+def test_an_end_that_what_it_held_refuses_is_decided_on_what_is_stored(app):
+    with app.app_context():
+        first = claim("s7", enqueue("s7"))
+        assert records.retrying("s7", ValueError("flaky"), held=first.held) is TaskState.RETRYING
+        second = records.begin("s7", attempt=2, lease=LEASE, fallback=lambda: records.TaskRecord("s7"))
+        assert second.verdict == "run"
+        # The first attempt's held record says retrying (it can't succeed); the stored one runs.
+        assert records.succeed("s7", '"ok"', TTL, held=first.held) is TaskState.SUCCEEDED
+        assert records.TaskRecord.fetch("s7").result == '"ok"'
