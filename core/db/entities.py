@@ -346,7 +346,7 @@ def _commit_one(client: datastore.Client, entity: Any, *, insert: bool = False,
     if client.database:
         request.database_id = client.database
     mutation = request.mutations.add()
-    (mutation.insert if insert else mutation.upsert if base_version is None else mutation.update).CopyFrom(entity)
+    (mutation.insert if insert else mutation.upsert).CopyFrom(entity)
     if base_version is not None:
         mutation.base_version = base_version
     response = client._datastore_api.commit(request=datastore_pb.CommitRequest.wrap(request))
@@ -386,7 +386,10 @@ def put_if_unchanged(entity: datastore.Entity, version: int) -> int | None:
             return _commit_one(client, entity_pb, insert=True).version
         except gexc.AlreadyExists:
             return None
-    result = _commit_one(client, entity_pb, base_version=version)
+    try:
+        result = _commit_one(client, entity_pb, base_version=version)
+    except gexc.NotFound:  # deleted since (what an update of a missing entity answers)
+        return None
     return None if result.conflict_detected else result.version
 
 

@@ -277,6 +277,9 @@ def test_a_write_based_on_a_version_is_refused_once_the_entity_changed(datastore
     entity["n"] = 3
     assert db.put_if_unchanged(entity, version) is None, "based on a version that is no longer stored"
     assert db.get_versioned(db.key("doc", "v")) == ({"n": 2}, second)
+    db.delete(entity.key)
+    assert db.put_if_unchanged(entity, second) is None, "deleted since"
+    assert db.get(entity.key) is None
 
 
 def test_a_write_based_on_absence_only_creates(datastore):

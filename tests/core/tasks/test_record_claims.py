@@ -100,3 +100,11 @@ def test_an_end_that_what_it_held_refuses_is_decided_on_what_is_stored(app):
         # The first attempt's held record says retrying (it can't succeed); the stored one runs.
         assert records.succeed("s7", '"ok"', TTL, held=first.held) is TaskState.SUCCEEDED
         assert records.TaskRecord.fetch("s7").result == '"ok"'
+
+
+def test_an_end_finds_no_record_when_it_was_removed_while_the_task_ran(app):
+    with app.app_context():
+        started = claim("s8", enqueue("s8"))
+        db.delete(records.record_key("s8"))  # purged, or withdrawn as a duplicate
+        assert records.succeed("s8", '"ok"', TTL, held=started.held) is None
+        assert records.get("s8") is None
