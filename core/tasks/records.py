@@ -109,13 +109,19 @@ def written(task_id: str, stamped: Mapping[str, Any] | None, *, kind: str, queue
     return Held(record, version)
 
 
-def _stored(task_id: str) -> TaskRecord | None:
-    """The record, or ``None`` if it is missing or unreadable (logged: the task must not hang on it)."""
-    try:
-        return TaskRecord.fetch(task_id)
-    except InvalidRecord:
-        log.exception("the record of task %s cannot be read; a new one replaces it", task_id)
+def _readable(entity: db.Entity | None) -> TaskRecord | None:
+    """The record ``entity`` holds; ``None`` if it is missing or unreadable (logged: the task must not hang on it)."""
+    if entity is None:
         return None
+    try:
+        return TaskRecord.from_entity(entity)
+    except InvalidRecord:
+        log.exception("the record of task %s cannot be read; a new one replaces it", entity.key.name)
+        return None
+
+
+def _stored(task_id: str) -> TaskRecord | None:
+    return _readable(get(task_id))
 
 
 #: Conditional writes of one record refused in a row before a change gives up (each one means another
@@ -126,12 +132,7 @@ MAX_CONFLICTS = 10
 def _read(task_id: str, held: Held) -> None:
     """Read the record into ``held``: ``record`` ``None`` if it is missing or unreadable (logged)."""
     entity, held.version = db.get_versioned(record_key(task_id))
-    held.record = None
-    if entity is not None:
-        try:
-            held.record = TaskRecord.from_entity(entity)
-        except InvalidRecord:
-            log.exception("the record of task %s cannot be read; a new one replaces it", task_id)
+    held.record = _readable(entity)
 
 
 def _write(held: Held) -> bool:

@@ -4,10 +4,9 @@ A deferred call, a periodic or startup run, a callable task, a QueryIter step, a
 schedules itself, a workflow's member or callback, a dead letter sent again: each is an envelope
 addressed to a path, and here it gets, in this order: the ``TASKS_SECRET`` check, the trace it
 carries (with OpenTelemetry a ``PRODUCER`` span), its encoding, the ``before_enqueue`` hooks, its
-record when it starts a tracked task (what it was written with travels in the body), its
-signature, and its way out (:mod:`core.tasks.outbox`): the outbox inside a Datastore transaction
-(queued if and only if it commits), else the request's batch, or at once when it is named (the
-queue's answer tells a duplicate from a new task).
+record when it starts a tracked task, its signature, and its way out (:mod:`core.tasks.outbox`):
+the outbox inside a Datastore transaction (queued if and only if it commits), else the request's
+batch, or at once when it is named (the queue's answer tells a duplicate from a new task).
 
 The task kinds build envelopes and call this room; it imports none of them.
 """
@@ -57,12 +56,12 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     handle = TaskHandle(envelope.id, envelope.queue, name, eta, tracked=record, queue_task=queue_task)
     on_result: Any = handle._created
     if record:
-        written = records.write_new(envelope.id, target=target or envelope.kind, queue=envelope.queue,
-                                    kind=envelope.kind, queue_task=queue_task, eta=eta,
-                                    ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
-                                    payload=envelope.payload)
-        if written is not None:  # the first attempt claims the record with it, without reading it
-            body = message.with_record(body, written, limit=runtime.settings.tasks_payload_limit)
+        stamp = records.write_new(envelope.id, target=target or envelope.kind, queue=envelope.queue,
+                                  kind=envelope.kind, queue_task=queue_task, eta=eta,
+                                  ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
+                                  payload=envelope.payload)
+        if stamp is not None:  # the first attempt claims the record with it, without reading it
+            body = message.with_record(body, stamp, limit=runtime.settings.tasks_payload_limit)
         on_result = _forget_duplicate(handle)
     request = wire.signed_request(runtime, envelope.queue, path, body, name=queue_task, eta=eta,
                                   target_version=target_version, dispatch_deadline=deadline)
