@@ -2,7 +2,8 @@
 
 Run: ``python -m bench.deferred`` (after ``deploy/setup.sh``). Prints its figures and, last:
 ``deferred: e2e/limit=<x> e2e/emulator=<y> enqueue100/sequential=<z> tracked/untracked=<t> app_cpu_us/task=<c>
-push_us/bare_us=<p> enqueue_us/bare_us=<q>`` (one line). Needs ``deploy/bench-setup.sh`` for (f).
+tracked_rpcs=<enqueue>+<run> push_us/bare_us=<p> enqueue_us/bare_us=<q>`` (one line). Needs
+``deploy/bench-setup.sh`` for (f).
 
 (a) no-op deferred tasks per second end to end: queued by the app into the durable local queue,
     pushed by the dispatcher to gunicorn (2 threaded workers, as app.yaml runs it), verified,
@@ -14,8 +15,9 @@ push_us/bare_us=<p> enqueue_us/bare_us=<q>`` (one line). Needs ``deploy/bench-se
 (c) gcloud-tasks-emulator's own push rate to a bare route of the same gunicorn;
 (d) the time 100 deferred calls add to one request (Cloud Tasks transport against the emulator)
     vs. 100 sequential ``create_task`` calls against the same emulator;
-(e) (a) again with tracked calls (a task record each), and the Datastore RPCs per task, tracked
-    and untracked, counted on the client of an in-process app;
+(e) (a) again with tracked calls (a task record each), in the same rounds (its median counts: the
+    first round also warms the Datastore emulator's JIT up, which untracked tasks never touch), and
+    the Datastore RPCs per task, tracked and untracked, counted on the client of an in-process app;
 (f) our own CPU per task in process (:mod:`bench.cost`): a push against a bare WSGI app running
     the same body, a deferred call against the bare transport call.
 """
@@ -246,26 +248,27 @@ def main() -> None:
         with stack:
             print(f"gunicorn: {stack.workers} {stack.worker_class} workers x {stack.threads} threads on {stack.url}; "
                   f"Python {sys.version.split()[0]}")
-            limits, rates, cpus = [], [], []
+            limits, rates, cpus, tracked_rates = [], [], [], []
             for _ in range(args.e2e_rounds):
                 limits.append(wrk_rate(f"{stack.url}/bare/noop", args.wrk_seconds))
                 rate, cpu_us = e2e_rate(stack, args.tasks)
                 rates.append(rate)
                 cpus.append(cpu_us)
+                tracked_rates.append(e2e_rate(stack, args.tasks, track=True)[0])
             limit, e2e, cpu_per_task = statistics.median(limits), statistics.median(rates), statistics.median(cpus)
+            tracked = statistics.median(tracked_rates)
             print(f"    medians of {args.e2e_rounds} alternating rounds: limit {limit:.0f} req/s, "
-                  f"end to end {e2e:.0f} tasks/s, app CPU {cpu_per_task:.0f} µs/task")
-            tracked, _ = e2e_rate(stack, args.tasks, track=True)
+                  f"end to end {e2e:.0f} tasks/s, app CPU {cpu_per_task:.0f} µs/task, tracked {tracked:.0f} tasks/s")
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
         added, sequential = enqueue_cost(datastore, tmp, args.rounds)
-        rpcs_per_task(datastore, tmp)
+        tracked_enqueue, tracked_run = rpcs_per_task(datastore, tmp)["tracked"]
         own = own_cost(datastore, tmp, args.cost_tasks, args.cost_rounds)
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
           f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f} "
-          f"app_cpu_us/task={cpu_per_task:.0f} {own.line()}")
+          f"app_cpu_us/task={cpu_per_task:.0f} tracked_rpcs={tracked_enqueue:g}+{tracked_run:g} {own.line()}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The client is built on first use from :class:`core.config.Settings`, never at im
 from __future__ import annotations
 
 from core.db.entities import (
+    ABSENT,
     DEFAULT_PAGE_SIZE,
     INT64_MAX,
     MAX_MUTATIONS_PER_COMMIT,
@@ -21,10 +22,13 @@ from core.db.entities import (
     allocate_ids,
     delete,
     get,
+    get_versioned,
     is_in_transaction,
     key,
     on_commit,
     put,
+    put_if_unchanged,
+    put_versioned,
     run_in_transaction,
 )
 from core.db.query import Query, QueryPage
@@ -32,6 +36,7 @@ from core.db.store import Datastore, NoDatastore, bind, configure, get_datastore
 
 __all__ = [
     "Key", "Entity", "GeoPoint", "Query", "QueryPage", "Datastore", "key", "get", "put", "delete", "allocate_ids",
+    "get_versioned", "put_versioned", "put_if_unchanged", "ABSENT",
     "run_in_transaction", "is_in_transaction", "on_commit", "configure", "get_datastore", "bind", "unbind", "using",
     "NoDatastore",
     "KeyError_", "TransactionFailedError", "MAX_MUTATIONS_PER_COMMIT", "INT64_MAX", "DEFAULT_PAGE_SIZE",

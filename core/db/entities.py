@@ -8,6 +8,9 @@
   per commit (the emulator accepts more, production refuses).
 - :func:`run_in_transaction` retries on contention and runs ``on_commit`` callbacks only after a
   successful commit (the transactional outbox of deferred calls builds on this).
+- :func:`get_versioned`, :func:`put_versioned` and :func:`put_if_unchanged` are optimistic
+  concurrency without a transaction: a write that names the version it was based on is refused
+  when the entity changed since, in one round trip (a transaction takes a lookup and a commit).
 
 Importing it registers keys, entities and geo points with :mod:`core.json` (:mod:`core.db.tags`).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import datetime
 import logging
 import random
 import time
@@ -23,6 +27,9 @@ from typing import Any, TypeVar, overload
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore import helpers
+from google.cloud.datastore_v1.types import datastore as datastore_pb
+from google.cloud.datastore_v1.types import entity as entity_pb
 
 from core import json as tagged_json
 from core.db.store import get_datastore
@@ -239,6 +246,151 @@ def delete(keys: datastore.Key | Sequence[datastore.Key]) -> None:
 
 def allocate_ids(incomplete_key: datastore.Key, count: int) -> list[Key]:
     return [Key.from_library(k) for k in get_datastore().client.allocate_ids(incomplete_key, count)]
+
+
+# --- optimistic writes, without a transaction --------------------------------------------------
+
+#: The version :func:`get_versioned` gives a missing entity: :func:`put_if_unchanged` then inserts.
+ABSENT = 0
+
+
+def _outside_transaction(what: str) -> datastore.Client:
+    if _transaction_state.get() is not None:
+        raise RuntimeError(f"db.{what} works outside a transaction (its version is known only at the commit)")
+    return get_datastore().client
+
+
+def get_versioned(key: datastore.Key) -> tuple[Entity | None, int]:
+    """One lookup: the entity (``None`` if missing) and its version (:data:`ABSENT` if missing)."""
+    client = _outside_transaction("get_versioned")
+    request = {"project_id": client.project, "keys": [key.to_protobuf()]}
+    helpers.set_database_id_to_request(request, client.database)
+    response = client._datastore_api.lookup(request=request)
+    if not response.found:
+        return None, ABSENT
+    found = response.found[0]
+    return _wrap_entity(helpers.entity_from_protobuf(found.entity)), found.version
+
+
+_RawEntity, _RawKey = entity_pb.Entity.pb(), entity_pb.Key.pb()
+_RawCommit = datastore_pb.CommitRequest.pb()
+
+
+def _key_protobuf(key: datastore.Key) -> Any:
+    """``key.to_protobuf()``, raw (the library's copies its path and goes through proto-plus)."""
+    pb = _RawKey()
+    partition = pb.partition_id
+    partition.project_id = key.project
+    if key.database:
+        partition.database_id = key.database
+    if key.namespace:
+        partition.namespace_id = key.namespace
+    flat = key.flat_path
+    for index in range(0, len(flat), 2):
+        element = pb.path.add()
+        element.kind = flat[index]
+        if index + 1 < len(flat):
+            if isinstance(flat[index + 1], str):
+                element.name = flat[index + 1]
+            else:
+                element.id = flat[index + 1]
+    return pb
+
+
+def entity_protobuf(entity: datastore.Entity) -> Any:
+    """``entity`` as the raw protobuf the library's ``entity_to_protobuf`` makes, four times faster.
+
+    Nulls, booleans, integers, floats, strings, datetimes and lists of strings are written here
+    (what small bookkeeping entities such as task records hold); anything else, and an entity
+    read with meanings, goes through the library.
+    """
+    if getattr(entity, "_meanings", None):
+        return helpers.entity_to_protobuf(entity)._pb
+    pb = _RawEntity()
+    pb.key.CopyFrom(_key_protobuf(entity.key))
+    excluded, properties = entity.exclude_from_indexes, pb.properties
+    for name, value in entity.items():
+        value_pb = properties[name]
+        if value is None:
+            value_pb.null_value = 0
+        elif isinstance(value, bool):
+            value_pb.boolean_value = value
+        elif isinstance(value, int) and -2 ** 63 <= value <= INT64_MAX:
+            value_pb.integer_value = value
+        elif isinstance(value, float):
+            value_pb.double_value = value
+        elif isinstance(value, str):
+            value_pb.string_value = value
+        elif isinstance(value, datetime.datetime):
+            value_pb.timestamp_value.FromDatetime(value)
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value_pb.array_value.SetInParent()
+            items = value_pb.array_value.values
+            for item in value:
+                item_pb = items.add()
+                item_pb.string_value = item
+                if name in excluded:
+                    item_pb.exclude_from_indexes = True
+            continue
+        else:
+            return helpers.entity_to_protobuf(entity)._pb
+        if name in excluded:
+            value_pb.exclude_from_indexes = True
+    return pb
+
+
+def _commit_one(client: datastore.Client, entity: Any, *, insert: bool = False,
+                base_version: int | None = None) -> Any:
+    """Commit one write of the raw ``entity`` protobuf outside a transaction; its raw ``MutationResult``."""
+    request = _RawCommit(project_id=client.project, mode=datastore_pb.CommitRequest.Mode.NON_TRANSACTIONAL)
+    if client.database:
+        request.database_id = client.database
+    mutation = request.mutations.add()
+    (mutation.insert if insert else mutation.upsert).CopyFrom(entity)
+    if base_version is not None:
+        mutation.base_version = base_version
+    response = client._datastore_api.commit(request=datastore_pb.CommitRequest.wrap(request))
+    return response._pb.mutation_results[0]
+
+
+def _complete(entity: datastore.Entity, what: str) -> None:
+    if entity.key is None or entity.key.is_partial:
+        raise ValueError(f"db.{what} writes an entity with a complete key, got {entity.key!r}")
+
+
+def put_versioned(entity: datastore.Entity) -> int | None:
+    """Write ``entity`` (one commit, like :func:`put`) and return the version it got.
+
+    Inside a transaction it joins the transaction like :func:`put` and returns ``None``: the
+    version is known only when the transaction commits.
+    """
+    _complete(entity, "put_versioned")
+    if _transaction_state.get() is not None:
+        put(entity)
+        return None
+    client = get_datastore().client
+    return _commit_one(client, entity_protobuf(entity)).version
+
+
+def put_if_unchanged(entity: datastore.Entity, version: int) -> int | None:
+    """Write ``entity`` if it is stored at ``version`` still (:data:`ABSENT`: if it is not stored).
+
+    Returns the new version, or ``None`` when another write came first (nothing was written):
+    read it again and decide anew.
+    """
+    _complete(entity, "put_if_unchanged")
+    client = _outside_transaction("put_if_unchanged")
+    entity_pb = entity_protobuf(entity)
+    if version == ABSENT:
+        try:
+            return _commit_one(client, entity_pb, insert=True).version
+        except gexc.AlreadyExists:
+            return None
+    try:
+        result = _commit_one(client, entity_pb, base_version=version)
+    except gexc.NotFound:  # deleted since (what an update of a missing entity answers)
+        return None
+    return None if result.conflict_detected else result.version
 
 
 # --- transactions -----------------------------------------------------------------------------

@@ -72,6 +72,8 @@ class Attempt:
     busy: bool = False
     #: Deliveries of this queued task that waited for its lock (answered 409), not counted in ``number``.
     lock_waits: int = 0
+    #: The record as this attempt claimed it: its end is one write against it.
+    held: records.Held | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +134,17 @@ def start(runtime: TaskRuntime, envelope: message.Envelope, info: TaskInfo, path
         return records.TaskRecord.new(envelope.id, target=target, queue=queue, kind=envelope.kind,
                                       queue_task=info.task_name, eta=None, ttl=result_ttl(runtime), payload=payload)
 
+    written = records.written(envelope.id, envelope.record, kind=envelope.kind, queue=envelope.queue,
+                              payload=payload)
     claim = records.begin(envelope.id, attempt=attempt.number, lease=_deadline(payload, config) + LEASE_MARGIN,
-                          fallback=fallback)
+                          fallback=fallback, written=written)
     if claim.verdict == "busy":
         attempt.busy, attempt.skip = True, "another attempt of this task is running"
     elif claim.verdict != "run":
         attempt.skip = {"done": "succeeded before; not run again", "cancelled": "cancelled; not run",
                         "failed": "failed before; not run again"}[claim.verdict]
     else:
-        attempt.number = claim.attempts
+        attempt.number, attempt.held = claim.attempts, claim.held
     return attempt
 
 
@@ -158,7 +162,7 @@ def succeeded(runtime: TaskRuntime, attempt: Attempt, result: str | None) -> Non
     if attempt.lock_waits:
         db.delete(_lock_wait_key(attempt.envelope))
     if attempt.tracked:
-        records.succeed(attempt.envelope.id, result, result_ttl(runtime))
+        records.succeed(attempt.envelope.id, result, result_ttl(runtime), held=attempt.held)
 
 
 def _last_allowed(attempt: Attempt) -> str | None:
@@ -185,19 +189,21 @@ def failed(runtime: TaskRuntime, attempt: Attempt, error: BaseException) -> Deci
     if give_up is not None:
         if give_up is not error:
             give_up.__cause__ = error
-        if attempt.tracked and records.fail(attempt.envelope.id, error, result_ttl(runtime)) == records.CANCELLED:
+        if attempt.tracked and records.fail(attempt.envelope.id, error, result_ttl(runtime),
+                                             held=attempt.held) == records.CANCELLED:
             return Decision("cancelled")
         return Decision("dead", give_up)
     backoff = attempt.policy.backoff if attempt.policy is not None else None
     if backoff is None:
-        if attempt.tracked and records.retrying(attempt.envelope.id, error) == records.CANCELLED:
+        if attempt.tracked and records.retrying(attempt.envelope.id, error, held=attempt.held) == records.CANCELLED:
             return Decision("cancelled")
         return Decision("retry")
     delay = backoff.delay(attempt.number)
     eta = runtime.clock.now() + datetime.timedelta(seconds=delay)
     name = _attempt_name(_send_id(attempt.envelope), attempt.number + 1)
     if attempt.tracked:
-        if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta) == records.CANCELLED:
+        if records.retrying(attempt.envelope.id, error, queue_task=name, eta=eta,
+                            held=attempt.held) == records.CANCELLED:
             return Decision("cancelled")
     _schedule_next(runtime, attempt, name, eta)
     log.info("task %s (%s) failed on attempt %d; attempt %d in %.3g s", attempt.envelope.id, what,
@@ -225,12 +231,13 @@ def wait_for_lock(runtime: TaskRuntime, attempt: Attempt, info: TaskInfo) -> flo
     if waits == 0 and queue_soon:
         _count_lock_wait(envelope)
         if attempt.tracked:
-            records.waiting(envelope.id)
+            records.waiting(envelope.id, held=attempt.held)
         return None
     delay = lock_wait_delay(waits)
     eta = runtime.clock.now() + datetime.timedelta(seconds=delay)
     name = _attempt_name(f"{_send_id(envelope)}-w{waits + 1}", attempt.number)
-    if attempt.tracked and records.waiting(envelope.id, queue_task=name, eta=eta) == records.CANCELLED:
+    if attempt.tracked and records.waiting(envelope.id, queue_task=name, eta=eta,
+                                           held=attempt.held) == records.CANCELLED:
         return 0.0
     _schedule_next(runtime, attempt, name, eta, {"attempt": attempt.number - 1, "lock_waits": waits + 1})
     return delay

@@ -4,7 +4,11 @@ An envelope is tagged JSON (``core.json``) of::
 
     {"v": 1, "id": <task id>, "kind": "deferred" | "queryIter" | ..., "queue": <queue>,
      "created": <unix seconds>, "env": {"user": <id>, "language": <lang>, "custom": <any>},
-     "payload": {...kind specific...}}
+     "payload": {...kind specific...}, "record": {...}}
+
+``record`` is there when the send path wrote the task's record itself: what a first attempt needs
+to claim it without reading it first (:mod:`core.tasks.records`); it is added to the encoded body
+(:func:`with_record`), so an envelope encodes once.
 
 When the encoded envelope is larger than the configured limit, its payload is stored in Datastore
 (split into entities below Datastore's 1 MiB entity limit) and the envelope carries a reference
@@ -48,6 +52,8 @@ class Envelope:
     #: Set when the payload was stored in Datastore: its id and how many entities hold it.
     stored_payload: str | None = None
     stored_chunks: int = 0
+    #: What the send path knew of the task's record when it wrote it (see the module's docstring).
+    record: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"v": ENVELOPE_VERSION, "id": self.id, "kind": self.kind, "queue": self.queue,
@@ -78,9 +84,22 @@ def encode(envelope: Envelope, *, limit: int) -> bytes:
     return tagged_json.dumps(reference).encode("utf-8")
 
 
+def with_record(body: bytes, record: dict[str, Any], *, limit: int) -> bytes:
+    """``body`` (an encoded envelope) with ``record`` as its ``record`` field; as it was if that outgrows ``limit``.
+
+    The body is a JSON object: the field goes in before its closing brace, and the envelope is
+    not encoded again.
+    """
+    field = b',"record":' + tagged_json.dumps(record, path="record").encode("utf-8")
+    if not body.endswith(b"}") or len(body) + len(field) > limit:
+        return body
+    return body[:-1] + field + b"}"
+
+
 def decode(body: bytes) -> Envelope:
     """Parse a task body (loading a stored payload); anything wrong raises :class:`PayloadError`."""
     data = _parse(body)
+    record = data.get("record")
     reference = data.get("ref")
     stored, chunks = None, 0
     if reference is not None:
@@ -93,7 +112,7 @@ def decode(body: bytes) -> Envelope:
             raise PayloadError(f"incomplete task envelope: no {field!r}")
     return Envelope(kind=data["kind"], payload=_checked_payload(data["payload"]), queue=_checked_queue(data["queue"]),
                     env=_checked_env(data.get("env")), id=data["id"], created=_checked_created(data["created"]),
-                    stored_payload=stored, stored_chunks=chunks)
+                    stored_payload=stored, stored_chunks=chunks, record=record if isinstance(record, dict) else None)
 
 
 def _checked_payload(payload: Any) -> dict[str, Any]:

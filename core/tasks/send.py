@@ -56,10 +56,12 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     handle = TaskHandle(envelope.id, envelope.queue, name, eta, tracked=record, queue_task=queue_task)
     on_result: Any = handle._created
     if record:
-        db.put(records.new_record(envelope.id, target=target or envelope.kind, queue=envelope.queue,
+        stamp = records.write_new(envelope.id, target=target or envelope.kind, queue=envelope.queue,
                                   kind=envelope.kind, queue_task=queue_task, eta=eta,
                                   ttl=datetime.timedelta(seconds=runtime.settings.tasks_result_ttl),
-                                  payload=envelope.payload))
+                                  payload=envelope.payload)
+        if stamp is not None:  # the first attempt claims the record with it, without reading it
+            body = message.with_record(body, stamp, limit=runtime.settings.tasks_payload_limit)
         on_result = _forget_duplicate(handle)
     request = wire.signed_request(runtime, envelope.queue, path, body, name=queue_task, eta=eta,
                                   target_version=target_version, dispatch_deadline=deadline)

@@ -263,3 +263,78 @@ def test_in_an_app_context_keys_take_that_apps_project_and_namespace(make_app, s
     assert (other.project, other.namespace) == ("second-project", "two")
     with first.app_context():
         assert db.get(db.Key("Invoice", 5))["app"] == "first"
+
+
+# --- optimistic writes, without a transaction -----------------------------------------------------
+
+def test_a_write_based_on_a_version_is_refused_once_the_entity_changed(datastore):
+    first = db.put_versioned(make("doc", "v", n=1))
+    entity, version = db.get_versioned(db.key("doc", "v"))
+    assert entity == {"n": 1} and isinstance(entity, db.Entity) and version == first
+    entity["n"] = 2
+    second = db.put_if_unchanged(entity, version)
+    assert second is not None and second != first
+    entity["n"] = 3
+    assert db.put_if_unchanged(entity, version) is None, "based on a version that is no longer stored"
+    assert db.get_versioned(db.key("doc", "v")) == ({"n": 2}, second)
+    db.delete(entity.key)
+    assert db.put_if_unchanged(entity, second) is None, "deleted since"
+    assert db.get(entity.key) is None
+
+
+def test_a_write_based_on_absence_only_creates(datastore):
+    assert db.get_versioned(db.key("doc", "new")) == (None, db.ABSENT)
+    assert db.put_if_unchanged(make("doc", "new", n=1), db.ABSENT) is not None
+    assert db.put_if_unchanged(make("doc", "new", n=2), db.ABSENT) is None, "it exists now"
+    assert db.get(db.key("doc", "new")) == {"n": 1}
+
+
+def test_versioned_writes_in_a_transaction_join_it_or_refuse(datastore):
+    def body() -> int | None:
+        with pytest.raises(RuntimeError, match="put_if_unchanged works outside a transaction"):
+            db.put_if_unchanged(make("doc", "t", n=0), db.ABSENT)
+        return db.put_versioned(make("doc", "t", n=1))
+
+    assert db.run_in_transaction(body) is None, "its version is known only when the transaction commits"
+    assert db.get(db.key("doc", "t")) == {"n": 1}
+
+
+def test_a_transaction_that_read_an_entity_fails_when_a_conditional_write_lands_first(datastore):
+    version = db.put_versioned(make("doc", "race", state="queued"))
+
+    def claim() -> None:  # another instance, outside the transaction
+        with db.using(datastore):
+            written.append(db.put_if_unchanged(make("doc", "race", state="running"), version))
+
+    def cancel() -> None:
+        entity = db.get(db.key("doc", "race"))
+        thread = threading.Thread(target=claim)
+        thread.start()
+        thread.join()
+        entity["state"] = "cancelled"
+        db.put(entity)
+
+    written: list[int | None] = []
+
+    with pytest.raises(db.TransactionFailedError):
+        db.run_in_transaction(cancel, retries=0)
+    assert written[0] is not None and db.get(db.key("doc", "race"))["state"] == "running"
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -(2 ** 63), 2 ** 63 - 1, 1.5, "", "text", "ü" * 600, ["a", "b"], [], [1, "a"],
+    datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC), datetime.datetime(2026, 1, 2, 3, 4, 5),
+    b"bytes", {"nested": 1},
+])
+@pytest.mark.parametrize("indexed", [True, False])
+@pytest.mark.parametrize("path", [("doc", "enc"), ("doc", 42, "part", "p1")])
+@pytest.mark.parametrize("namespace", [None, "tenant"])
+def test_the_fast_entity_encoding_is_the_librarys(datastore, value, indexed, path, namespace):
+    from google.cloud.datastore import helpers
+
+    entity = db.Entity(db.key(*path, namespace=namespace), exclude_from_indexes=() if indexed else ("v",))
+    entity.update({"v": value, "other": "x"})
+    if isinstance(value, dict):
+        entity["v"] = db.Entity()
+        entity["v"].update(value)
+    assert db.entities.entity_protobuf(entity) == helpers.entity_to_protobuf(entity)._pb

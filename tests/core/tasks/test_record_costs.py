@@ -33,6 +33,7 @@ def test_untracked_calls_cost_no_datastore_rpc_and_tracked_ones_a_few(app, task_
         print(f"\nDatastore RPCs per deferred call (enqueue, execution): untracked {untracked_cost}, "
               f"tracked {tracked_cost}")
     assert untracked_cost == (0, 0)
-    # One commit for the queued record; a transaction to start and one to end, each a lookup that
-    # begins it and a commit.
-    assert tracked_cost == (1, 4)
+    # One commit for the queued record; one conditional write to claim it (its version travels in the
+    # envelope) and one to end the attempt (against the claim's version).
+    enqueue, execute = tracked_cost
+    assert enqueue <= 1 and execute <= 2
