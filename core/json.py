@@ -257,6 +257,46 @@ _SUPPORTED_BASES: tuple[type, ...] = (
     datetime.timedelta, bytes, decimal.Decimal, uuid.UUID)
 
 
+_PLAIN_LEAVES = frozenset({str, bool, type(None)})
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is its own tagged form, so the stdlib encoder may write it as it is.
+
+    Plain is ``str``, ``bool``, ``None``, an ``int`` below the hex limit, a finite ``float``, and
+    ``list`` / ``dict`` (``str`` keys, not one lone tag-like key) of plain values: exact types only,
+    as :func:`_encode` has them. A cycle raises ``RecursionError``; the caller then takes the tagged path.
+    """
+    cls = type(value)
+    if cls is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        if len(value) == 1 and key.startswith(TAG_PREFIX):
+            return False
+        items: Any = value.values()
+    elif cls is list:
+        items = value
+    else:
+        items = (value,)
+    for item in items:
+        cls = type(item)
+        if cls in _PLAIN_LEAVES:
+            continue
+        if cls is int:
+            if not -_BIG_INT < item < _BIG_INT:
+                return False
+        elif cls is float:
+            if item - item != 0.0:
+                return False
+        elif cls is dict or cls is list:
+            if not _is_plain(item):
+                return False
+        else:
+            return False
+    return True
+
+
 def _to_tree(value: Any, path: str) -> _Tree:
     try:
         return _encode(value, set())
@@ -486,7 +526,11 @@ def dumps(obj: Any, path: str = "$") -> str:
     Raises ``TypeError`` naming the offending value's type and where it sits, with ``path`` as the
     name of the root (e.g. ``"args"`` gives ``... at args[1]['user']``).
     """
-    return _COMPACT.encode(_to_tree(obj, path))
+    try:
+        plain = _is_plain(obj)
+    except RecursionError:  # a cycle, or deeper than Python goes: the tagged path names which
+        plain = False
+    return _COMPACT.encode(obj if plain else _to_tree(obj, path))
 
 
 def loads(s: str | bytes) -> Any:
