@@ -71,6 +71,20 @@ _Encoder = Callable[[Any, set[int]], _Tree]
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False)
 
 
+def _compact_writer() -> Callable[[Any], str]:
+    """``_COMPACT.encode`` without its set-up on every call: the stdlib's C encoder with the same options,
+    made once (it keeps nothing between calls); ``_COMPACT.encode`` itself where the C encoder is missing."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _COMPACT.encode
+    encode = make(None, _COMPACT.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    return lambda tree: "".join(encode(tree, 0))
+
+
+#: Writes a tree of plain JSON types (what :func:`_encode` makes, or a value :func:`_is_plain` passed).
+_write = _compact_writer()
+
+
 # --- encoding -----------------------------------------------------------------------------------
 
 class SerializationError(TypeError):
@@ -530,7 +544,7 @@ def dumps(obj: Any, path: str = "$") -> str:
         plain = _is_plain(obj)
     except RecursionError:  # a cycle, or deeper than Python goes: the tagged path names which
         plain = False
-    return _COMPACT.encode(obj if plain else _to_tree(obj, path))
+    return _write(obj if plain else _to_tree(obj, path))
 
 
 def loads(s: str | bytes) -> Any:
