@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import uuid
 
 import pytest
 
@@ -41,3 +42,11 @@ def test_signed_request_binds_path_and_body(runtime: TaskRuntime) -> None:
         runtime.verifier.verify_task("POST", "/_tasks/deferred", request.headers, request.body)
     with pytest.raises(Forbidden, match="does not match"):
         runtime.verifier.verify_task("POST", request.path, request.headers, request.body + b" ")
+
+
+def test_each_envelope_gets_its_own_version_4_uuid_as_its_id() -> None:
+    ids = [message.Envelope(kind="deferred", payload={}, queue="default").id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(hex=task_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
