@@ -29,6 +29,7 @@ from core.tasks.metrics import TaskMetrics, outcome_name
 from core.tasks.middleware import Pipeline
 from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
+from core.tasks.telemetry import TracerLookup
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ class TaskRuntime:
         self.background = Background()
         #: The app's task metrics (:mod:`core.tasks.metrics`), counted from every outcome.
         self.metrics = TaskMetrics(self.background.submit)
+        #: Whether (and with which tracer) the app's enqueues make OpenTelemetry spans.
+        self.tracing = TracerLookup()
         self.outcome_listeners.append(self._count)
         #: What the web layer keeps for this app (``core.extension.AppState``), set by ``Tasks.init_app``.
         self.app_state: Any = None
