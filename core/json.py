@@ -71,6 +71,20 @@ _Encoder = Callable[[Any, set[int]], _Tree]
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False)
 
 
+def _compact_writer() -> Callable[[Any], str]:
+    """``_COMPACT.encode`` without its set-up on every call: the stdlib's C encoder with the same options,
+    made once (it keeps nothing between calls); ``_COMPACT.encode`` itself where the C encoder is missing."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _COMPACT.encode
+    encode = make(None, _COMPACT.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    return lambda tree: "".join(encode(tree, 0))
+
+
+#: Writes a tree of plain JSON types (what :func:`_encode` makes, or a value :func:`_is_plain` passed).
+_write = _compact_writer()
+
+
 # --- encoding -----------------------------------------------------------------------------------
 
 class SerializationError(TypeError):
@@ -255,6 +269,46 @@ _ENCODERS: dict[type, _Encoder] = {
 _SUPPORTED_BASES: tuple[type, ...] = (
     str, int, float, list, dict, tuple, set, frozenset, datetime.datetime, datetime.date, datetime.time,
     datetime.timedelta, bytes, decimal.Decimal, uuid.UUID)
+
+
+_PLAIN_LEAVES = frozenset({str, bool, type(None)})
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is its own tagged form, so the stdlib encoder may write it as it is.
+
+    Plain is ``str``, ``bool``, ``None``, an ``int`` below the hex limit, a finite ``float``, and
+    ``list`` / ``dict`` (``str`` keys, not one lone tag-like key) of plain values: exact types only,
+    as :func:`_encode` has them. A cycle raises ``RecursionError``; the caller then takes the tagged path.
+    """
+    cls = type(value)
+    if cls is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        if len(value) == 1 and key.startswith(TAG_PREFIX):
+            return False
+        items: Any = value.values()
+    elif cls is list:
+        items = value
+    else:
+        items = (value,)
+    for item in items:
+        cls = type(item)
+        if cls in _PLAIN_LEAVES:
+            continue
+        if cls is int:
+            if not -_BIG_INT < item < _BIG_INT:
+                return False
+        elif cls is float:
+            if item - item != 0.0:
+                return False
+        elif cls is dict or cls is list:
+            if not _is_plain(item):
+                return False
+        else:
+            return False
+    return True
 
 
 def _to_tree(value: Any, path: str) -> _Tree:
@@ -489,7 +543,11 @@ def dumps(obj: Any, path: str = "$") -> str:
     Raises ``TypeError`` naming the offending value's type and where it sits, with ``path`` as the
     name of the root (e.g. ``"args"`` gives ``... at args[1]['user']``).
     """
-    return _COMPACT.encode(_to_tree(obj, path))
+    try:
+        plain = _is_plain(obj)
+    except RecursionError:  # a cycle, or deeper than Python goes: the tagged path names which
+        plain = False
+    return _write(obj if plain else _to_tree(obj, path))
 
 
 def loads(s: str | bytes) -> Any:

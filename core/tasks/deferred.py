@@ -40,7 +40,7 @@ from core.tasks import aio, arguments, message
 from core.tasks import unique as uniqueness
 from core.tasks.context import capture_environment, require_caller
 from core.tasks.deadline import MAX_TIMEOUT
-from core.tasks.debounce import DebounceSpec, debounce_spec, debounced_call, send_latest
+from core.tasks.debounce import DebouncedCall, DebounceSpec, debounce_spec, debounced_call, send_latest
 from core.tasks.errors import (
     ConfigurationError,
     DeferredArgumentError,
@@ -162,7 +162,7 @@ class DeferredFunction:
         return self._call(None, None, *args, **kwargs)
 
     def _call(self, bound: Any, instance: Any, *args: Any, **kwargs: Any) -> Any:
-        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs} if kwargs else {}
         if options.get("_call_deferred", True) is False:
             if bound is None:
                 return aio.call(self.target.func, *args, **kwargs)
@@ -299,6 +299,25 @@ def _schedule(countdown: Any, eta: Any, now: datetime.datetime) -> datetime.date
     return eta
 
 
+def _timing(runtime: TaskRuntime, target: DeferredTarget, bound: tuple[Any, ...], args: tuple[Any, ...],
+            kwargs: dict[str, Any], countdown: Any, eta: Any, debounce: Any,
+            expires: Any) -> tuple[datetime.datetime | None, DebouncedCall | None, float | None]:
+    """When a call runs and until when it may start: its ETA, its debounce, its expiry moment."""
+    now = runtime.clock.now()
+    eta = _schedule(countdown, eta, now)
+    latest = debounced_call(target.debounce, debounce, target.func, target.name, (*bound, *args), kwargs)
+    if latest is not None:
+        if eta is not None:
+            raise ValueError(f"{target.name}: a debounced call runs its window after the call; "
+                             f"give no _countdown or _eta")
+        eta = now + latest.window
+    moment = expiry_moment(check_expires(expires, f"{target.name}(_expires=...)") if expires is not None
+                           else target.expires, now)
+    if moment is not None and eta is not None and eta.timestamp() >= moment:
+        raise ValueError(f"{target.name}: the task is scheduled at {eta.isoformat()}, not before it expires")
+    return eta, latest, moment
+
+
 def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], kwargs: dict[str, Any], *,
           instance: Any = None, _queue: str | None = None, _countdown: float | None = None,
           _eta: datetime.datetime | None = None, _name: str | None = None,
@@ -321,19 +340,11 @@ def defer(runtime: TaskRuntime, target: DeferredTarget, args: tuple[Any, ...], k
                 f"{target.name} is a deferred method and runs on the live module instance, but "
                 f"{instance!r} is not mounted in the app's module tree")
     queue = queue_of(runtime, target.name, option=_queue, declared=target.queue, priority=target.priority)
-    now = runtime.clock.now()
-    eta = _schedule(_countdown, _eta, now)
     bound = (instance,) if target.kind == "method" else (target.owner,) if target.kind == "classmethod" else ()
-    latest = debounced_call(target.debounce, _debounce, target.func, target.name, (*bound, *args), kwargs)
-    if latest is not None:
-        if eta is not None:
-            raise ValueError(f"{target.name}: a debounced call runs its window after the call; "
-                             f"give no _countdown or _eta")
-        eta = now + latest.window
-    expires = expiry_moment(check_expires(_expires, f"{target.name}(_expires=...)") if _expires is not None
-                            else target.expires, now)
-    if expires is not None and eta is not None and eta.timestamp() >= expires:
-        raise ValueError(f"{target.name}: the task is scheduled at {eta.isoformat()}, not before it expires")
+    eta, latest, expires = None, None, None
+    if (_countdown is not None or _eta is not None or _debounce is not None or _expires is not None
+            or target.debounce is not None or target.expires is not None):  # else the clock has nothing to say
+        eta, latest, expires = _timing(runtime, target, bound, args, kwargs, _countdown, _eta, _debounce, _expires)
     tracked = _track if _track is not None else (target.track or queue in runtime.settings.tasks_tracked_queues)
     call: dict[str, Any] = {"target": target.name, "instance": instance_path, "args": list(args), "kwargs": kwargs}
     spec = _unique_spec(target, _unique)

@@ -193,8 +193,14 @@ def _flush(runtime: TaskRuntime, batch: Sequence[_Pending]) -> list[EnqueueResul
         pending.state = "sent"
     results = _create(runtime, [p.request for p in batch])
     _report(batch, results)
-    to_keep = [p.request for p, res in zip(batch, results) if not res.ok and p.outbox_key is None]
-    done = [p.outbox_key for p, res in zip(batch, results) if res.ok and p.outbox_key is not None]
+    to_keep: list[TaskRequest] = []
+    done: list[db.Key] = []
+    for pending, result in zip(batch, results):
+        if result.status is EnqueueStatus.FAILED:
+            if pending.outbox_key is None:
+                to_keep.append(pending.request)
+        elif pending.outbox_key is not None:
+            done.append(pending.outbox_key)
     if to_keep:
         log.warning("%d task(s) not created now; keeping them in the outbox for the sweep", len(to_keep))
         try:

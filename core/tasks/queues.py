@@ -127,6 +127,9 @@ class QueueTable(Mapping[str, QueueConfig]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._configs)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._configs
+
     def __len__(self) -> int:
         return len(self._configs)
 

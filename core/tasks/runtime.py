@@ -22,12 +22,14 @@ from core import db
 from core.clock import Clock
 from core.tasks import transports
 from core.tasks.auth.policy import RequestVerifier
+from core.tasks.auth.signing import SigningKeys
 from core.tasks.errors import ConfigurationError
-from core.tasks.hooks import as_middleware, check_hooks
+from core.tasks.hooks import as_middleware, check_hooks, enqueue_hooks
 from core.tasks.metrics import TaskMetrics, outcome_name
 from core.tasks.middleware import Pipeline
 from core.tasks.queues import QueueTable
 from core.tasks.registry import TaskRegistry, redirected_registry
+from core.tasks.telemetry import TracerLookup
 from core.users import AnonymousUsers, UserProvider
 
 if TYPE_CHECKING:
@@ -119,6 +121,8 @@ class TaskRuntime:
         self.outcome_listeners: list[Callable[[Outcome], None]] = []
         #: App-wide task hooks (see :mod:`core.tasks.hooks`), in the order they run before a task.
         self.hooks: list[Any] = []
+        #: Of :attr:`hooks`, those with a ``before_enqueue`` of their own (:func:`add_hook` keeps it current).
+        self.enqueue_hooks: tuple[Any, ...] = ()
         for hook in hooks:
             self.add_hook(hook)
         #: The app's task pipeline: the built-in middleware and the app's own (:meth:`add_middleware`).
@@ -126,12 +130,15 @@ class TaskRuntime:
         self.background = Background()
         #: The app's task metrics (:mod:`core.tasks.metrics`), counted from every outcome.
         self.metrics = TaskMetrics(self.background.submit)
+        #: Whether (and with which tracer) the app's enqueues make OpenTelemetry spans.
+        self.tracing = TracerLookup()
         self.outcome_listeners.append(self._count)
         #: What the web layer keeps for this app (``core.extension.AppState``), set by ``Tasks.init_app``.
         self.app_state: Any = None
         self._transport = transport
         self._queues: QueueTable | None = None
         self._verifier: RequestVerifier | None = None
+        self._signing: tuple[str, SigningKeys] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -159,9 +166,20 @@ class TaskRuntime:
             self._verifier = RequestVerifier(self.settings)
         return self._verifier
 
+    @property
+    def signing_keys(self) -> SigningKeys:
+        """The keys of ``settings.tasks_secret`` that sign what the app sends, prepared once per secret:
+        made again when the settings name another secret."""
+        secret = self.settings.tasks_secret
+        signing = self._signing
+        if signing is None or signing[0] != secret:
+            signing = self._signing = (secret, SigningKeys(secret))
+        return signing[1]
+
     def add_hook(self, hook: H) -> H:
         """Run ``hook`` around every task of this app (after the hooks added before it)."""
         self.hooks.extend(check_hooks([hook], "add_hook"))
+        self.enqueue_hooks = enqueue_hooks(self.hooks)
         return hook
 
     def _count(self, outcome: Outcome) -> None:

@@ -45,7 +45,7 @@ def send(runtime: TaskRuntime, envelope: message.Envelope, *, path: str, target:
     if not runtime.settings.tasks_secret:
         raise ConfigurationError("TASKS_SECRET is not set: tasks could not be verified")
     if body is None:
-        trace = telemetry.enqueue_trace(target or envelope.kind, envelope.queue)
+        trace = telemetry.enqueue_trace(target or envelope.kind, envelope.queue, lookup=runtime.tracing)
         if trace is not None:
             envelope.env = {**envelope.env, "trace": trace}
         body = message.encode(envelope, limit=runtime.settings.tasks_payload_limit)

@@ -11,7 +11,9 @@ nothing here needs it at import.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -54,6 +56,28 @@ def _tracer() -> Any:
     return provider.get_tracer(TRACER_NAME)
 
 
+class TracerLookup:
+    """An app's answer to :func:`_tracer` for its enqueues, so a send does not ask OpenTelemetry each time.
+
+    The tracer of a configured provider is kept (OpenTelemetry lets a process set its provider once);
+    while none is configured the answer is looked up again every :attr:`recheck` seconds, as the
+    metrics look for a meter provider: one configured after the app was built is found then.
+    """
+
+    recheck = 5.0
+
+    def __init__(self) -> None:
+        self._tracer: Any = None
+        self._checked = -math.inf
+
+    def tracer(self) -> Any:
+        """The tracer, or ``None`` while OpenTelemetry is not installed or not configured."""
+        if self._tracer is None and time.monotonic() - self._checked >= self.recheck:
+            self._checked = time.monotonic()
+            self._tracer = _tracer()
+        return self._tracer if otel is not None else None
+
+
 def _span_context(trace: TraceContext) -> Any:
     """The carried trace as a remote OpenTelemetry span context (a made-up span id if none is known)."""
     assert otel is not None  # only reached once _tracer() found OpenTelemetry
@@ -79,10 +103,14 @@ def _remote(trace: TraceContext | None) -> Any:
     return otel.set_span_in_context(otel.NonRecordingSpan(_span_context(trace)))
 
 
-def enqueue_trace(target: str, queue: str | None = None) -> dict[str, Any] | None:
-    """The trace a task deferred now carries (``None`` outside any trace and without OpenTelemetry)."""
+def enqueue_trace(target: str, queue: str | None = None, *,
+                  lookup: TracerLookup | None = None) -> dict[str, Any] | None:
+    """The trace a task deferred now carries (``None`` outside any trace and without OpenTelemetry).
+
+    ``lookup`` is the app's (:attr:`core.tasks.runtime.TaskRuntime.tracing`); without it OpenTelemetry is asked now.
+    """
     trace = current.trace.get()
-    tracer = _tracer()
+    tracer = lookup.tracer() if lookup is not None else _tracer()
     if tracer is not None:
         assert otel is not None  # only reached once _tracer() found OpenTelemetry
         attributes = {"tasks.target": target, **({"tasks.queue": queue} if queue else {})}

@@ -10,7 +10,7 @@ import datetime
 from typing import TYPE_CHECKING
 
 from core.tasks import message
-from core.tasks.auth.signing import SIGNATURE_HEADER, sign_request
+from core.tasks.auth.signing import SIGNATURE_HEADER
 from core.tasks.transports.base import TaskRequest
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ def signed_request(runtime: TaskRuntime, queue: str, path: str, body: bytes, *,
                    target_version: str | None = None,
                    dispatch_deadline: datetime.timedelta | None = None) -> TaskRequest:
     """A ``POST`` of ``body`` (an encoded envelope) to ``path`` on ``queue``, signed with the app's secret."""
-    headers = {"Content-Type": "application/json",
-               SIGNATURE_HEADER: sign_request(runtime.settings.tasks_secret, "POST", path, body)}
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: runtime.signing_keys.sign("POST", path, body)}
     return TaskRequest(queue=queue, path=path, body=body, headers=headers, name=name, eta=eta,
                        target_version=target_version, dispatch_deadline=dispatch_deadline)
 

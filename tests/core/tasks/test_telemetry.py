@@ -162,3 +162,11 @@ def test_the_trace_travels_without_opentelemetry_installed():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == SPAN_ID
+
+
+def test_an_apps_tracer_lookup_keeps_the_tracer_it_found_and_answers_none_without_opentelemetry(spans, monkeypatch):
+    lookup = telemetry.TracerLookup()
+    tracer = lookup.tracer()
+    assert tracer is not None and lookup.tracer() is tracer
+    monkeypatch.setattr(telemetry, "otel", None)
+    assert lookup.tracer() is None

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import datetime
+import uuid
 
 import pytest
 
 from core.config import Settings
 from core.tasks import message, wire
+from core.tasks.auth.policy import RequestVerifier
 from core.tasks.auth.signing import SIGNATURE_HEADER
 from core.tasks.errors import Forbidden
 from core.tasks.runtime import TaskRuntime
@@ -41,3 +43,21 @@ def test_signed_request_binds_path_and_body(runtime: TaskRuntime) -> None:
         runtime.verifier.verify_task("POST", "/_tasks/deferred", request.headers, request.body)
     with pytest.raises(Forbidden, match="does not match"):
         runtime.verifier.verify_task("POST", request.path, request.headers, request.body + b" ")
+
+
+def test_each_envelope_gets_its_own_version_4_uuid_as_its_id() -> None:
+    ids = [message.Envelope(kind="deferred", payload={}, queue="default").id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(hex=task_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
+
+
+def test_a_new_secret_in_the_settings_signs_what_is_sent_next(runtime: TaskRuntime) -> None:
+    wire.signed_request(runtime, "default", "/_tasks/deferred", b"{}")  # the first secret's keys are made
+    runtime.settings = runtime.settings.replace(tasks_secret="rotated-secret")
+    request = wire.signed_request(runtime, "default", "/_tasks/deferred", b"{}")
+    RequestVerifier(runtime.settings).verify_task("POST", request.path, request.headers, request.body)
+    with pytest.raises(Forbidden, match="does not match"):
+        RequestVerifier(runtime.settings.replace(tasks_secret=SECRET)).verify_task(
+            "POST", request.path, request.headers, request.body)

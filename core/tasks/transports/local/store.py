@@ -189,8 +189,8 @@ class LocalQueueStore:
         auto_names = struct.unpack(f"{len(requests)}Q", os.urandom(8 * len(requests)))
         for index, request in enumerate(requests):
             try:
-                if self.queues is not None:
-                    self.queues.require(request.queue, f"task for {request.path}")
+                if self.queues is not None and request.queue not in self.queues:
+                    self.queues.require(request.queue, f"task for {request.path}")  # raises, naming the queue
                 row = new_task(request, now, str(auto_names[index] >> 1))
             except (ValueError, UnknownQueue) as exc:
                 results.append(EnqueueResult(EnqueueStatus.FAILED, error=exc))
