@@ -305,13 +305,14 @@ def traced(delivery: Delivery, proceed: Proceed) -> Outcome:
     """The rest runs in the task's trace (a span linked to its enqueue, with OpenTelemetry)."""
     envelope = delivery.envelope
     assert envelope is not None
-    if not telemetry.spans_on():  # the carried trace alone: no span, no context manager
+    lookup = delivery.runtime.tracing
+    if not telemetry.spans_on(lookup):  # the carried trace alone: no span, no context manager
         token = current.trace.set(telemetry.carried_trace(envelope))
         try:
             return proceed(delivery)
         finally:
             current.trace.reset(token)
-    with telemetry.run_span(envelope, delivery.target):
+    with telemetry.run_span(envelope, delivery.target, lookup=lookup):
         return proceed(delivery)
 
 

@@ -41,9 +41,9 @@ def carried_trace(envelope: message.Envelope) -> TraceContext | None:
     return carried if carried is not None else current.trace.get()
 
 
-def spans_on() -> bool:
-    """Whether runs get spans of their own: the app configured OpenTelemetry (see :func:`run_span`)."""
-    return _tracer() is not None
+def spans_on(lookup: TracerLookup) -> bool:
+    """Whether an app's runs get spans of their own: it found OpenTelemetry configured (see :func:`run_span`)."""
+    return lookup.tracer() is not None
 
 
 def _tracer() -> Any:
@@ -124,11 +124,14 @@ def enqueue_trace(target: str, queue: str | None = None, *,
 
 
 @contextlib.contextmanager
-def run_span(envelope: message.Envelope, target: str | None) -> Iterator[None]:
-    """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue)."""
+def run_span(envelope: message.Envelope, target: str | None, *, lookup: TracerLookup | None = None) -> Iterator[None]:
+    """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue).
+
+    ``lookup`` is the app's (:attr:`TaskRuntime.tracing`); without one OpenTelemetry is asked now.
+    """
     carried = _carried(envelope)
     trace = carried if carried is not None else current.trace.get()
-    tracer = _tracer()
+    tracer = lookup.tracer() if lookup is not None else _tracer()
     if tracer is None:
         token = current.trace.set(trace)
         try:
