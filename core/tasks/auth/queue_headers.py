@@ -152,6 +152,7 @@ _ENVIRON_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 def _get(lowered: Mapping[str, str], suffix: str) -> tuple[str | None, str]:
     """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
+    get: Callable[[str], object]
     if isinstance(lowered, EnvironHeaders):  # read the environ by its own keys: a dict lookup each
         get, ((key, name), (other, other_name)) = lowered.environ.get, _ENVIRON_FIELDS[suffix]
     else:

@@ -55,11 +55,11 @@ import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from core.json.decoding import DECODERS, TAG_PREFIX, jsonDecodeObjectHook, loads
+
 __all__ = ["JsonKeyEncoder", "jsonDecodeObjectHook", "dumps", "loads", "check_serializable", "SerializationError",
            "JSONTag", "Nested", "TagRegistry", "register"]
 
-#: Every tag key starts with this; plain dicts with one such key are escaped.
-TAG_PREFIX = "~"
 
 # Ints at least this large are tagged as hex: Python refuses str(int) past 4300 digits by default
 # (and may be configured down to 640), hex conversion is never limited.
@@ -321,112 +321,6 @@ def _to_tree(value: Any, path: str) -> _Tree:
                                  f"cannot serialize {path}: nested too deeply") from None
 
 
-# --- decoding -----------------------------------------------------------------------------------
-
-def _expect(payload: Any, cls: type) -> Any:
-    if type(payload) is not cls:
-        raise ValueError(f"expected {cls.__name__}, got {type(payload).__name__}")
-    return payload
-
-
-def _zoned(parsed: Any, payload: Any) -> Any:
-    """Put back the zone and fold that ``[iso, zone or null, fold]`` carries beside the ISO text."""
-    _, zone, fold = payload
-    if zone is None:
-        return parsed.replace(fold=_expect(fold, int))
-    try:
-        tz = zoneinfo.ZoneInfo(_expect(zone, str))
-    except zoneinfo.ZoneInfoNotFoundError:
-        if parsed.utcoffset() is None:
-            raise
-        return parsed  # the offset (and for a datetime the instant) is still exact
-    zoned = parsed.replace(tzinfo=tz, fold=_expect(fold, int))
-    if isinstance(parsed, datetime.datetime) and zoned.utcoffset() != parsed.utcoffset():
-        return parsed  # the zone's rules changed since encoding: keep the exact instant
-    return zoned
-
-
-def _parse_iso(cls: Any, text: Any) -> Any:
-    parsed = cls.fromisoformat(_expect(text, str))
-    # Python 3.11 reads an offset under one second ("+00:00:00.000001") as UTC: read it ourselves.
-    if parsed.utcoffset() == _ZERO and text[-7] == "." and text[-16] in "+-" and text[-15:-7] == "00:00:00":
-        offset = datetime.timedelta(microseconds=int(text[-6:]))
-        parsed = parsed.replace(tzinfo=datetime.timezone(-offset if text[-16] == "-" else offset))
-    return parsed
-
-
-_ZERO = datetime.timedelta(0)
-
-
-def _decode_datetime(payload: Any) -> datetime.datetime:
-    if type(payload) is str:
-        return _parse_iso(datetime.datetime, payload)
-    return _zoned(_parse_iso(datetime.datetime, _expect(payload, list)[0]), payload)
-
-
-def _decode_time(payload: Any) -> datetime.time:
-    if type(payload) is str:
-        return _parse_iso(datetime.time, payload)
-    return _zoned(_parse_iso(datetime.time, _expect(payload, list)[0]), payload)
-
-
-def _decode_int(payload: Any) -> int:
-    return int(_expect(payload, str), 16)
-
-
-_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
-def _decode_pairs(payload: Any) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for pair in _expect(payload, list):
-        key, value = _expect(pair, list)
-        out[key] = value
-    return out
-
-
-_DECODERS: dict[str, Callable[[Any], Any]] = {
-    "~dt": _decode_datetime,
-    "~d": lambda p: datetime.date.fromisoformat(_expect(p, str)),
-    "~t": _decode_time,
-    "~td": lambda p: datetime.timedelta(microseconds=_expect(p, int)),
-    "~b": lambda p: base64.b64decode(_expect(p, str), validate=True),
-    "~s": lambda p: set(_expect(p, list)),
-    "~fs": lambda p: frozenset(_expect(p, list)),
-    "~tu": lambda p: tuple(_expect(p, list)),
-    "~dec": lambda p: decimal.Decimal(_expect(p, str)),
-    "~u": lambda p: uuid.UUID(hex=_expect(p, str)),
-    "~m": _decode_pairs,
-    "~f": lambda p: _NON_FINITE[_expect(p, str)],
-    "~i": _decode_int,
-}
-
-
-def jsonDecodeObjectHook(obj: dict[str, Any]) -> Any:
-    """Turn a tagged object back into its value; other objects pass through unchanged.
-
-    Use as ``json.loads(text, object_hook=jsonDecodeObjectHook)``. Unknown or malformed tags raise
-    ``ValueError``.
-    """
-    if len(obj) != 1:
-        return obj
-    for tag, payload in obj.items():
-        if not tag.startswith(TAG_PREFIX):
-            return obj
-        decoder = _DECODERS.get(tag)
-        if decoder is None:
-            hint = f" (import {_REGISTERED_BY[tag]}, which registers it)" if tag in _REGISTERED_BY else ""
-            raise ValueError(f"unknown tag {tag!r} in tagged JSON{hint}")
-        try:
-            return decoder(payload)
-        except Exception as exc:  # noqa: BLE001 - any failure means the payload is not ours
-            raise ValueError(f"malformed {tag!r} value {payload!r:.80}: {exc}") from exc
-    return obj  # unreachable: the loop runs once
-
-
-_DECODER = json.JSONDecoder(object_hook=jsonDecodeObjectHook)
-
-
 # --- the tag registry ---------------------------------------------------------------------------
 
 class Nested:
@@ -508,14 +402,10 @@ class TagRegistry:
         raise _Unserializable(reason)
 
 
-_REGISTRY = TagRegistry(_ENCODERS, _DECODERS)
+_REGISTRY = TagRegistry(_ENCODERS, DECODERS)
 
 #: Add a :class:`JSONTag` to the codec (``register(MyTag())``); see the module's docstring.
 register = _REGISTRY.register
-
-#: Tags registered by a module of this package on import: named in the error for a missing one.
-_REGISTERED_BY = {"~k": "core.db", "~e": "core.db", "~g": "core.db"}
-
 
 # --- public API ---------------------------------------------------------------------------------
 
@@ -548,21 +438,6 @@ def dumps(obj: Any, path: str = "$") -> str:
     except RecursionError:  # a cycle, or deeper than Python goes: the tagged path names which
         plain = False
     return _write(obj if plain else _to_tree(obj, path))
-
-
-def loads(s: str | bytes) -> Any:
-    """Inverse of :func:`dumps`; raises ``ValueError`` for malformed JSON or tags.
-
-    One decoder serves every call (``json.loads`` with a hook would build one per call); bytes are
-    read as UTF-8, as ``json.loads`` reads what :func:`dumps` writes.
-    """
-    if isinstance(s, (bytes, bytearray)):
-        s = s.decode(json.detect_encoding(s), "surrogatepass")
-    elif not isinstance(s, str):
-        raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(s).__name__}")
-    if s.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
-    return _DECODER.decode(s)
 
 
 def check_serializable(obj: Any, path: str = "$") -> None:
