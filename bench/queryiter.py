@@ -248,13 +248,13 @@ def main() -> None:
             assert all(run.processed == args.count for _, run, _ in chains), chains
             qi_seconds, run, qi_cpu = median_run(chains)
             qi = args.count / statistics.median(seconds for seconds, _, _ in chains)
-            print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities, median {qi_seconds:.2f} s = {qi:.0f}/s "
-                  f"in {run.step + 1} step(s) ({spread([seconds for seconds, _, _ in chains])})")
+            print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities, median {args.count / qi:.2f} s = "
+                  f"{qi:.0f}/s in {run.step + 1} step(s) ({spread([seconds for seconds, _, _ in chains])})")
             print(f"    where the time goes (median run): {_where(qi_seconds, qi_cpu)}")
             assert all(r.processed == args.count and len(r.shards) == 4 for _, r, _ in sharded), sharded
             shard_seconds, shard_run, shard_cpu = median_run(sharded)
             qi4 = args.count / statistics.median(seconds for seconds, _, _ in sharded)
-            print(f"(d) QueryIter, shards=4: {shard_run.processed} entities, median {shard_seconds:.2f} s = "
+            print(f"(d) QueryIter, shards=4: {shard_run.processed} entities, median {args.count / qi4:.2f} s = "
                   f"{qi4:.0f}/s, shards of {', '.join(str(s.processed) for s in shard_run.shards)} in "
                   f"{sum(s.step + 1 for s in shard_run.shards)} steps "
                   f"({spread([seconds for seconds, _, _ in sharded])})")
