@@ -16,15 +16,18 @@ plus the peak RSS growth of the app's worker processes while (b) runs (``VmHWM``
 queue rate limits, so (c) is bound by its per-step cost and not by the query-iter queue's 50/s.
 
 The Datastore emulator does most of the work and shares the machine's cores with everything else,
-so (a), (b) and (d) alternate for ``--rounds`` rounds and the best of each is compared. For (b)
-and (d) the CPU seconds of the emulator, the app's workers and the dispatcher are printed beside the
-wall time: where the time goes (on 2 cores the emulator bounds both, so shards gain little there).
+so (a), (b) and (d) alternate for ``--rounds`` rounds; each prints its spread (min / median / max
+over the rounds, and every round's time), and the last line's ratios compare medians, so a stalled
+run shows instead of hiding behind a best-of. For the median run of (b) and (d) the CPU seconds of
+the emulator, the app's workers and the dispatcher are printed beside the wall time: where the time
+goes (on 2 cores the emulator bounds both, so shards gain little there).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -140,6 +143,18 @@ def timed_chain(url: str, kind: str, timeout: float, shards: int,
     return seconds, run, {name: after[name] - before[name] for name in pids}
 
 
+def spread(seconds: list[float]) -> str:
+    """``min / median / max`` of some rounds' seconds, then each round's in the order they ran."""
+    return (f"min {min(seconds):.2f} / median {statistics.median(seconds):.2f} / max {max(seconds):.2f} s "
+            f"over {len(seconds)} rounds: {', '.join(f'{s:.2f}' for s in seconds)}")
+
+
+def median_run(runs: list[Any]) -> Any:
+    """The round whose wall time (its first field) is the median (the lower one of an even count)."""
+    ordered = sorted(runs, key=lambda run: run[0])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _where(seconds: float, cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {used:.1f} s CPU ({used / seconds:.2f} cores)" for name, used in cpu.items())
 
@@ -214,7 +229,7 @@ def main() -> None:
             run_chain(stack.url, "qi", KIND, args.timeout)
             for _ in range(2):
                 run_chain(stack.url, "viur5", WARM_KIND, args.timeout)
-            # Raw scans and chains alternate, so both see the same load on the shared cores; best against best.
+            # Raw scans and chains alternate, so all see the same load on the shared cores; medians compared.
             scans, chains, sharded = [], [], []
             workers = stack.worker_pids()
             assert stack.dispatcher is not None
@@ -225,27 +240,27 @@ def main() -> None:
                     scans.append(raw_scan(KIND))
                     chains.append(timed_chain(stack.url, KIND, args.timeout, 1, pids))
                     sharded.append(timed_chain(stack.url, KIND, args.timeout, 4, pids))
-            count, raw_seconds = min(scans, key=lambda scan: scan[1])
-            assert count == args.count, count
-            raw = count / raw_seconds
-            print(f"(a) raw cursor scan, pages of {db.DEFAULT_PAGE_SIZE}: {count} entities in {raw_seconds:.2f} s "
-                  f"= {raw:.0f}/s (best of {args.rounds}: {', '.join(f'{s:.2f}' for _, s in scans)} s)")
-            qi_seconds, run, qi_cpu = min(chains, key=lambda chain: chain[0])
-            assert run.processed == args.count, run
-            qi = run.processed / qi_seconds
-            print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities in {qi_seconds:.2f} s = {qi:.0f}/s "
-                  f"in {run.step + 1} step(s) (best of {args.rounds}: {', '.join(f'{c[0]:.2f}' for c in chains)} s)")
-            print(f"    where the time goes: {_where(qi_seconds, qi_cpu)}")
-            shard_seconds, shard_run, shard_cpu = min(sharded, key=lambda chain: chain[0])
-            assert shard_run.processed == args.count and len(shard_run.shards) == 4, shard_run
-            qi4 = shard_run.processed / shard_seconds
-            print(f"(d) QueryIter, shards=4: {shard_run.processed} entities in {shard_seconds:.2f} s = {qi4:.0f}/s, "
-                  f"shards of {', '.join(str(s.processed) for s in shard_run.shards)} in "
+            assert all(count == args.count for count, _ in scans), scans
+            raw_seconds = statistics.median(seconds for _, seconds in scans)
+            raw = args.count / raw_seconds
+            print(f"(a) raw cursor scan, pages of {db.DEFAULT_PAGE_SIZE}: {args.count} entities, median "
+                  f"{raw_seconds:.2f} s = {raw:.0f}/s ({spread([seconds for _, seconds in scans])})")
+            assert all(run.processed == args.count for _, run, _ in chains), chains
+            qi_seconds, run, qi_cpu = median_run(chains)
+            qi = args.count / statistics.median(seconds for seconds, _, _ in chains)
+            print(f"(b) QueryIter, no-op handleEntry: {run.processed} entities, median {args.count / qi:.2f} s = "
+                  f"{qi:.0f}/s in {run.step + 1} step(s) ({spread([seconds for seconds, _, _ in chains])})")
+            print(f"    where the time goes (median run): {_where(qi_seconds, qi_cpu)}")
+            assert all(r.processed == args.count and len(r.shards) == 4 for _, r, _ in sharded), sharded
+            shard_seconds, shard_run, shard_cpu = median_run(sharded)
+            qi4 = args.count / statistics.median(seconds for seconds, _, _ in sharded)
+            print(f"(d) QueryIter, shards=4: {shard_run.processed} entities, median {args.count / qi4:.2f} s = "
+                  f"{qi4:.0f}/s, shards of {', '.join(str(s.processed) for s in shard_run.shards)} in "
                   f"{sum(s.step + 1 for s in shard_run.shards)} steps "
-                  f"(best of {args.rounds}: {', '.join(f'{c[0]:.2f}' for c in sharded)} s)")
-            print(f"    where the time goes: {_where(shard_seconds, shard_cpu)}")
-            print(f"    app workers {workers}: peak RSS {memory.peak_mb:.1f} MB, growth over the {args.rounds} runs "
-                  f"of (b) {memory.growth_mb:.1f} MB ({'kernel high-water mark' if memory.exact else 'sampled'})")
+                  f"({spread([seconds for seconds, _, _ in sharded])})")
+            print(f"    where the time goes (median run): {_where(shard_seconds, shard_cpu)}")
+            print(f"    app workers {workers}: peak RSS {memory.peak_mb:.1f} MB, growth over the {args.rounds} rounds "
+                  f"{memory.growth_mb:.1f} MB ({'kernel high-water mark' if memory.exact else 'sampled'})")
 
             viur_seconds, viur_run = run_chain(stack.url, "viur5", KIND, args.timeout)
             viur = viur_run.processed / viur_seconds

@@ -18,7 +18,8 @@ How a run behaves (and why it differs from ViUR's five entities per task):
 - **One run record is the truth.** Kind ``RUN_KIND`` keeps the class, query, custom data,
   caller environment, status (running / finished / stopped / failed), position, processed count
   and times, and the total the query matched when the run started (a COUNT aggregation: the
-  dashboard's progress bar and ETA; the query may change while the run goes on). A position is
+  dashboard's progress bar and ETA; the query may change while the run goes on). The count runs
+  once the first chunk is queued, beside it, so it never holds the scan back. A position is
   the cursor of the current page plus the keys already handled on it, so a chunk can stop after
   any entity, also when ``handleEntry`` deletes what it handled.
   Progress is committed transactionally at page ends every ``checkpointSeconds`` and when a chunk

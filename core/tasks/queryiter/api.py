@@ -11,7 +11,7 @@ from core import db
 from core import json as tagged_json
 from core.clock import utc_now as now
 from core.db import query as db_query
-from core.tasks import aio, started
+from core.tasks import aio, outbox, started
 from core.tasks.context import capture_environment
 from core.tasks.errors import ConfigurationError, DeferredArgumentError, TaskNotFound
 from core.tasks.queryiter import split
@@ -168,6 +168,10 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
     Record and first task are written in one transaction (the task through the outbox), so a run
     exists if and only if its chain was started. With ``shards > 1`` the record, one shard record
     per key range and each range's first step are written in that one transaction.
+    The first steps leave for the queue as the transaction commits, not when the caller's request
+    ends; only then is the query counted for the run's progress (:func:`_note_total`), so the count
+    (a whole scan where COUNT aggregations are missing, as on the emulator) runs beside the first
+    chunks instead of before them, and the total is on the record when this returns.
     """
     runtime = runtime or get_runtime()
     if runtime.registry.query_iters.find(cls.iter_id) is not cls:
@@ -188,14 +192,13 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
     if size > MAX_RECORD_DATA_BYTES:
         raise DeferredArgumentError(f"cannot start {cls.iter_id}: customData, query and environment take {size} "
                                     f"bytes encoded, at most {MAX_RECORD_DATA_BYTES} fit in the run record")
-    total = _count(query)
     run_id = uuid.uuid4().hex
     started_at = now()
     record = db.Entity(run_key(run_id), exclude_from_indexes=UNINDEXED)
     record.update({
         "class": cls.iter_id, "kind": query.kind, "queue": cls.queueName, "query": query_json, "custom": custom,
         "env": env_json, "status": RUNNING, "generation": 0, "step": 0,
-        "processed": 0, "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0, "total": total,
+        "processed": 0, "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0, "total": None,
         "started": started_at, "updated": started_at, "finished": None, "finishing_since": None, "finish_token": None,
         "last_error": None,
     })
@@ -214,7 +217,9 @@ def start_run(cls: type[QueryIter], query: db.Query, custom_data: Any = None, *,
             send_step(runtime, run_id=run_id, iter_id=cls.iter_id, queue=cls.queueName, env=env, generation=0,
                       step=0, shard=shard)
 
-    db.run_in_transaction(create)
+    with outbox.RequestScope(runtime):  # the steps leave when this block ends, not with the caller's request
+        db.run_in_transaction(create)
+    _note_total(run_id, query)
     log.info("started query run %s of %s over %r in %d chain(s)", run_id, cls.iter_id, query, len(chains))
     started.note("queryiter", run_id, cls.__name__)
     return run_id
@@ -236,6 +241,24 @@ def _shard_record(run_id: str, index: int, lo: db.Key | None, hi: db.Key | None)
                   "errors": 0, "cursor": None, "done": "[]", "seconds_per_entry": 0.0, "updated": now(),
                   "last_error": None})
     return shard
+
+
+def _note_total(run_id: str, query: db.Query) -> None:
+    """Count ``query`` and keep the total on the run record (a chunk may be writing it meanwhile)."""
+    total = _count(query)
+    if total is None:
+        return
+
+    def write() -> None:
+        record = db.get(run_key(run_id))
+        if record is not None:
+            record["total"] = total
+            db.put(record)
+
+    try:
+        db.run_in_transaction(write)
+    except Exception:  # the run has started: a missing total only costs its progress bar
+        log.warning("could not keep the total of query run %s: it shows no total", run_id, exc_info=True)
 
 
 def _count(query: db.Query) -> int | None:

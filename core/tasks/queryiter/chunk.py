@@ -244,10 +244,20 @@ class _Chunk:
         The run record decides status and generation; a shard's record its step and position. A
         run stopped meanwhile still gets this execution's progress, then :class:`Lost` ends it.
         ``touch_run`` writes the run record too (a shard stopping the run).
+
+        A shard reads the run record just before its transaction, not in it: transactions of
+        parallel shards that all read the one run record abort each other (on the emulator; in
+        production they wait on each other's locks), which failed checkpoints five times over and
+        stalled a run behind the queue's backoff. A stop or resume that lands in between is met by
+        the next step, which finds the run moved on; positions are still checked in the transaction.
         """
+        outside = db.get(self.run_key) if self.shard is not None and not touch_run else None
+
         def apply() -> tuple[db.Entity, bool]:
             if self.shard is None:
                 run = record = db.get(self.key)
+            elif not touch_run:
+                run, record = outside, db.get(self.key)
             else:
                 run, record = db.get([self.run_key, self.key])
             if (run is None or record is None or int(run["generation"]) != self.generation

@@ -38,7 +38,16 @@ def check_claim(record: db.Entity, lease_time: datetime.timedelta, run_id: str) 
 
 def claim_over_shards(run_key: db.Key, generation: int, lease_time: datetime.timedelta, token: str) -> int | None:
     """Claim the finish of a sharded run when every shard is done; returns the total, or ``None``
-    while a shard still runs (that shard's end will claim it)."""
+    while a shard still runs (that shard's end will claim it).
+
+    The shards are looked at first outside a transaction: one that reads every shard record while
+    the others still checkpoint would make their transactions abort (and wait, in production).
+    A shard's ``done`` is committed before it looks, so the last one to commit sees all done.
+    """
+    run = db.get(run_key)
+    if run is None or any(shard is None or shard["state"] != SHARD_DONE for shard in db.get(shard_keys(run))):
+        return None
+
     def claim() -> int | None:
         run = db.get(run_key)
         if run is None or int(run["generation"]) != generation or run["status"] != RUNNING:

@@ -239,6 +239,36 @@ def test_start_returns_at_once_and_the_first_chunk_is_a_named_task(app, task_que
     assert sorted(entries()) == list(range(1, 11))
 
 
+def test_in_a_request_the_first_chunk_is_queued_before_the_query_is_counted(app, task_queue):
+    """Counting the query for the progress bar (a whole scan on the emulator) runs beside the first
+    chunk: the step leaves as the run's record commits, not when the starting request ends."""
+    put_things(30)
+    queued_when_queried: list[list[str]] = []
+
+    def start():
+        api = db.get_datastore().client._datastore_api  # observed as tests/services/datastore_rpcs.py does
+        for name in ("run_query", "run_aggregation_query"):
+            original = getattr(api, name)
+
+            def observed(*args, _original=original, **kwargs):
+                queued_when_queried.append([task.request.name for task in task_queue.pending])
+                return _original(*args, **kwargs)
+            setattr(api, name, observed)
+        try:
+            return {"run": WholeQuery.startIterOnQuery(db.Query("thing"))}
+        finally:
+            for name in ("run_query", "run_aggregation_query"):
+                delattr(api, name)
+
+    app.add_url_rule("/start-a-run", "start_a_run", start, methods=["POST"])
+    run_id = app.test_client().post("/start-a-run").json["run"]
+    assert queued_when_queried, "the query was counted"
+    assert all(names == [step_task_name(run_id, 0, 0)] for names in queued_when_queried), queued_when_queried
+    assert get_run(run_id).total == 30
+    task_queue.run_pending()
+    assert sorted(entries()) == list(range(1, 31)) and finishes() == [("finish", 30, None)]
+
+
 def test_every_entity_is_handled_once_over_many_chunks_and_finish_runs_once(app, task_queue):
     put_things(1234)
     run_id = Recorder.startIterOnQuery(db.Query("thing"), customData={"by": "admin", "when": datetime.date(2026, 1, 2)})
