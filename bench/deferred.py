@@ -37,7 +37,6 @@ from pathlib import Path
 
 import requests
 
-from bench import cost
 from core.devserver.datastore_emulator import start_datastore_emulator
 from core.devserver.ports import free_port
 from core.devserver.stack import LocalStack
@@ -208,19 +207,14 @@ def enqueue_cost(datastore, tmp: Path, rounds: int) -> tuple[float, float]:
     return a, s
 
 
-def own_cost(datastore, tmp: Path, tasks: int, rounds: int) -> cost.CostFigures:
-    """(f): :mod:`bench.cost` against this run's Datastore emulator and a redis-server of its own."""
-    from bench.peers import Redis
-
-    redis = Redis(tmp / "redis")
-    try:
-        figures = cost.measure(tasks, rounds, redis_url=redis.url, redis_pid=redis.process.pid,
-                               datastore_host=datastore.host, data=tmp / "cost")
-    finally:
-        redis.stop()
-    print("(f) our own CPU per task, ", end="")
-    cost.report(figures, tasks, rounds)
-    return figures
+def own_cost(tasks: int, rounds: int) -> str:
+    """(f): :mod:`bench.cost` in a process of its own (this one's threads from (a)-(e) would count in
+    its CPU figures), with its own Datastore emulator and redis-server; returns its two ratios."""
+    output = subprocess.run([sys.executable, "-m", "bench.cost", "--tasks", str(tasks), "--rounds", str(rounds)],
+                            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent
+                            ).stdout.strip().splitlines()
+    print("(f) our own CPU per task, " + "\n".join(output[:-1]))
+    return " ".join(output[-1].split()[1:3])  # push_us/bare_us=<p> enqueue_us/bare_us=<q>
 
 
 def main() -> None:
@@ -262,13 +256,13 @@ def main() -> None:
             emulator = emulator_push_rate(stack, counter, args.emulator_tasks)
         added, sequential = enqueue_cost(datastore, tmp, args.rounds)
         tracked_enqueue, tracked_run = rpcs_per_task(datastore, tmp)["tracked"]
-        own = own_cost(datastore, tmp, args.cost_tasks, args.cost_rounds)
     finally:
         datastore.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    own = own_cost(args.cost_tasks, args.cost_rounds)
     print(f"deferred: e2e/limit={e2e / limit:.2f} e2e/emulator={e2e / emulator:.2f} "
           f"enqueue100/sequential={added / sequential:.2f} tracked/untracked={tracked / e2e:.2f} "
-          f"app_cpu_us/task={cpu_per_task:.0f} tracked_rpcs={tracked_enqueue:g}+{tracked_run:g} {own.line()}")
+          f"app_cpu_us/task={cpu_per_task:.0f} tracked_rpcs={tracked_enqueue:g}+{tracked_run:g} {own}")
 
 
 if __name__ == "__main__":
