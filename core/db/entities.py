@@ -211,6 +211,16 @@ def _count_mutations(count: int) -> None:
                          f"(production refuses larger commits); this one tried {state.mutations}")
 
 
+def _write(items: Sequence[Any], write: Callable[[Sequence[Any]], Any]) -> None:
+    """``write`` the mutations: into the current transaction, else in commits of at most 500."""
+    _count_mutations(len(items))
+    if _transaction_state.get() is not None:
+        write(items)
+    else:
+        for chunk in _chunks(items, MAX_MUTATIONS_PER_COMMIT):
+            write(chunk)
+
+
 def put(entities: datastore.Entity | Sequence[datastore.Entity]) -> None:
     """Write one entity or many; keys of new entities are completed in place.
 
@@ -221,12 +231,7 @@ def put(entities: datastore.Entity | Sequence[datastore.Entity]) -> None:
     for item in items:
         if not isinstance(item, datastore.Entity):
             raise TypeError(f"db.put takes entities, got {type(item).__name__}")
-    _count_mutations(len(items))
-    if _transaction_state.get() is not None:
-        client.put_multi(items)
-    else:
-        for chunk in _chunks(items, MAX_MUTATIONS_PER_COMMIT):
-            client.put_multi(chunk)
+    _write(items, client.put_multi)
     for item in items:
         if item.key is not None and type(item.key) is not Key:
             item.key = Key.from_library(item.key)
@@ -236,12 +241,7 @@ def delete(keys: datastore.Key | Sequence[datastore.Key]) -> None:
     """Delete one key or many (chunked like :func:`put`)."""
     client = get_datastore().client
     items = [keys] if isinstance(keys, datastore.Key) else list(keys)
-    _count_mutations(len(items))
-    if _transaction_state.get() is not None:
-        client.delete_multi(items)
-    else:
-        for chunk in _chunks(items, MAX_MUTATIONS_PER_COMMIT):
-            client.delete_multi(chunk)
+    _write(items, client.delete_multi)
 
 
 def allocate_ids(incomplete_key: datastore.Key, count: int) -> list[Key]:

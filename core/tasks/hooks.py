@@ -40,11 +40,9 @@ log = logging.getLogger(__name__)
 
 class HookHost(Protocol):
     """What hooks read of an app's runtime (:class:`core.tasks.runtime.TaskRuntime` is one): its
-    app-wide hooks (and of those the ones :func:`enqueue_hooks` keeps) and its registry. A protocol,
-    so that this room does not import the runtime."""
+    app-wide hooks and its registry. A protocol, so that this room does not import the runtime."""
 
     hooks: list[Any]
-    enqueue_hooks: tuple[Any, ...]
     registry: Any
 
 HOOK_METHODS = ("before_enqueue", "before_run", "after_run", "on_failure", "on_dead_letter")
@@ -155,25 +153,13 @@ def call_of(envelope: Envelope, target: str | None, info: TaskInfo | None = None
                     name=name, eta=eta, info=info, payload=payload)
 
 
-def enqueue_hooks(hooks: Iterable[Any]) -> tuple[Any, ...]:
-    """The hooks whose ``before_enqueue`` does something: they have one, and not :class:`TaskHook`'s no-op.
-
-    The send path runs only these, and skips making a :class:`TaskCall` when there are none.
-    """
-    def acts(hook: Any) -> bool:
-        method = getattr(hook, "before_enqueue", None)
-        return method is not None and getattr(method, "__func__", None) is not TaskHook.before_enqueue
-
-    return tuple(hook for hook in hooks if acts(hook))
-
-
 def before_enqueue(runtime: HookHost, envelope: Envelope, target: str | None, *,
                    name: str | None, eta: datetime.datetime | None) -> None:
     """Run ``before_enqueue`` of the app's hooks, then the task's own (every task the app sends)."""
     own = _own_hooks(runtime, target)
-    if not runtime.enqueue_hooks and not own:
+    if not runtime.hooks and not own:
         return
-    hooks = _concerned([*runtime.enqueue_hooks, *own], envelope.payload)
+    hooks = _concerned([*runtime.hooks, *own], envelope.payload)
     if hooks:
         _call(hooks, "before_enqueue", call_of(envelope, target, name=name, eta=eta))
 

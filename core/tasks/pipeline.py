@@ -306,14 +306,14 @@ def traced(delivery: Delivery, proceed: Proceed) -> Outcome:
     envelope = delivery.envelope
     assert envelope is not None
     lookup = delivery.runtime.tracing
-    if not telemetry.spans_on(lookup):  # the carried trace alone: no span, no context manager
-        token = current.trace.set(telemetry.carried_trace(envelope))
-        try:
+    if lookup.tracer() is not None:
+        with telemetry.run_span(envelope, delivery.target, lookup=lookup):
             return proceed(delivery)
-        finally:
-            current.trace.reset(token)
-    with telemetry.run_span(envelope, delivery.target, lookup=lookup):
+    token = current.trace.set(telemetry.run_trace(envelope))  # no span to make: no context manager either
+    try:
         return proceed(delivery)
+    finally:
+        current.trace.reset(token)
 
 
 def run(delivery: Delivery, proceed: Proceed) -> Outcome:

@@ -24,7 +24,7 @@ from core.tasks import transports
 from core.tasks.auth.policy import RequestVerifier
 from core.tasks.auth.signing import SigningKeys
 from core.tasks.errors import ConfigurationError
-from core.tasks.hooks import as_middleware, check_hooks, enqueue_hooks
+from core.tasks.hooks import as_middleware, check_hooks
 from core.tasks.metrics import TaskMetrics, outcome_name
 from core.tasks.middleware import Pipeline
 from core.tasks.queues import QueueTable
@@ -121,8 +121,6 @@ class TaskRuntime:
         self.outcome_listeners: list[Callable[[Outcome], None]] = []
         #: App-wide task hooks (see :mod:`core.tasks.hooks`), in the order they run before a task.
         self.hooks: list[Any] = []
-        #: Of :attr:`hooks`, those with a ``before_enqueue`` of their own (:func:`add_hook` keeps it current).
-        self.enqueue_hooks: tuple[Any, ...] = ()
         for hook in hooks:
             self.add_hook(hook)
         #: The app's task pipeline: the built-in middleware and the app's own (:meth:`add_middleware`).
@@ -179,7 +177,6 @@ class TaskRuntime:
     def add_hook(self, hook: H) -> H:
         """Run ``hook`` around every task of this app (after the hooks added before it)."""
         self.hooks.extend(check_hooks([hook], "add_hook"))
-        self.enqueue_hooks = enqueue_hooks(self.hooks)
         return hook
 
     def _count(self, outcome: Outcome) -> None:

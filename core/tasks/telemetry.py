@@ -35,15 +35,10 @@ def _carried(envelope: message.Envelope) -> TraceContext | None:
     return TraceContext.from_env(envelope.env.get("trace") if isinstance(envelope.env, dict) else None)
 
 
-def carried_trace(envelope: message.Envelope) -> TraceContext | None:
-    """The trace a task runs in without spans: the one it carries, else the entry's."""
+def run_trace(envelope: message.Envelope) -> TraceContext | None:
+    """The trace a task runs in: the one its envelope carries from the enqueue, else the entry's."""
     carried = _carried(envelope)
     return carried if carried is not None else current.trace.get()
-
-
-def spans_on(lookup: TracerLookup) -> bool:
-    """Whether an app's runs get spans of their own: it found OpenTelemetry configured (see :func:`run_span`)."""
-    return lookup.tracer() is not None
 
 
 def _tracer() -> Any:
@@ -125,20 +120,20 @@ def enqueue_trace(target: str, queue: str | None = None, *,
 
 @contextlib.contextmanager
 def run_span(envelope: message.Envelope, target: str | None, *, lookup: TracerLookup | None = None) -> Iterator[None]:
-    """Run the block in the envelope's trace (and, with OpenTelemetry, in a span linked to the enqueue).
+    """Run the block in :func:`run_trace` (and, with OpenTelemetry, in a span linked to the enqueue).
 
     ``lookup`` is the app's (:attr:`TaskRuntime.tracing`); without one OpenTelemetry is asked now.
     """
-    carried = _carried(envelope)
-    trace = carried if carried is not None else current.trace.get()
     tracer = lookup.tracer() if lookup is not None else _tracer()
     if tracer is None:
-        token = current.trace.set(trace)
+        token = current.trace.set(run_trace(envelope))
         try:
             yield
         finally:
             current.trace.reset(token)
         return
+    carried = _carried(envelope)
+    trace = carried if carried is not None else current.trace.get()
     assert otel is not None  # only reached once _tracer() found OpenTelemetry
     links = [otel.Link(_span_context(carried))] if carried is not None and carried.span_id else []
     attributes = {"tasks.id": envelope.id, "tasks.kind": envelope.kind, "tasks.queue": envelope.queue,

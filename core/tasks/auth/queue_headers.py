@@ -131,8 +131,8 @@ class TaskInfo:
 
 def _short_name(value: str | None, collection: str) -> str | None:
     """``projects/p/locations/l/queues/NAME`` → ``NAME`` (the emulator sends full paths)."""
-    if value is None:
-        return None
+    if value is None or collection not in value:  # a plain name: what App Engine sends
+        return value or None
     if f"/{collection}/" in value or value.startswith(f"{collection}/"):
         value = value.rstrip("/").rsplit("/", 1)[-1]
     return value or None
@@ -150,13 +150,17 @@ _ENVIRON_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _get(lowered: Mapping[str, str], suffix: str) -> tuple[str | None, str]:
-    """The value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>``, and its name."""
-    get: Callable[[str], object]
-    if isinstance(lowered, EnvironHeaders):  # read the environ by its own keys: a dict lookup each
-        get, ((key, name), (other, other_name)) = lowered.environ.get, _ENVIRON_FIELDS[suffix]
-    else:
-        get, ((key, name), (other, other_name)) = lowered.get, _FIELDS[suffix]
+def _reader(lowered: Mapping[str, str]) -> tuple[Callable[[str], object], dict[str, tuple[tuple[str, str], ...]]]:
+    """How to look the queue's headers up: an environ's by its own keys (a dict lookup each), else by name."""
+    if isinstance(lowered, EnvironHeaders):
+        return lowered.environ.get, _ENVIRON_FIELDS
+    return lowered.get, _FIELDS
+
+
+def _get(get: Callable[[str], object], candidates: tuple[tuple[str, str], ...]) -> tuple[str | None, str]:
+    """The stripped value of ``X-AppEngine-<suffix>`` or else ``X-CloudTasks-<suffix>`` (blank counts as
+    missing), and the name of the header it came from."""
+    (key, name), (other, other_name) = candidates
     value = get(key)
     if value is not None and (value := str(value).strip()):
         return value, name
@@ -175,55 +179,29 @@ def task_info(headers: Mapping[str, str]) -> TaskInfo:
     return task_info_of_lowered(lowered_headers(headers))
 
 
-def _number(value: str | None, lowered: Mapping[str, str], suffix: str) -> int | None:
-    """:func:`_count` of a header's value, naming the header that sent it only when it is malformed."""
-    if value is None or _COUNT_RE.match(value):
-        return None if value is None else int(value)
-    return _count(value, _get(lowered, suffix)[1])
-
-
-def _one(get: Callable[[str], object], key: str, other: str) -> str | None:
-    """The stripped value of header ``key``, else of ``other``, else ``None`` (blank counts as missing)."""
-    value = get(key)
-    if value is not None and (value := str(value).strip()):
-        return value
-    value = get(other)
-    return value if value is not None and (value := str(value).strip()) else None
-
-
 def task_info_of_lowered(lowered: Mapping[str, str]) -> TaskInfo:
     """:func:`task_info` of headers already read by :func:`lowered_headers` (or of a WSGI environ's)."""
-    if isinstance(lowered, EnvironHeaders):  # read the environ by its own keys: a dict lookup each
-        get: Callable[[str], object] = lowered.environ.get
-        queue_keys, name_keys, retry_keys, execution_keys, eta_keys, previous_keys, reason_keys = _ENVIRON_KEYS
-    else:
-        get = lowered.get
-        queue_keys, name_keys, retry_keys, execution_keys, eta_keys, previous_keys, reason_keys = _LOWER_KEYS
-    retry_raw, execution_raw = _one(get, *retry_keys), _one(get, *execution_keys)
-    eta_raw, previous_raw = _one(get, *eta_keys), _one(get, *previous_keys)
-    retry_count = _number(retry_raw, lowered, "TaskRetryCount")
-    execution_count = _number(execution_raw, lowered, "TaskExecutionCount")
+    get, fields = _reader(lowered)
+    queue, _ = _get(get, fields["QueueName"])
+    task_name, _ = _get(get, fields["TaskName"])
+    retry_count = _count(*_get(get, fields["TaskRetryCount"]))
+    execution_count = _count(*_get(get, fields["TaskExecutionCount"]))
+    eta_raw, eta_header = _get(get, fields["TaskETA"])
     eta: float | None = None
     if eta_raw is not None:
         if not _ETA_RE.match(eta_raw):
-            raise BadTaskRequest(f"header {_get(lowered, 'TaskETA')[1]} is not a timestamp: {eta_raw[:40]!r}")
+            raise BadTaskRequest(f"header {eta_header} is not a timestamp: {eta_raw[:40]!r}")
         eta = float(eta_raw)
-    previous_response = _number(previous_raw, lowered, "TaskPreviousResponse")
+    previous_response = _count(*_get(get, fields["TaskPreviousResponse"]))
+    retry_reason, _ = _get(get, fields["TaskRetryReason"])
     if execution_count is None:
         execution_count = retry_count if retry_count is not None else 0
-    queue, task_name = _one(get, *queue_keys), _one(get, *name_keys)
     return TaskInfo(
-        queue=_short_name(queue, "queues") if queue is not None and "queues" in queue else queue,
-        task_name=_short_name(task_name, "tasks") if task_name is not None and "tasks" in task_name else task_name,
+        queue=_short_name(queue, "queues"),
+        task_name=_short_name(task_name, "tasks"),
         retry_count=retry_count or 0,
         execution_count=execution_count,
         eta=eta,
         previous_response=previous_response,
-        retry_reason=_one(get, *reason_keys),
+        retry_reason=retry_reason,
     )
-
-
-#: Per field of :class:`TaskInfo` in order, its two headers' keys (``X-AppEngine-*`` first), lower-case.
-_LOWER_KEYS = tuple(tuple(key for key, _ in _FIELDS[suffix]) for suffix in _FIELDS)
-#: The same by WSGI environ keys.
-_ENVIRON_KEYS = tuple(tuple(key for key, _ in _ENVIRON_FIELDS[suffix]) for suffix in _FIELDS)
